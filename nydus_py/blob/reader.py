@@ -1,0 +1,320 @@
+"""Native Nydus blob files -> TOC, chunk info array, chunk digests, inline bootstrap and chunk data.
+
+A blob is read from its end: the last 512 bytes are a tail tar header (`rafs.blob.toc` when the blob has
+a TOC), and every section is the data just before its header. Blobs without a TOC are walked header by
+header; blobs without tar headers need the blob table entry from a bootstrap (`BlobInfo`).
+References: ../shared/reference/rafs-v6-format.md §11; ../shared/reference/oci-packaging.md §2.1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from nydus_py import compress
+from nydus_py.errors import FormatError, UnsupportedError
+from nydus_py.format import blobmeta, parse
+from nydus_py.format.blobmeta import BlobFeatures
+from nydus_py.format.rafs import CompressAlgo
+from nydus_py.image import BlobInfo
+
+_TOC_COMPRESSOR = {
+    blobmeta.TocFlags.COMPRESSION_NONE: CompressAlgo.NONE,
+    blobmeta.TocFlags.COMPRESSION_ZSTD: CompressAlgo.ZSTD,
+    blobmeta.TocFlags.COMPRESSION_LZ4_BLOCK: CompressAlgo.LZ4_BLOCK,
+}
+MAX_TOC_SIZE = 1 << 20  # nydus-snapshotter refuses bigger TOCs
+MAX_META_SIZE = 1 << 30  # bound on any metadata section we decompress into memory
+
+
+@dataclass(frozen=True, slots=True)
+class TocItem:
+    """One TOC entry: a named section of the blob."""
+
+    name: str
+    compressor: CompressAlgo
+    digest: bytes  # sha256 of the uncompressed data
+    compressed_offset: int
+    compressed_size: int
+    uncompressed_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Section:
+    """A blob section found through its tail tar header."""
+
+    name: str
+    offset: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class CiHeader:
+    """The blob compression-context header (decoded), and where it was found."""
+
+    offset: int
+    features: BlobFeatures
+    ci_compressor: CompressAlgo
+    ci_entries: int
+    ci_offset: int
+    ci_compressed_size: int
+    ci_uncompressed_size: int
+    zran_offset: int
+    zran_size: int
+    zran_count: int
+
+    @property
+    def chunk_info_v2(self) -> bool:
+        return bool(self.features & BlobFeatures.CHUNK_INFO_V2)
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkInfo:
+    """One chunk info (CI) array entry."""
+
+    ci_index: int
+    uncompressed_offset: int
+    uncompressed_size: int
+    compressed_offset: int
+    compressed_size: int
+    compressed: bool
+    flags: int = 0  # v2 only
+    data: int = 0  # v2 only: zran/batch locator or crc32c
+
+
+class BlobReader:
+    """Random access to one blob file. Use as a context manager."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        try:
+            self._file = open(self.path, "rb")  # noqa: SIM115 - closed in close()
+        except OSError as exc:
+            raise FormatError(f"{path}: cannot open blob: {exc.strerror}") from exc
+        self.size = os.fstat(self._file.fileno()).st_size
+
+    def __enter__(self) -> BlobReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def read_at(self, offset: int, size: int, what: str) -> bytes:
+        if offset < 0 or size < 0 or offset + size > self.size:
+            raise FormatError(f"{self.path.name}: {what} at {offset:#x} (+{size:#x}) is past the end of the blob "
+                              f"({self.size:#x} bytes)")
+        self._file.seek(offset)
+        data = self._file.read(size)
+        if len(data) != size:
+            raise FormatError(f"{self.path.name}: short read of {what} at {offset:#x}")
+        return data
+
+    # --- tail tar headers and TOC ------------------------------------------------------------------
+
+    def _tail_header(self, end: int) -> tuple[str, int] | None:
+        """(name, size) of the tail tar header ending at `end`, or None if there is no valid one."""
+        if end < blobmeta.TAR_BLOCK_SIZE:
+            return None
+        raw = self.read_at(end - blobmeta.TAR_BLOCK_SIZE, blobmeta.TAR_BLOCK_SIZE, "tar header")
+        if raw[257:263] not in (blobmeta.GNU_MAGIC, b"ustar\0"):
+            return None
+        try:
+            header = parse(blobmeta.TarHeader, raw, what="tar header", offset=0)
+        except FormatError:
+            return None
+        if header.chksum != blobmeta.tar_checksum(raw):
+            return None
+        return blobmeta.toc_name(header.name), header.size
+
+    def sections(self) -> list[Section]:
+        """Every section behind a tail tar header, from the end of the blob backwards."""
+        out = []
+        end = self.size
+        while True:
+            found = self._tail_header(end)
+            if found is None:
+                break
+            name, size = found
+            start = end - blobmeta.TAR_BLOCK_SIZE - size
+            if start < 0:
+                raise FormatError(f"{self.path.name}: tar header {name!r} at {end - 512:#x} claims {size} bytes, "
+                                  "more than precede it")
+            out.append(Section(name=name, offset=start, size=size))
+            end = start
+            if end == 0:
+                break
+        return out
+
+    def section(self, name: str) -> Section | None:
+        return next((s for s in self.sections() if s.name == name), None)
+
+    def toc(self) -> list[TocItem] | None:
+        """The TOC entries, or None when the blob has no `rafs.blob.toc`."""
+        found = self._tail_header(self.size)
+        if found is None or found[0] != blobmeta.TOC_ENTRY_BLOB_TOC:
+            return None
+        size = found[1]
+        if size % blobmeta.TocEntry.sizeof() or size > MAX_TOC_SIZE:
+            raise FormatError(f"{self.path.name}: TOC size {size} is not a multiple of 128 or over 1 MiB")
+        start = self.size - blobmeta.TAR_BLOCK_SIZE - size
+        raw = self.read_at(start, size, "TOC")
+        items = []
+        for i in range(size // blobmeta.TocEntry.sizeof()):
+            entry = parse(blobmeta.TocEntry, raw, what=f"{self.path.name}: TOC entry {i}",
+                          offset=i * blobmeta.TocEntry.sizeof())
+            items.append(TocItem(
+                name=blobmeta.toc_name(entry.name),
+                compressor=_TOC_COMPRESSOR[entry.flags],
+                digest=entry.uncompressed_digest,
+                compressed_offset=entry.compressed_offset,
+                compressed_size=entry.compressed_size,
+                uncompressed_size=entry.uncompressed_size,
+            ))
+        return items
+
+    def toc_digest(self) -> tuple[bytes, int] | None:
+        """(sha256 of TOC entries + TOC tar header, their size): what the blob table records."""
+        found = self._tail_header(self.size)
+        if found is None or found[0] != blobmeta.TOC_ENTRY_BLOB_TOC:
+            return None
+        size = found[1] + blobmeta.TAR_BLOCK_SIZE
+        return hashlib.sha256(self.read_at(self.size - size, size, "TOC")).digest(), size
+
+    def read_toc_item(self, item: TocItem) -> bytes:
+        """The uncompressed data of a TOC entry, checked against its sha256."""
+        if item.uncompressed_size > MAX_META_SIZE:
+            raise FormatError(f"{self.path.name}: TOC entry {item.name!r} claims {item.uncompressed_size} bytes")
+        raw = self.read_at(item.compressed_offset, item.compressed_size, f"TOC entry {item.name!r}")
+        data = compress.decompress(raw, item.compressor, item.uncompressed_size)
+        if hashlib.sha256(data).digest() != item.digest:
+            raise FormatError(f"{self.path.name}: TOC entry {item.name!r} at {item.compressed_offset:#x}: "
+                              "sha256 does not match its data")
+        return data
+
+    def _toc_item(self, name: str) -> TocItem | None:
+        toc = self.toc()
+        return next((i for i in toc if i.name == name), None) if toc else None
+
+    # --- metadata sections -------------------------------------------------------------------------
+
+    def inline_bootstrap(self) -> bytes | None:
+        """The bootstrap inlined in the blob (`image.boot`), decompressed, or None."""
+        item = self._toc_item(blobmeta.TOC_ENTRY_BOOTSTRAP)
+        if item is not None:
+            return self.read_toc_item(item)
+        sec = self.section(blobmeta.TOC_ENTRY_BOOTSTRAP)
+        if sec is None:
+            return None
+        raw = self.read_at(sec.offset, sec.size, "image.boot")
+        if raw[:4] == b"\x28\xb5\x2f\xfd":  # a zstd frame: inline bootstraps of blob-toc builds
+            import pyzstd
+
+            try:
+                return pyzstd.decompress(raw)  # type: ignore[no-any-return]
+            except pyzstd.ZstdError as exc:
+                raise FormatError(f"{self.path.name}: image.boot does not decompress: {exc}") from exc
+        return raw
+
+    def ci_header(self, info: BlobInfo | None = None) -> CiHeader:
+        """The compression-context header: from the TOC, the `blob.meta` section, or the blob table entry."""
+        offset = None
+        item = self._toc_item(blobmeta.TOC_ENTRY_BLOB_META_HEADER)
+        if item is not None:
+            offset = item.compressed_offset
+        elif info is not None and info.ci_compressed_size + info.ci_offset > 0:
+            offset = info.ci_offset + info.ci_compressed_size
+        else:
+            sec = self.section(blobmeta.TOC_ENTRY_BLOB_META)
+            if sec is not None:
+                offset = sec.offset + sec.size - blobmeta.BLOB_CCT_HEADER_SIZE
+        if offset is None:
+            raise FormatError(f"{self.path.name}: no chunk info header (no TOC, no blob.meta section)")
+        return decode_ci_header(self.read_at(offset, blobmeta.BLOB_CCT_HEADER_SIZE, "chunk info header"), offset,
+                                self.path.name)
+
+    def chunk_infos(self, header: CiHeader | None = None) -> list[ChunkInfo]:
+        """The chunk info array, decompressed and decoded (v1 or v2)."""
+        header = header or self.ci_header()
+        raw = self.read_at(header.ci_offset, header.ci_compressed_size, "chunk info array")
+        data = compress.decompress(raw, header.ci_compressor, header.ci_uncompressed_size)
+        return decode_chunk_infos(data, header, self.path.name)
+
+    def chunk_digests(self) -> list[bytes] | None:
+        """The chunk digest array (`blob.digest`, blob-toc builds), or None."""
+        item = self._toc_item(blobmeta.TOC_ENTRY_BLOB_DIGEST)
+        if item is not None:
+            data = self.read_toc_item(item)
+        else:
+            sec = self.section(blobmeta.TOC_ENTRY_BLOB_DIGEST)
+            if sec is None:
+                return None
+            data = self.read_at(sec.offset, sec.size, "blob.digest")
+        if len(data) % 32:
+            raise FormatError(f"{self.path.name}: blob.digest size {len(data)} is not a multiple of 32")
+        return [data[i : i + 32] for i in range(0, len(data), 32)]
+
+    def read_chunk(self, chunk: ChunkInfo, compressor: CompressAlgo) -> bytes:
+        """The uncompressed data of one chunk (its size checked; digests are the caller's job)."""
+        raw = self.read_at(chunk.compressed_offset, chunk.compressed_size, f"chunk {chunk.ci_index}")
+        algo = compressor if chunk.compressed else CompressAlgo.NONE
+        try:
+            return compress.decompress(raw, algo, chunk.uncompressed_size)
+        except FormatError as exc:
+            raise FormatError(f"{self.path.name}: chunk {chunk.ci_index} at {chunk.compressed_offset:#x}: {exc}") from None
+
+
+def decode_ci_header(raw: bytes, offset: int, what: str) -> CiHeader:
+    h = parse(blobmeta.CompressionContextHeader, raw, what=f"{what}: chunk info header", offset=0)
+    try:
+        ci_compressor = CompressAlgo(h.s_ci_compressor)
+    except ValueError:
+        raise FormatError(f"{what}: chunk info header at {offset:#x}: s_ci_compressor={h.s_ci_compressor} "
+                          "is unknown") from None
+    return CiHeader(
+        offset=offset, features=h.s_features, ci_compressor=ci_compressor, ci_entries=h.s_ci_entries,
+        ci_offset=h.s_ci_offset, ci_compressed_size=h.s_ci_compressed_size,
+        ci_uncompressed_size=h.s_ci_uncompressed_size, zran_offset=h.s_ci_zran_offset,
+        zran_size=h.s_ci_zran_size, zran_count=h.s_ci_zran_count,
+    )
+
+
+def decode_chunk_infos(data: bytes, header: CiHeader, what: str) -> list[ChunkInfo]:
+    """Decode `header.ci_entries` chunk infos from the uncompressed CI data."""
+    entry_size = blobmeta.chunk_info_size(header.chunk_info_v2)
+    if header.ci_entries * entry_size > len(data):
+        raise FormatError(f"{what}: chunk info header claims {header.ci_entries} entries, the array holds "
+                          f"{len(data) // entry_size}")
+    body = data[: header.ci_entries * entry_size]
+    if header.chunk_info_v2:
+        return [
+            ChunkInfo(ci_index=i, uncompressed_offset=uo, uncompressed_size=us, compressed_offset=co,
+                      compressed_size=cs, compressed=bool(flags & blobmeta.ChunkFlagsV2.COMPRESSED),
+                      flags=flags, data=extra)
+            for i, (uo, us, co, cs, flags, extra) in enumerate(blobmeta.decode_chunk_info_v2_array(body))
+        ]
+    return [
+        ChunkInfo(ci_index=i, uncompressed_offset=uo, uncompressed_size=us, compressed_offset=co,
+                  compressed_size=cs, compressed=cs != us)
+        for i, (uo, us, co, cs) in enumerate(blobmeta.decode_chunk_info_v1_array(body))
+    ]
+
+
+def read_blob_meta_cache(path: str | os.PathLike[str]) -> tuple[CiHeader, list[ChunkInfo]]:
+    """A nydusd `<blob id>.blob.meta` cache file: uncompressed CI padded to 4 KiB, then the header."""
+    data = Path(path).read_bytes()
+    name = Path(path).name
+    if len(data) < blobmeta.BLOB_CCT_HEADER_SIZE:
+        raise FormatError(f"{name}: {len(data)} bytes is too short for a blob.meta cache file")
+    offset = len(data) - blobmeta.BLOB_CCT_HEADER_SIZE
+    header = decode_ci_header(data[offset:], offset, name)
+    if blobmeta.cache_file_ci_size(header.ci_uncompressed_size) != offset:
+        raise FormatError(f"{name}: chunk info of {header.ci_uncompressed_size} bytes does not fill the "
+                          f"{offset} bytes before the header")
+    if header.features & (BlobFeatures.ENCRYPTED):
+        raise UnsupportedError(f"{name}: encrypted chunk info is not supported")
+    return header, decode_chunk_infos(data[:offset], header, name)

@@ -1,0 +1,62 @@
+"""Chunk codecs: none, lz4 block and zstd, as nydus frames them (one block or frame per chunk).
+
+References: nydus utils/src/compress/mod.rs; ../shared/reference/rafs-v6-format.md §12.
+"""
+
+from __future__ import annotations
+
+import lz4.block
+import pyzstd
+
+from nydus_py.errors import FormatError, UnsupportedError
+from nydus_py.format.rafs import CompressAlgo
+
+ZSTD_LEVEL = 3  # nydus-image's zstd level
+_ZSTD_OPTIONS = {pyzstd.CParameter.compressionLevel: ZSTD_LEVEL, pyzstd.CParameter.checksumFlag: 0}
+
+
+def compress(data: bytes | memoryview, algo: CompressAlgo) -> tuple[bytes, bool]:
+    """(stored bytes, compressed?). Output that is not strictly smaller is stored raw, as nydus does."""
+    if algo is CompressAlgo.NONE or len(data) == 0:
+        return bytes(data), False
+    if algo is CompressAlgo.ZSTD:
+        out = pyzstd.compress(data, _ZSTD_OPTIONS)
+    elif algo is CompressAlgo.LZ4_BLOCK:
+        out = lz4.block.compress(data, store_size=False)
+    else:
+        raise UnsupportedError(f"compressor {algo.name.lower()} is not supported for writing")
+    if len(out) >= len(data):
+        return bytes(data), False
+    return out, True
+
+
+def decompress(data: bytes | memoryview, algo: CompressAlgo, size: int) -> bytes:
+    """Decompress one chunk that must expand to exactly `size` bytes (FormatError otherwise)."""
+    try:
+        if algo is CompressAlgo.ZSTD:
+            out = _zstd_decompress_bounded(data, size)
+        elif algo is CompressAlgo.LZ4_BLOCK:
+            out = lz4.block.decompress(data, uncompressed_size=size)
+        elif algo is CompressAlgo.NONE:
+            out = bytes(data)
+        elif algo is CompressAlgo.GZIP:
+            import zlib
+
+            decomp = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            out = decomp.decompress(data, size + 1)
+        else:
+            raise UnsupportedError(f"compressor {algo!r} is not supported")
+    except (pyzstd.ZstdError, lz4.block.LZ4BlockError, ValueError) as exc:
+        raise FormatError(f"{algo.name.lower()} data does not decompress: {exc}") from exc
+    if len(out) != size:
+        raise FormatError(f"{algo.name.lower()} data decompresses to {len(out)} bytes, expected {size}")
+    return out
+
+
+def _zstd_decompress_bounded(data: bytes | memoryview, size: int) -> bytes:
+    """Decompress a zstd frame without ever producing more than size + 1 bytes."""
+    decomp = pyzstd.ZstdDecompressor()
+    out = decomp.decompress(data, max_length=size + 1)
+    if len(out) <= size and not decomp.eof:
+        raise FormatError("zstd frame is truncated")
+    return out

@@ -1,0 +1,102 @@
+"""Shared construct helpers: enum adapters and a fast struct.Struct codec derived from a declaration.
+
+The construct declarations are the single source of truth for every on-disk record. Hot paths (a million
+inodes, chunk arrays) cannot afford a construct call per record, so `FastStruct` derives a `struct.Struct`
+from a flat declaration once; tests prove both write the same bytes.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections import namedtuple
+from typing import Any
+
+from construct import (
+    Adapter,
+    Bytes,
+    Const,
+    Construct,
+    FormatField,
+    Padding,
+    Renamed,
+    Struct,
+    ValidationError,
+)
+from construct.core import Padded
+
+
+class IntEnumField(Adapter):  # type: ignore[misc]
+    """An integer field decoded to an `IntEnum` or `IntFlag` member.
+
+    Unknown values are a ValidationError, except for flags declared with `boundary=enum.KEEP`
+    (compat bits, which readers must tolerate).
+    """
+
+    def __init__(self, subcon: Construct, enum_type: type[enum.IntEnum] | type[enum.IntFlag]) -> None:
+        super().__init__(subcon)
+        self.enum_type = enum_type
+
+    def _decode(self, obj: int, context: Any, path: str) -> Any:
+        try:
+            return self.enum_type(obj)
+        except ValueError:
+            raise ValidationError(f"{obj:#x} is not a valid {self.enum_type.__name__}", path=path) from None
+
+    def _encode(self, obj: Any, context: Any, path: str) -> int:
+        return int(obj)
+
+
+def _field_format(subcon: Construct) -> tuple[str, bool]:
+    """The struct format of one flat field, and whether it carries a value (False: written as zeros)."""
+    if isinstance(subcon, IntEnumField):
+        return _field_format(subcon.subcon)
+    if isinstance(subcon, FormatField):
+        if subcon.fmtstr[0] != "<":
+            raise TypeError(f"field {subcon} is not little-endian")
+        return subcon.fmtstr[1:], True
+    if isinstance(subcon, Const):
+        inner, _ = _field_format(subcon.subcon)
+        if subcon.value not in (0, bytes(subcon.sizeof())):
+            raise TypeError("only zero constants can be derived as padding")
+        return f"{subcon.sizeof()}x", False
+    if isinstance(subcon, Padded) or type(subcon).__name__ == "Padded":
+        return f"{subcon.sizeof()}x", False
+    if isinstance(subcon, Bytes) or type(subcon).__name__ == "Bytes":
+        return f"{subcon.sizeof()}s", True
+    raise TypeError(f"cannot derive a struct format from {subcon!r}")
+
+
+class FastStruct:
+    """A `struct.Struct` with named fields, derived once from a flat construct `Struct`.
+
+    Zero `Const` and `Padding` fields become pad bytes: they are written as zeros and not checked when
+    unpacking (the construct declaration checks them where a reader must).
+    """
+
+    def __init__(self, decl: Struct, name: str) -> None:
+        formats = []
+        names = []
+        for sub in decl.subcons:
+            inner = sub.subcon if isinstance(sub, Renamed) else sub
+            fmt, has_value = _field_format(inner)
+            formats.append(fmt)
+            if has_value:
+                names.append(sub.name)
+        self.struct = struct.Struct("<" + "".join(formats))
+        if self.struct.size != decl.sizeof():
+            raise TypeError(f"{name}: derived size {self.struct.size} != {decl.sizeof()}")
+        self.size = self.struct.size
+        self.fields = tuple(names)
+        self.record = namedtuple(name, names)  # type: ignore[misc]
+        self.pack = self.struct.pack
+        self.pack_into = self.struct.pack_into
+        self.unpack_from = self.struct.unpack_from
+        self.iter_unpack = self.struct.iter_unpack
+
+    def unpack_record(self, buffer: bytes | memoryview, offset: int = 0) -> Any:
+        """One record as a named tuple (fields in declaration order, pad fields left out)."""
+        return self.record._make(self.struct.unpack_from(buffer, offset))
+
+
+__all__ = ["FastStruct", "IntEnumField", "Padding"]

@@ -1,0 +1,80 @@
+"""Typed descriptions of a RAFS v6 image as a whole: its blobs, device slots and decoded bootstrap."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from nydus_py.format.blobmeta import BlobFeatures
+from nydus_py.format.rafs import CipherAlgo, CompressAlgo, DigestAlgo, SuperFlags
+from nydus_py.model import ChunkRef, Tree
+
+
+@dataclass(frozen=True, slots=True)
+class BlobInfo:
+    """One blob table entry (RafsV6Blob), decoded."""
+
+    blob_id: str
+    blob_index: int
+    chunk_size: int
+    chunk_count: int
+    compressor: CompressAlgo
+    digester: DigestAlgo
+    features: BlobFeatures
+    compressed_size: int  # the blob file's size
+    uncompressed_size: int  # the device image's size
+    ci_compressor: CompressAlgo
+    ci_offset: int
+    ci_compressed_size: int
+    ci_uncompressed_size: int
+    toc_size: int = 0
+    toc_digest: bytes = bytes(32)
+    meta_digest: bytes = bytes(32)
+    meta_size: int = 0
+    cipher: CipherAlgo = CipherAlgo.NONE
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSlot:
+    """One EROFS device table slot: the kernel's view of a blob."""
+
+    tag: str
+    blocks: int
+    mapped_blkaddr: int
+
+
+@dataclass(slots=True)
+class Bootstrap:
+    """A decoded bootstrap: superblock facts, tables and the tree."""
+
+    size: int  # bytes of the bootstrap file
+    flags: SuperFlags
+    chunk_size: int
+    inode_count: int  # s_inos
+    meta_blkaddr: int
+    root_nid: int
+    blocks: int  # s_blocks
+    devices: list[DeviceSlot]
+    blobs: list[BlobInfo]
+    tree: Tree
+    prefetch_nids: list[int] = field(default_factory=list)
+    chunk_table: list[ChunkRef] = field(default_factory=list)
+    rafs: bool = True  # False for a plain EROFS image without the RAFS extended superblock
+
+    @property
+    def compressor(self) -> CompressAlgo:
+        for algo, flag in _COMPRESSION_FLAG_ITEMS:
+            if self.flags & flag:
+                return algo
+        return CompressAlgo.NONE
+
+    @property
+    def digester(self) -> DigestAlgo:
+        return DigestAlgo.SHA256 if self.flags & SuperFlags.HASH_SHA256 else DigestAlgo.BLAKE3
+
+
+_COMPRESSION_FLAG_ITEMS = (
+    (CompressAlgo.ZSTD, SuperFlags.COMPRESSION_ZSTD),
+    (CompressAlgo.LZ4_BLOCK, SuperFlags.COMPRESSION_LZ4),
+    (CompressAlgo.GZIP, SuperFlags.COMPRESSION_GZIP),
+    (CompressAlgo.NONE, SuperFlags.COMPRESSION_NONE),
+)

@@ -1,0 +1,99 @@
+"""Find the bootstrap and the blobs of an IMAGE argument: a bootstrap file, a blob with an inline
+bootstrap, or a nydus-py output directory."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nydus_py.blob.reader import BlobReader
+from nydus_py.bootstrap.reader import read_bootstrap
+from nydus_py.errors import FormatError, UsageError
+from nydus_py.format import erofs
+from nydus_py.format.blobmeta import BLOB_ID_PLACEHOLDER
+from nydus_py.image import BlobInfo, Bootstrap
+
+MAX_BOOTSTRAP_SIZE = 1 << 32
+
+
+@dataclass(slots=True)
+class OpenedImage:
+    """A decoded bootstrap and where its blobs are (by blob id), as far as they were found."""
+
+    source: Path
+    bootstrap: Bootstrap
+    bootstrap_bytes: bytes
+    blob_paths: dict[str, Path] = field(default_factory=dict)
+    inline_blob: Path | None = None  # set when IMAGE was a blob with an inline bootstrap
+
+    def blob_path(self, info: BlobInfo) -> Path | None:
+        if info.blob_id == BLOB_ID_PLACEHOLDER and self.inline_blob is not None:
+            return self.inline_blob
+        return self.blob_paths.get(info.blob_id)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def is_bootstrap(head: bytes) -> bool:
+    magic_at = erofs.EROFS_SUPER_OFFSET
+    return len(head) >= magic_at + 4 and int.from_bytes(head[magic_at : magic_at + 4], "little") == (
+        erofs.EROFS_SUPER_MAGIC_V1)
+
+
+def open_image(image: str | os.PathLike[str], blob_dir: str | os.PathLike[str] | None = None) -> OpenedImage:
+    """Decode IMAGE's bootstrap and locate its blobs (in `blob_dir`, beside it, or in its output directory)."""
+    path = Path(image)
+    if path.is_dir():
+        bootstrap_path = path / "bootstrap"
+        if not bootstrap_path.is_file():
+            raise UsageError(f"{path}: directory has no 'bootstrap' file (not a nydus-py output directory)")
+        opened = _open_file(bootstrap_path)
+        search = [path / "blobs" / "sha256"]
+    else:
+        if not path.exists():
+            raise UsageError(f"{path}: no such file")
+        opened = _open_file(path)
+        search = [path.parent]
+    if blob_dir is not None:
+        search.insert(0, Path(blob_dir))
+        search.insert(1, Path(blob_dir) / "blobs" / "sha256")
+    for info in opened.bootstrap.blobs:
+        for folder in search:
+            candidate = folder / info.blob_id
+            if info.blob_id and candidate.is_file():
+                opened.blob_paths[info.blob_id] = candidate
+                break
+    return opened
+
+
+def _open_file(path: Path) -> OpenedImage:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(erofs.EROFS_SUPER_OFFSET + 4)
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read: {exc.strerror}") from exc
+    if is_bootstrap(head):
+        size = path.stat().st_size
+        if size > MAX_BOOTSTRAP_SIZE:
+            raise FormatError(f"{path}: {size} bytes is too big for a bootstrap")
+        data = path.read_bytes()
+        return OpenedImage(source=path, bootstrap=read_bootstrap(data), bootstrap_bytes=data)
+    with BlobReader(path) as blob:
+        data = blob.inline_bootstrap()
+    if data is None:
+        raise FormatError(f"{path}: neither a RAFS bootstrap nor a blob with an inline bootstrap")
+    if not is_bootstrap(data):
+        raise FormatError(f"{path}: inline bootstrap has no EROFS superblock")
+    opened = OpenedImage(source=path, bootstrap=read_bootstrap(data), bootstrap_bytes=data, inline_blob=path)
+    opened.blob_paths[file_sha256(path)] = path
+    if len(opened.bootstrap.blobs) == 1:  # a layer blob's own bootstrap names itself (older builders: a real id)
+        opened.blob_paths[opened.bootstrap.blobs[0].blob_id] = path
+    return opened

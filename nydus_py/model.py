@@ -1,0 +1,134 @@
+"""The in-memory filesystem tree every stage hands over: format-agnostic, typed.
+
+A directory `Inode` holds sorted `Entry`s; an entry is a name bound to an inode. Hardlinks are entries
+that share one `Inode` object (identity, not equality). Chunks are `ChunkRef`s into blobs.
+"""
+
+from __future__ import annotations
+
+import enum
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+
+class FileKind(enum.Enum):
+    REG = "file"
+    DIR = "dir"
+    SYMLINK = "symlink"
+    CHR = "char"
+    BLK = "block"
+    FIFO = "fifo"
+    SOCK = "socket"
+
+    @classmethod
+    def from_mode(cls, mode: int) -> FileKind:
+        kind = _KIND_OF_IFMT.get(stat.S_IFMT(mode))
+        if kind is None:
+            raise ValueError(f"unknown file type in mode {mode:#o}")
+        return kind
+
+    @property
+    def ifmt(self) -> int:
+        return _IFMT_OF_KIND[self]
+
+
+_IFMT_OF_KIND = {
+    FileKind.REG: stat.S_IFREG,
+    FileKind.DIR: stat.S_IFDIR,
+    FileKind.SYMLINK: stat.S_IFLNK,
+    FileKind.CHR: stat.S_IFCHR,
+    FileKind.BLK: stat.S_IFBLK,
+    FileKind.FIFO: stat.S_IFIFO,
+    FileKind.SOCK: stat.S_IFSOCK,
+}
+_KIND_OF_IFMT = {v: k for k, v in _IFMT_OF_KIND.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRef:
+    """One chunk of a file: where its bytes live in a blob and in that blob's device image."""
+
+    blob_index: int  # index in the image's blob table
+    ci_index: int  # index in the blob's chunk info array
+    uncompressed_offset: int  # in the device image, 4 KiB aligned
+    uncompressed_size: int
+    compressed_offset: int  # in the blob file
+    compressed_size: int
+    compressed: bool
+    digest: bytes  # of the uncompressed data
+    crc32: int | None = None  # CRC-32C of the uncompressed data, when recorded
+    file_offset: int = 0  # offset in the file that first produced the chunk
+
+
+@dataclass(eq=False, slots=True)
+class Inode:
+    """File attributes and content; shared by every entry that hardlinks it."""
+
+    kind: FileKind
+    mode: int  # full st_mode: type and permission bits
+    uid: int = 0
+    gid: int = 0
+    mtime: int = 0  # seconds since the epoch
+    mtime_nsec: int = 0
+    size: int = 0  # regular: data bytes; symlink: target length; others: 0
+    rdev: int = 0  # os.makedev(major, minor) for devices
+    xattrs: dict[bytes, bytes] = field(default_factory=dict)
+    symlink_target: bytes = b""
+    chunks: list[ChunkRef] = field(default_factory=list)
+    entries: list[Entry] = field(default_factory=list)  # directories only, sorted by name
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind is FileKind.DIR
+
+    def child(self, name: bytes) -> Entry | None:
+        for entry in self.entries:
+            if entry.name == name:
+                return entry
+        return None
+
+
+@dataclass(slots=True)
+class Entry:
+    """A name in a directory, bound to an inode."""
+
+    name: bytes
+    inode: Inode
+
+
+@dataclass(slots=True)
+class Tree:
+    """A filesystem tree: the root directory inode."""
+
+    root: Inode
+
+    def walk(self) -> Iterator[tuple[bytes, Inode]]:
+        """(path, inode) for every entry in depth-first preorder, root first as b"/"; names sorted."""
+        yield b"/", self.root
+        stack: list[tuple[bytes, Iterator[Entry]]] = [(b"", iter(self.root.entries))]
+        while stack:
+            prefix, entries = stack[-1]
+            entry = next(entries, None)
+            if entry is None:
+                stack.pop()
+                continue
+            path = prefix + b"/" + entry.name
+            yield path, entry.inode
+            if entry.inode.is_dir:
+                stack.append((path, iter(entry.inode.entries)))
+
+    def lookup(self, path: bytes) -> Inode | None:
+        inode = self.root
+        for name in path.strip(b"/").split(b"/"):
+            if not name:
+                continue
+            entry = inode.child(name) if inode.is_dir else None
+            if entry is None:
+                return None
+            inode = entry.inode
+        return inode
+
+
+def new_directory(mode: int = 0o755, **attrs: int) -> Inode:
+    return Inode(kind=FileKind.DIR, mode=stat.S_IFDIR | (mode & 0o7777), **attrs)

@@ -1,0 +1,66 @@
+"""The CLI: every command, its output and its exit statuses (0 done, 2 could not run, 3 our bug)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nydus_py.cli import main
+from tests.conftest import V1_BOOT, V2_BLOB, need_nydus_fixtures
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    status = main(list(args))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_inspect_text(capsys: pytest.CaptureFixture[str]) -> None:
+    need_nydus_fixtures()
+    status, out, err = run(capsys, "inspect", str(V1_BOOT))
+    assert status == 0 and err == ""
+    assert "flags:       0x194 (HASH_BLAKE3, EXPLICIT_UID_GID, COMPRESSION_ZSTD, INLINED_CHUNK_DIGEST)" in out
+    assert "be7d77eeb719f70884758d1aa800ed0fb09d701aaec469964e9d54325f0d5fef" in out
+    assert "-rw-r--r--    1      0      0      16931 2023-02-19 15:12:33.628661334 /lib.rs" in out
+
+
+def test_inspect_json_of_inline_blob(capsys: pytest.CaptureFixture[str]) -> None:
+    need_nydus_fixtures()
+    status, out, _ = run(capsys, "inspect", "--json", str(V2_BLOB), "/lib.rs")
+    doc = json.loads(out)
+    assert status == 0
+    assert doc["blobs"][0]["chunk_count"] == 3 and doc["chunk_size"] == 1 << 20
+    assert len(doc["listing"]) == 1 and doc["listing"][0].endswith(" /lib.rs")
+
+
+@pytest.mark.parametrize("content", [b"", b"not an image at all" * 100])
+def test_inspect_bad_input_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                              content: bytes) -> None:
+    bad = tmp_path / "bad"
+    bad.write_bytes(content)
+    status, out, err = run(capsys, "inspect", str(bad))
+    assert status == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("nydus-py: ") and "Traceback" not in err
+
+
+def test_inspect_missing_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status, _, err = run(capsys, "inspect", str(tmp_path / "missing"))
+    assert status == 2 and "no such file" in err
+
+
+def test_unexpected_exception_is_exit_3(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    def boom(*_: object) -> None:
+        raise ZeroDivisionError("boom")
+
+    monkeypatch.setattr("nydus_py.cli.open_image", boom)
+    status, _, err = run(capsys, "inspect", "x")
+    assert status == 3 and err.startswith("nydus-py: internal error") and err.count("\n") == 1
+
+
+def test_console_script_runs() -> None:
+    done = subprocess.run([sys.executable, "-m", "nydus_py.cli", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "inspect" in done.stdout
