@@ -84,3 +84,25 @@ def golden_bytes(name: str) -> bytes:
 def nydus_fixtures() -> Path:
     need_nydus_fixtures()
     return NYDUS_FIXTURES
+
+
+@contextlib.contextmanager
+def mount_output(bootstrap: Path, blob_dir: Path, workdir: Path) -> Iterator[Path]:
+    """Expand every blob of `bootstrap` (found in `blob_dir`) into a device image and mount it."""
+    from nydus_py import expand_blob, read_bootstrap
+
+    boot = read_bootstrap(bootstrap.read_bytes())
+    devices = []
+    for info in boot.blobs:
+        devices.append(expand_blob(blob_dir / info.blob_id, info, workdir / f"blob-cache-{info.blob_index}").path)
+    with kernel_mount(bootstrap, devices) as mnt:
+        yield mnt
+
+
+def fsck_extract(bootstrap: Path, devices: Sequence[Path], out: Path) -> None:
+    import subprocess
+
+    fsck = need_tool("fsck.erofs")
+    args = [fsck, *(f"--device={d}" for d in devices), f"--extract={out}", str(bootstrap)]
+    done = subprocess.run(args, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -64,3 +64,36 @@ def test_unexpected_exception_is_exit_3(monkeypatch: pytest.MonkeyPatch, capsys:
 def test_console_script_runs() -> None:
     done = subprocess.run([sys.executable, "-m", "nydus_py.cli", "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "inspect" in done.stdout
+
+
+def test_build_passes_the_exact_config(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                                       tmp_path: Path) -> None:
+    from nydus_py.config import BuildConfig, Compressor, Digester
+
+    seen = {}
+
+    def fake_build(source, outdir, config, *, extra_bootstrap=None):  # type: ignore[no-untyped-def]
+        seen.update(source=source, outdir=outdir, config=config, extra=extra_bootstrap)
+        raise SystemExit(0)
+
+    monkeypatch.setattr("nydus_py.cli.build_image", fake_build)
+    with pytest.raises(SystemExit):
+        main(["build", "src", "-o", "out", "--compressor", "lz4_block", "--digester", "sha256", "--chunk-size",
+              "0x10000", "--jobs", "3", "--bootstrap", "b.boot"])
+    assert seen["config"] == BuildConfig(compressor=Compressor.LZ4_BLOCK, digester=Digester.SHA256,
+                                         chunk_size=0x10000, jobs=3)
+    assert (seen["source"], seen["outdir"], seen["extra"]) == (Path("src"), Path("out"), Path("b.boot"))
+
+
+def test_build_end_to_end(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_bytes(b"alpha" * 1000)
+    status, out, err = run(capsys, "build", str(src), "-o", str(tmp_path / "out"), "--output-json",
+                           str(tmp_path / "r.json"))
+    assert status == 0 and err == ""
+    assert out.startswith(f"bootstrap {tmp_path / 'out' / 'bootstrap'}")
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["counts"]["files"] == 1 and len(doc["blobs"]) == 1
+    status, out, _ = run(capsys, "inspect", str(tmp_path / "out"))
+    assert status == 0 and out.rstrip().endswith(" /a")

@@ -12,17 +12,7 @@ import struct
 from collections import namedtuple
 from typing import Any
 
-from construct import (
-    Adapter,
-    Bytes,
-    Const,
-    Construct,
-    FormatField,
-    Padding,
-    Renamed,
-    Struct,
-    ValidationError,
-)
+from construct import Adapter, Bytes, Const, Construct, FormatField, Renamed, Struct, ValidationError
 from construct.core import Padded
 
 
@@ -55,14 +45,11 @@ def _field_format(subcon: Construct) -> tuple[str, bool]:
         if subcon.fmtstr[0] != "<":
             raise TypeError(f"field {subcon} is not little-endian")
         return subcon.fmtstr[1:], True
-    if isinstance(subcon, Const):
-        inner, _ = _field_format(subcon.subcon)
-        if subcon.value not in (0, bytes(subcon.sizeof())):
-            raise TypeError("only zero constants can be derived as padding")
+    if isinstance(subcon, Const):  # a value field: callers pack the constant, unpacking does not check it
+        return _field_format(subcon.subcon)
+    if isinstance(subcon, Padded):
         return f"{subcon.sizeof()}x", False
-    if isinstance(subcon, Padded) or type(subcon).__name__ == "Padded":
-        return f"{subcon.sizeof()}x", False
-    if isinstance(subcon, Bytes) or type(subcon).__name__ == "Bytes":
+    if isinstance(subcon, Bytes):
         return f"{subcon.sizeof()}s", True
     raise TypeError(f"cannot derive a struct format from {subcon!r}")
 
@@ -70,8 +57,8 @@ def _field_format(subcon: Construct) -> tuple[str, bool]:
 class FastStruct:
     """A `struct.Struct` with named fields, derived once from a flat construct `Struct`.
 
-    Zero `Const` and `Padding` fields become pad bytes: they are written as zeros and not checked when
-    unpacking (the construct declaration checks them where a reader must).
+    `Padding` fields become pad bytes; `Const` fields are ordinary values that unpacking does not check
+    (the construct declaration checks them where a reader must).
     """
 
     def __init__(self, decl: Struct, name: str) -> None:
@@ -99,4 +86,4 @@ class FastStruct:
         return self.record._make(self.struct.unpack_from(buffer, offset))
 
 
-__all__ = ["FastStruct", "IntEnumField", "Padding"]
+__all__ = ["FastStruct", "IntEnumField"]

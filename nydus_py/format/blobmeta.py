@@ -179,10 +179,6 @@ GNU_MAGIC = b"ustar "
 GNU_VERSION = b" \0"
 
 FAST_TOC_ENTRY = FastStruct(TocEntry, "TocEntryRecord")
-FAST_CCT_HEADER = FastStruct(
-    Struct(*[sub for sub in CompressionContextHeader.subcons if sub.name not in ("s_magic", "s_magic2")]),
-    "CctHeaderBody",
-)
 _U64_PAIR = struct.Struct("<QQ")
 _U64_TRIPLE = struct.Struct("<QQQ")
 _MASK20 = (1 << 20) - 1

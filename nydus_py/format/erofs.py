@@ -226,6 +226,7 @@ XattrEntry = Aligned(  # one inline xattr: header, name suffix, value, zero padd
 )
 
 # Fast codecs for the records a builder or reader handles a million times.
+FAST_SUPER_BLOCK = FastStruct(SuperBlock, "SuperBlockRecord")
 FAST_INODE_EXTENDED = FastStruct(InodeExtended, "InodeExtendedRecord")
 FAST_INODE_COMPACT = FastStruct(InodeCompact, "InodeCompactRecord")
 FAST_DIRENT = FastStruct(Dirent, "DirentRecord")

@@ -133,6 +133,7 @@ ChunkInfo = Struct(  # RafsV5ChunkInfo: one chunk table entry, 80 B; the table i
 )
 assert ChunkInfo.sizeof() == 80
 
+FAST_SUPER_BLOCK_EXT = FastStruct(SuperBlockExt, "SuperBlockExtRecord")
 FAST_BLOB = FastStruct(Blob, "BlobRecord")
 FAST_CHUNK_INFO = FastStruct(ChunkInfo, "ChunkInfoRecord")
 PREFETCH_ENTRY_SIZE = 4  # the prefetch table is a plain array of u32 nids

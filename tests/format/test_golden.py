@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
+import construct
 from construct import Construct, Container, SizeofError
 
 from nydus_py.format import blobmeta, erofs, rafs
@@ -277,6 +278,8 @@ def test_tail_tar_headers(v1: tuple[bytes, bytes]) -> None:
 # --- the fast codecs write exactly what the declarations write -------------------------------------------
 
 FAST_CODECS = [
+    (erofs.SuperBlock, erofs.FAST_SUPER_BLOCK),
+    (rafs.SuperBlockExt, rafs.FAST_SUPER_BLOCK_EXT),
     (erofs.InodeExtended, erofs.FAST_INODE_EXTENDED),
     (erofs.InodeCompact, erofs.FAST_INODE_COMPACT),
     (erofs.Dirent, erofs.FAST_DIRENT),
@@ -297,11 +300,13 @@ def test_fast_codec_matches_declaration(decl: Construct, fast: Any) -> None:
         raw = bytearray(os.urandom(decl.sizeof()))
         values = fast.unpack_record(bytes(raw))
         obj = {name: getattr(values, name) for name in fast.fields}
-        for sub in decl.subcons:  # enum fields need valid members: take the first one
-            adapter = getattr(sub, "subcon", None)
-            enum_type = getattr(adapter, "enum_type", None)
+        for sub in decl.subcons:  # enum fields need valid members, constants their value
+            inner = getattr(sub, "subcon", None)
+            enum_type = getattr(inner, "enum_type", None)
             if enum_type is not None:
                 obj[sub.name] = list(enum_type)[rng.randrange(len(list(enum_type)))]
+            if isinstance(inner, construct.Const):
+                obj[sub.name] = inner.value
         packed = fast.pack(*(obj[name] for name in fast.fields))
         assert decl.build(obj) == packed
         assert tuple(fast.unpack_record(packed)) == tuple(obj[name] for name in fast.fields)

@@ -1,0 +1,177 @@
+"""Chunks -> one native Nydus blob in the tail-tar layout nydus-snapshotter's `Pack` produces.
+
+    chunk data | hdr image.blob | CI array + 4 KiB CI header | hdr blob.meta | digest array | hdr blob.digest
+    | bootstrap (zstd) | hdr image.boot | TOC entries | hdr rafs.blob.toc   (= EOF)
+
+Each 512-byte GNU header follows its data. A layer without file data has only the bootstrap and TOC.
+Data is streamed to a temporary file as chunks arrive; the blob id is the sha256 of the whole file.
+References: ../shared/reference/oci-packaging.md §2.1; rafs-v6-format.md §11; nydus builder/src/core/blob.rs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from nydus_py import compress
+from nydus_py.errors import InternalError, UnsupportedError
+from nydus_py.format import blobmeta, build, rafs
+from nydus_py.format.blobmeta import BLOB_ID_PLACEHOLDER, BlobFeatures
+from nydus_py.format.rafs import CompressAlgo, DigestAlgo
+from nydus_py.fsutil import temporary_file
+from nydus_py.image import BlobInfo
+from nydus_py.model import ChunkRef
+
+BLOCK = 4096
+_TOC_FLAGS = {CompressAlgo.NONE: blobmeta.TocFlags.COMPRESSION_NONE, CompressAlgo.ZSTD: blobmeta.TocFlags.COMPRESSION_ZSTD}
+# What a blob built like `nydus-image create --blob-inline-meta --features blob-toc` declares.
+BASE_FEATURES = (BlobFeatures.ALIGNED | BlobFeatures.INLINED_FS_META | BlobFeatures.HAS_TAR_HEADER
+                 | BlobFeatures.HAS_TOC | BlobFeatures.CAP_TAR_TOC)
+
+
+@dataclass(frozen=True, slots=True)
+class _TocRecord:
+    name: str
+    compressor: CompressAlgo
+    digest: bytes
+    offset: int
+    compressed_size: int
+    uncompressed_size: int
+
+
+def meta_compressor(compressor: CompressAlgo) -> CompressAlgo:
+    """TOC-referenced metadata is raw or zstd: nydus-snapshotter cannot read lz4_block TOC entries."""
+    return CompressAlgo.NONE if compressor is CompressAlgo.NONE else CompressAlgo.ZSTD
+
+
+class BlobWriter:
+    """Appends chunks to a temporary blob file in `directory`, then finishes the metadata tail."""
+
+    def __init__(self, directory: Path, *, blob_index: int, chunk_size: int, compressor: CompressAlgo,
+                 digester: DigestAlgo) -> None:
+        self.file, self.path = temporary_file(directory, "blob")
+        self.hash = hashlib.sha256()
+        self.pos = 0
+        self.blob_index = blob_index
+        self.chunk_size = chunk_size
+        self.compressor = compressor
+        self.digester = digester
+        self.ci: list[bytes] = []
+        self.digests: list[bytes] = []
+        self.uncompressed_size = 0
+        self.toc: list[_TocRecord] = []
+        self._data_info: BlobInfo | None = None
+
+    def _write(self, data: bytes | memoryview) -> int:
+        offset = self.pos
+        self.file.write(data)
+        self.hash.update(data)
+        self.pos += len(data)
+        return offset
+
+    def _tail_header(self, name: str, size: int) -> bytes:
+        header = blobmeta.encode_tar_header(name, size)
+        self._write(header)
+        return header
+
+    @property
+    def chunk_count(self) -> int:
+        return len(self.ci)
+
+    def append_chunk(self, stored: bytes, compressed: bool, size: int, digest: bytes, crc32: int,
+                     file_offset: int) -> ChunkRef:
+        """Store one chunk (`stored` is its compressed or raw bytes) and describe where it went."""
+        if self._data_info is not None:
+            raise InternalError("chunk appended after the blob data was finished")
+        if len(self.ci) >= rafs.MAX_CHUNKS_PER_BLOB:
+            raise UnsupportedError(f"more than {rafs.MAX_CHUNKS_PER_BLOB} distinct chunks in one blob")
+        ref = ChunkRef(
+            blob_index=self.blob_index, ci_index=len(self.ci), uncompressed_offset=self.uncompressed_size,
+            uncompressed_size=size, compressed_offset=self.pos, compressed_size=len(stored), compressed=compressed,
+            digest=digest, crc32=crc32, file_offset=file_offset,
+        )
+        self._write(stored)
+        self.ci.append(blobmeta.encode_chunk_info_v1(ref.uncompressed_offset, size, ref.compressed_offset,
+                                                     len(stored)))
+        self.digests.append(digest)
+        self.uncompressed_size += -(-size // BLOCK) * BLOCK  # v6 blobs are ALIGNED: 4 KiB device offsets
+        return ref
+
+    def finish_data(self) -> BlobInfo:
+        """Write everything up to the inline bootstrap; returns the blob table entry that bootstrap carries."""
+        features = BASE_FEATURES
+        ci_info = {"ci_compressor": CompressAlgo.NONE, "ci_offset": 0, "ci_compressed_size": 0,
+                   "ci_uncompressed_size": 0}
+        if self.ci:
+            features |= BlobFeatures.INLINED_CHUNK_DIGEST
+            data_size = self.pos
+            self._tail_header(blobmeta.TOC_ENTRY_BLOB_RAW, data_size)
+            # its digest covers the chunk data and this header (everything hashed so far)
+            self.toc.append(_TocRecord(blobmeta.TOC_ENTRY_BLOB_RAW, CompressAlgo.NONE, self.hash.copy().digest(), 0,
+                                       data_size, self.uncompressed_size))
+            ci_raw = b"".join(self.ci)
+            ci_stored, ci_compressed = compress.compress(ci_raw, meta_compressor(self.compressor))
+            ci_compressor = meta_compressor(self.compressor) if ci_compressed else CompressAlgo.NONE
+            ci_offset = self._write(ci_stored)
+            header = build(blobmeta.CompressionContextHeader, {
+                "s_features": features, "s_ci_compressor": ci_compressor, "s_ci_entries": len(self.ci),
+                "s_ci_offset": ci_offset, "s_ci_compressed_size": len(ci_stored),
+                "s_ci_uncompressed_size": len(ci_raw), "s_ci_zran_offset": 0, "s_ci_zran_size": 0,
+                "s_ci_zran_count": 0, "s_reserved": bytes(4032),
+            }, what="chunk info header")
+            self._write(header)
+            self._tail_header(blobmeta.TOC_ENTRY_BLOB_META, len(ci_stored) + len(header))
+            self.toc.append(_TocRecord(blobmeta.TOC_ENTRY_BLOB_META, ci_compressor, hashlib.sha256(ci_raw).digest(),
+                                       ci_offset, len(ci_stored), len(ci_raw)))
+            self.toc.append(_TocRecord(blobmeta.TOC_ENTRY_BLOB_META_HEADER, CompressAlgo.NONE,
+                                       hashlib.sha256(header).digest(), ci_offset + len(ci_stored), len(header),
+                                       len(header)))
+            digests = b"".join(self.digests)
+            digests_offset = self._write(digests)
+            self._tail_header(blobmeta.TOC_ENTRY_BLOB_DIGEST, len(digests))
+            self.toc.append(_TocRecord(blobmeta.TOC_ENTRY_BLOB_DIGEST, CompressAlgo.NONE,
+                                       hashlib.sha256(digests).digest(), digests_offset, len(digests), len(digests)))
+            ci_info = {"ci_compressor": ci_compressor, "ci_offset": ci_offset, "ci_compressed_size": len(ci_stored),
+                       "ci_uncompressed_size": len(ci_raw)}
+        self._data_info = BlobInfo(
+            blob_id=BLOB_ID_PLACEHOLDER, blob_index=self.blob_index, chunk_size=self.chunk_size,
+            chunk_count=len(self.ci), compressor=self.compressor, digester=self.digester, features=features,
+            compressed_size=self.pos, uncompressed_size=self.uncompressed_size, **ci_info,
+        )
+        return self._data_info
+
+    def finish(self, inline_bootstrap: bytes) -> BlobInfo:
+        """Append the inline bootstrap and the TOC, close the file; returns the final blob table entry
+        (real id = sha256 of the file, final size, TOC size and digest, no INLINED_FS_META: the form a
+        merged bootstrap records, as nydus-image merge does)."""
+        if self._data_info is None:
+            raise InternalError("finish() before finish_data()")
+        stored, compressed = compress.compress(inline_bootstrap, CompressAlgo.ZSTD)
+        boot_offset = self._write(stored)
+        self._tail_header(blobmeta.TOC_ENTRY_BOOTSTRAP, len(stored))
+        self.toc.append(_TocRecord(blobmeta.TOC_ENTRY_BOOTSTRAP, CompressAlgo.ZSTD if compressed else CompressAlgo.NONE,
+                                   hashlib.sha256(inline_bootstrap).digest(), boot_offset, len(stored),
+                                   len(inline_bootstrap)))
+        entries = b"".join(
+            blobmeta.FAST_TOC_ENTRY.pack(_TOC_FLAGS[t.compressor], 0, t.name.encode(), t.digest, t.offset,
+                                         t.compressed_size, t.uncompressed_size, b"")
+            for t in self.toc
+        )
+        self._write(entries)
+        header = self._tail_header(blobmeta.TOC_ENTRY_BLOB_TOC, len(entries))
+        toc_digest = hashlib.sha256(entries + header).digest()
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        return replace(
+            self._data_info, blob_id=self.hash.hexdigest(), compressed_size=self.pos,
+            features=self._data_info.features & ~BlobFeatures.INLINED_FS_META,
+            toc_size=len(entries) + len(header), toc_digest=toc_digest,
+        )
+
+    def discard(self) -> None:
+        if not self.file.closed:
+            self.file.close()
+        self.path.unlink(missing_ok=True)

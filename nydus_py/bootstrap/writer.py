@@ -1,0 +1,219 @@
+"""LayoutPlan -> bootstrap bytes, every record encoded by its format Struct and written in offset order.
+
+The plan fixes every offset; this module only renders records and lays them down in ascending order,
+so a layout bug (two records claiming the same bytes) is an InternalError naming the region.
+"""
+
+from __future__ import annotations
+
+import os
+
+from nydus_py.errors import InternalError
+from nydus_py.format import build, erofs, rafs
+from nydus_py.bootstrap.layout import BLOCK, DIRENT_SIZE, InodePlan, LayoutPlan
+from nydus_py.bootstrap.reader import file_type_of
+from nydus_py.image import BlobInfo
+from nydus_py.model import ChunkRef, FileKind
+
+_EXT_INCOMPAT = erofs.FeatureIncompat.CHUNKED_FILE | erofs.FeatureIncompat.DEVICE_TABLE  # nydusd requires both
+
+
+def write_bootstrap(plan: LayoutPlan) -> bytes:
+    """Render the whole bootstrap."""
+    regions: list[tuple[int, bytes, str]] = [
+        (erofs.EROFS_SUPER_OFFSET, encode_superblock(plan), "superblock"),
+        (rafs.EXT_SUPER_OFFSET, encode_ext_superblock(plan), "extended superblock"),
+    ]
+    slot_at = erofs.device_table_offset(rafs.DEVT_SLOTOFF)
+    for i, (blob, mapped) in enumerate(zip(plan.blobs, plan.mapped_blkaddrs, strict=True)):
+        regions.append((slot_at + i * erofs.EROFS_DEVT_SLOT_SIZE, encode_device_slot(blob, mapped), f"device slot {i}"))
+        regions.append((plan.blob_table_offset + i * rafs.Blob.sizeof(), encode_blob(blob, i), f"blob table entry {i}"))
+    if plan.prefetch_nids:
+        table = b"".join(nid.to_bytes(rafs.PREFETCH_ENTRY_SIZE, "little") for nid in plan.prefetch_nids)
+        regions.append((plan.prefetch_table_offset, table, "prefetch table"))
+    for inode_plan in plan.inodes:
+        regions.extend(inode_regions(inode_plan, plan.chunk_size))
+    regions.append((plan.chunk_table_offset, encode_chunk_table(plan.chunk_table), "chunk table"))
+    return assemble(regions, plan.size)
+
+
+def assemble(regions: list[tuple[int, bytes, str]], size: int) -> bytes:
+    regions.sort(key=lambda r: r[0])
+    out = bytearray()
+    previous = "start"
+    for offset, data, what in regions:
+        if offset < len(out):
+            raise InternalError(f"bootstrap layout: {what} at {offset:#x} overlaps {previous} (ends {len(out):#x})")
+        out += bytes(offset - len(out))
+        out += data
+        previous = what
+    if len(out) > size:
+        raise InternalError(f"bootstrap layout: {previous} ends at {len(out):#x}, past the planned size {size:#x}")
+    out += bytes(size - len(out))
+    return bytes(out)
+
+
+def encode_superblock(plan: LayoutPlan) -> bytes:
+    return build(erofs.SuperBlock, {
+        "checksum": 0,
+        "feature_compat": erofs.FeatureCompat.RAFS_V6,
+        "blkszbits": erofs.EROFS_BLKSIZ_BITS,
+        "sb_extslots": 0,
+        "root_nid": plan.root.nid,
+        "inos": plan.inos,
+        "build_time": 0,
+        "build_time_nsec": 0,
+        "blocks": sum(rafs.device_blocks(b.uncompressed_size) for b in plan.blobs),
+        "meta_blkaddr": plan.meta_blkaddr,
+        "xattr_blkaddr": 0,
+        "uuid": bytes(16),
+        "volume_name": bytes(16),
+        "feature_incompat": _EXT_INCOMPAT,
+        "u1": 0,
+        "extra_devices": len(plan.blobs),
+        "devt_slotoff": rafs.DEVT_SLOTOFF,
+        "reserved2": bytes(38),
+    }, what="superblock")
+
+
+def encode_ext_superblock(plan: LayoutPlan) -> bytes:
+    return build(rafs.SuperBlockExt, {
+        "s_flags": plan.flags,
+        "s_blob_table_offset": plan.blob_table_offset,
+        "s_blob_table_size": rafs.Blob.sizeof() * len(plan.blobs),
+        "s_chunk_size": plan.chunk_size,
+        "s_chunk_table_offset": plan.chunk_table_offset,
+        "s_chunk_table_size": rafs.ChunkInfo.sizeof() * len(plan.chunk_table),
+        "s_prefetch_table_offset": plan.prefetch_table_offset,
+        "s_prefetch_table_size": rafs.PREFETCH_ENTRY_SIZE * len(plan.prefetch_nids),
+        "s_padding": 0,
+        "s_reserved": bytes(200),
+    }, what="extended superblock")
+
+
+def encode_device_slot(blob: BlobInfo, mapped_blkaddr: int) -> bytes:
+    return erofs.FAST_DEVICE_SLOT.pack(rafs.blob_id_bytes(blob.blob_id), rafs.device_blocks(blob.uncompressed_size),
+                                       mapped_blkaddr, b"")
+
+
+def encode_blob(blob: BlobInfo, index: int) -> bytes:
+    return build(rafs.Blob, {
+        "blob_id": rafs.blob_id_bytes(blob.blob_id),
+        "blob_index": index,
+        "chunk_size": blob.chunk_size,
+        "chunk_count": blob.chunk_count,
+        "compression_algo": blob.compressor,
+        "digest_algo": blob.digester,
+        "features": blob.features,
+        "compressed_size": blob.compressed_size,
+        "uncompressed_size": blob.uncompressed_size,
+        "blob_toc_size": blob.toc_size,
+        "ci_compressor": blob.ci_compressor,
+        "ci_offset": blob.ci_offset,
+        "ci_compressed_size": blob.ci_compressed_size,
+        "ci_uncompressed_size": blob.ci_uncompressed_size,
+        "blob_toc_digest": blob.toc_digest,
+        "blob_meta_digest": blob.meta_digest,
+        "blob_meta_size": blob.meta_size,
+        "cipher_iv": bytes(8),
+        "cipher_algo": blob.cipher,
+        "reserved2": bytes(36),
+    }, what=f"blob table entry {index}")
+
+
+def encode_chunk_table(chunks: list[ChunkRef]) -> bytes:
+    pack = rafs.FAST_CHUNK_INFO.pack
+    out = []
+    for c in chunks:
+        flags = (rafs.ChunkFlags.COMPRESSED if c.compressed else 0) | (
+            rafs.ChunkFlags.HAS_CRC32 if c.crc32 is not None else 0)
+        out.append(pack(c.digest, c.blob_index, flags, c.compressed_size, c.uncompressed_size, c.compressed_offset,
+                        c.uncompressed_offset, c.file_offset, c.ci_index, c.crc32 or 0))
+    return b"".join(out)
+
+
+def encode_xattrs(plan: InodePlan) -> bytes:
+    if not plan.xattrs:
+        return b""
+    parts = [erofs.FAST_XATTR_IBODY_HEADER.pack(0, 0, b"")]
+    for x in plan.xattrs:
+        entry = erofs.FAST_XATTR_ENTRY_HEADER.pack(len(x.e_name), x.e_name_index, len(x.e_value)) + x.e_name + x.e_value
+        parts.append(entry + bytes(-len(entry) % erofs.EROFS_XATTR_ALIGN))
+    return b"".join(parts)
+
+
+def chunk_format_word(plan: InodePlan, chunk_size: int) -> int:
+    """i_u of a file: 8-byte indexes; one big chunk when the data is contiguous in one blob (page cache
+    sharing: nydus's continuity trick; nydusd itself always uses the superblock chunk size)."""
+    chunks = plan.inode.chunks
+    contiguous = all(b.blob_index == a.blob_index and a.uncompressed_offset + chunk_size == b.uncompressed_offset
+                     for a, b in zip(chunks, chunks[1:], strict=False))
+    size = chunk_size
+    if contiguous and plan.size > chunk_size:
+        size = 1 << (plan.size - 1).bit_length()
+    return erofs.chunk_format(size.bit_length() - 1)
+
+
+def encode_chunk_indexes(chunks: list[ChunkRef]) -> bytes:
+    pack = erofs.FAST_CHUNK_ADDR.pack
+    return b"".join(pack(*erofs.blob_addr(c.blob_index, c.ci_index), c.uncompressed_offset // BLOCK) for c in chunks)
+
+
+def dirent_blocks(plan: InodePlan) -> list[bytes]:
+    """Dirent blocks of a directory: full blocks padded to 4 KiB, the last one exact."""
+    blocks: list[list[tuple[bytes, InodePlan]]] = [[]]
+    used = 0
+    for name, child in plan.dirents:
+        need = DIRENT_SIZE + len(name)
+        if used + need > BLOCK:
+            blocks.append([])
+            used = 0
+        blocks[-1].append((name, child))
+        used += need
+    pack = erofs.FAST_DIRENT.pack
+    out = []
+    for entries in blocks:
+        nameoff = DIRENT_SIZE * len(entries)
+        heads = []
+        for name, child in entries:
+            heads.append(pack(child.nid, nameoff, file_type_of(child.inode.kind), 0))
+            nameoff += len(name)
+        out.append(b"".join(heads) + b"".join(name for name, _ in entries))
+    for i in range(len(out) - 1):
+        out[i] += bytes(BLOCK - len(out[i]))
+    return out
+
+
+def inode_regions(plan: InodePlan, chunk_size: int) -> list[tuple[int, bytes, str]]:
+    inode = plan.inode
+    kind = inode.kind
+    data_blocks: list[bytes] = []
+    if kind is FileKind.DIR:
+        data_blocks = dirent_blocks(plan)
+        i_u = plan.data_offset // BLOCK
+    elif kind is FileKind.SYMLINK:
+        target = inode.symlink_target
+        data_blocks = [target[i : i + BLOCK] for i in range(0, len(target), BLOCK)]
+        i_u = plan.data_offset // BLOCK
+    elif kind is FileKind.REG:
+        i_u = chunk_format_word(plan, chunk_size)
+    elif kind in (FileKind.CHR, FileKind.BLK):
+        i_u = erofs.encode_rdev(os.major(inode.rdev), os.minor(inode.rdev))
+    else:
+        i_u = 0
+    record = erofs.FAST_INODE_EXTENDED.pack(
+        erofs.i_format(plan.datalayout), erofs.xattr_icount(plan.xattr_size), inode.mode, 0, plan.size, i_u,
+        plan.ino, inode.uid, inode.gid, inode.mtime, inode.mtime_nsec, plan.nlink, b"",
+    )
+    body = record + encode_xattrs(plan)
+    what = f"inode nid {plan.nid}"
+    regions = []
+    if kind is FileKind.REG:
+        indexes_at = erofs.chunk_indexes_offset(plan.offset, erofs.InodeExtended.sizeof(), plan.xattr_size)
+        body += bytes(indexes_at - plan.offset - len(body)) + encode_chunk_indexes(inode.chunks)
+    elif data_blocks and plan.datalayout == erofs.DataLayout.FLAT_INLINE:
+        body += data_blocks.pop()  # the tail block lives right after the inode
+    regions.append((plan.offset, body, what))
+    for k, block in enumerate(data_blocks):
+        regions.append((plan.data_offset + k * BLOCK, block, f"{what} data block {k}"))
+    return regions

@@ -1,0 +1,73 @@
+"""Build options as one frozen object, made by the CLI (or a library caller) and read by every stage."""
+
+from __future__ import annotations
+
+import enum
+import os
+from dataclasses import dataclass
+
+from nydus_py.errors import UsageError
+from nydus_py.format.rafs import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, CompressAlgo, DigestAlgo
+
+
+class Compressor(enum.Enum):
+    """Chunk compressors a build can write (the names nydus-image uses)."""
+
+    ZSTD = "zstd"
+    LZ4_BLOCK = "lz4_block"
+    NONE = "none"
+
+    @property
+    def algo(self) -> CompressAlgo:
+        return {Compressor.ZSTD: CompressAlgo.ZSTD, Compressor.LZ4_BLOCK: CompressAlgo.LZ4_BLOCK,
+                Compressor.NONE: CompressAlgo.NONE}[self]
+
+
+class Digester(enum.Enum):
+    BLAKE3 = "blake3"
+    SHA256 = "sha256"
+
+    @property
+    def algo(self) -> DigestAlgo:
+        return DigestAlgo.BLAKE3 if self is Digester.BLAKE3 else DigestAlgo.SHA256
+
+
+@dataclass(frozen=True, slots=True)
+class BuildConfig:
+    compressor: Compressor = Compressor.ZSTD
+    digester: Digester = Digester.BLAKE3
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    jobs: int = 0  # 0: all cores
+
+    def __post_init__(self) -> None:
+        check_chunk_size(self.chunk_size)
+        if self.jobs < 0:
+            raise UsageError(f"--jobs {self.jobs}: must be at least 1 (or 0 for all cores)")
+
+    @property
+    def workers(self) -> int:
+        return self.jobs or os.cpu_count() or 1
+
+
+def check_chunk_size(size: int) -> int:
+    if not (MIN_CHUNK_SIZE <= size <= MAX_CHUNK_SIZE) or size & (size - 1):
+        raise UsageError(f"chunk size {size:#x}: must be a power of two from 4 KiB to 16 MiB")
+    return size
+
+
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mb": 1 << 20, "mib": 1 << 20}
+
+
+def parse_size(text: str) -> int:
+    """`1MiB`, `512KiB`, `0x100000` or `1048576` -> bytes (binary units)."""
+    raw = text.strip().lower()
+    if raw.startswith("0x"):
+        try:
+            return int(raw, 16)
+        except ValueError:
+            raise UsageError(f"{text!r} is not a size") from None
+    digits = raw.rstrip("kmib")
+    unit = raw[len(digits) :]
+    if not digits.isdigit() or unit not in _UNITS:
+        raise UsageError(f"{text!r} is not a size (use e.g. 1MiB, 512KiB or 0x100000)")
+    return int(digits) * _UNITS[unit]
