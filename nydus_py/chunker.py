@@ -10,20 +10,17 @@ another in-flight piece claimed first is compressed when it retires). Chunks tha
 
 from __future__ import annotations
 
-import errno
-import os
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from nydus_py.blob.writer import BlobWriter
 from nydus_py.compress import compress
 from nydus_py.digests import chunk_digest, crc32c
-from nydus_py.errors import FormatError
 from nydus_py.format.rafs import CompressAlgo, DigestAlgo
 from nydus_py.model import ChunkRef, Inode
-from nydus_py.sources.directory import FileData
+from nydus_py.sources import FileContent
 
 BATCH_BYTES = 1 << 20
 BATCH_PIECES = 256
@@ -78,33 +75,20 @@ class ChunkPipeline:
 
     # --- producer side -----------------------------------------------------------------------------
 
-    def add(self, file: FileData) -> None:
-        """Read one file's pieces (closing its descriptor) and queue them."""
+    def add(self, file: FileContent) -> None:
+        """Read one file's pieces (then close it) and queue them."""
         try:
-            self._add_pieces(file)
+            self.stats.files += 1
+            for offset, length, data in file.pieces(self.chunk_size):
+                if data is None:
+                    self.stats.hole_chunks += 1
+                self._batch.append(_Piece(file.inode, offset, length, data))
+                self._batch_bytes += length if data is not None else 0
+                if self._batch_bytes >= BATCH_BYTES or len(self._batch) >= BATCH_PIECES:
+                    self._submit()
+            self.stats.bytes_in += file.inode.size
         finally:
-            os.close(file.fd)
-
-    def _add_pieces(self, file: FileData) -> None:
-        size = file.inode.size
-        self.stats.files += 1
-        next_data = 0
-        for offset in range(0, size, self.chunk_size):
-            length = min(self.chunk_size, size - offset)
-            data = None
-            if file.sparse and next_data < offset + length:
-                next_data = _next_data(file.fd, offset, size)
-            if not file.sparse or next_data < offset + length:
-                data = _read_exact(file, offset, length)
-            else:
-                self.stats.hole_chunks += 1
-            self._batch.append(_Piece(file.inode, offset, length, data))
-            self._batch_bytes += length if data is not None else 0
-            if self._batch_bytes >= BATCH_BYTES or len(self._batch) >= BATCH_PIECES:
-                self._submit()
-        if os.pread(file.fd, 1, size):
-            raise FormatError(f"{file.path.decode(errors='backslashreplace')}: file grew during the build")
-        self.stats.bytes_in += size
+            file.close()
 
     def _submit(self) -> None:
         if not self._batch:
@@ -159,10 +143,8 @@ class ChunkPipeline:
                 self.stored[key] = ref
                 self.stats.stored += 1
                 self.stats.bytes_stored += len(stored)
-            else:
+            else:  # the chunk table keeps the offset in the file that first produced the chunk
                 self.stats.dedup_hits += 1
-                if ref.file_offset != piece.file_offset:
-                    ref = replace(ref, file_offset=piece.file_offset)
             piece.inode.chunks.append(ref)
             self.stats.chunks += 1
 
@@ -180,19 +162,3 @@ class ChunkPipeline:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
-
-def _next_data(fd: int, offset: int, size: int) -> int:
-    """Offset of the next data byte at or after `offset` (size when only a hole remains)."""
-    try:
-        return os.lseek(fd, offset, os.SEEK_DATA)
-    except OSError as exc:
-        if exc.errno == errno.ENXIO:
-            return size
-        raise
-
-
-def _read_exact(file: FileData, offset: int, length: int) -> bytes:
-    data = os.pread(file.fd, length, offset)
-    if len(data) != length:
-        raise FormatError(f"{file.path.decode(errors='backslashreplace')}: file shrank during the build")
-    return data

@@ -13,8 +13,16 @@ from pathlib import Path
 import click
 
 from nydus_py import report
-from nydus_py.build import build_image
-from nydus_py.config import BuildConfig, Compressor, Digester, check_chunk_size, parse_size
+from nydus_py.build import BuildResult, build_image, merge_images
+from nydus_py.config import (
+    BuildConfig,
+    Compressor,
+    Digester,
+    WhiteoutSpec,
+    XattrNamespace,
+    check_chunk_size,
+    parse_size,
+)
 from nydus_py.errors import NydusError, UsageError
 from nydus_py.fsutil import atomic_output
 from nydus_py.locate import open_image
@@ -40,10 +48,57 @@ def _chunk_size(ctx: click.Context, param: click.Parameter, value: str) -> int:
         raise click.BadParameter(str(exc)) from None
 
 
+def _prefetch(patterns: str | None, no_prefetch: bool) -> tuple[bytes, ...]:
+    if no_prefetch:
+        if patterns is not None:
+            raise UsageError("--prefetch-patterns and --no-prefetch exclude each other")
+        return ()
+    if patterns is None:
+        return (b"/",)
+    try:
+        text = sys.stdin.buffer.read() if patterns == "-" else Path(patterns).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{patterns}: cannot read prefetch patterns: {exc.strerror}") from exc
+    paths = tuple(line.strip() for line in text.splitlines() if line.strip())
+    bad = [p for p in paths if not p.startswith(b"/")]
+    if bad:
+        raise UsageError(f"prefetch pattern {bad[0].decode(errors='replace')!r}: must be an absolute path")
+    return paths
+
+
+def _output_options(fn):  # type: ignore[no-untyped-def]
+    """Options shared by build and merge: where the result goes and what the merged bootstrap prefetches."""
+    for option in reversed([
+        click.option("-o", "--output", "outdir", required=True, type=click.Path(path_type=Path),
+                     help="Output directory: blobs/sha256/<blob id> and bootstrap."),
+        click.option("--bootstrap", "extra_bootstrap", type=click.Path(path_type=Path),
+                     help="Also write a copy of the merged bootstrap here."),
+        click.option("--output-json", type=click.Path(path_type=Path), help="Write the result as JSON here."),
+        click.option("--prefetch-patterns", help="File ('-': stdin) of absolute paths to prefetch (default: /)."),
+        click.option("--no-prefetch", is_flag=True, help="Write no prefetch table."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+def _report(result: BuildResult, output_json: Path | None) -> None:
+    if output_json is not None:
+        with atomic_output(output_json) as f:
+            f.write(json.dumps(result.to_json(), indent=2).encode() + b"\n")
+    click.echo(f"bootstrap {result.bootstrap}")
+    for blob in result.layers:
+        unused = "" if blob.referenced else ", not referenced"
+        click.echo(f"blob      {blob.path} ({blob.info.compressed_size} bytes, {blob.info.chunk_count} chunks{unused})")
+    stats = result.stats
+    seconds = result.timings["total"]
+    rate = stats.bytes_in / seconds / (1 << 20) if seconds else 0.0
+    click.echo(f"{result.entries} entries, {stats.files} files, {stats.bytes_in} bytes -> {stats.stored} chunks "
+               f"({stats.dedup_hits} dedup hits) in {seconds:.3f}s ({rate:.1f} MiB/s)")
+
+
 @cli.command()
-@click.argument("source", type=click.Path(path_type=Path))
-@click.option("-o", "--output", "outdir", required=True, type=click.Path(path_type=Path),
-              help="Output directory: blobs/sha256/<blob id> and bootstrap.")
+@click.argument("layers", nargs=-1, required=True)
+@_output_options
 @click.option("--compressor", type=click.Choice([c.value for c in Compressor]), default=Compressor.ZSTD.value,
               show_default=True, help="Chunk compression.")
 @click.option("--digester", type=click.Choice([d.value for d in Digester]), default=Digester.BLAKE3.value,
@@ -51,27 +106,40 @@ def _chunk_size(ctx: click.Context, param: click.Parameter, value: str) -> int:
 @click.option("--chunk-size", default="1MiB", callback=_chunk_size, show_default=True,
               help="Power of two from 4KiB to 16MiB (e.g. 1MiB, 0x100000).")
 @click.option("--jobs", "-j", type=click.IntRange(min=0), default=0, help="Worker threads (0: all cores).")
-@click.option("--bootstrap", "extra_bootstrap", type=click.Path(path_type=Path),
-              help="Also write a copy of the plain bootstrap here.")
-@click.option("--output-json", type=click.Path(path_type=Path), help="Write the result as JSON here.")
-def build(source: Path, outdir: Path, compressor: str, digester: str, chunk_size: int, jobs: int,
-          extra_bootstrap: Path | None, output_json: Path | None) -> None:
-    """Build a directory SOURCE into a RAFS v6 blob and bootstrap in OUTDIR."""
+@click.option("--whiteout-spec", type=click.Choice([w.value for w in WhiteoutSpec]), default=WhiteoutSpec.AUTO.value,
+              show_default=True, help="How layers mark removals (auto: overlayfs for directories, oci for tars).")
+@click.option("--overlay-xattr-ns", type=click.Choice([n.value for n in XattrNamespace]),
+              default=XattrNamespace.TRUSTED.value, show_default=True,
+              help="xattr namespace of the overlayfs mount an upper directory comes from (user: userxattr).")
+@click.option("--cross-layer-dedup", is_flag=True,
+              help="Reference chunks already stored in lower layers' blobs (layers stop being self-contained).")
+def build(layers: tuple[str, ...], outdir: Path, compressor: str, digester: str, chunk_size: int, jobs: int,
+          whiteout_spec: str, overlay_xattr_ns: str, cross_layer_dedup: bool, extra_bootstrap: Path | None,
+          output_json: Path | None, prefetch_patterns: str | None, no_prefetch: bool) -> None:
+    """Build LAYERS (lowest first) into one blob per layer and a merged RAFS v6 bootstrap in OUTDIR.
+
+    Each layer is a directory, an overlayfs upper directory, or an OCI layer tar (plain, gzip or zstd;
+    '-' reads stdin).
+    """
     config = BuildConfig(compressor=Compressor(compressor), digester=Digester(digester), chunk_size=chunk_size,
-                         jobs=jobs)
-    result = build_image(source, outdir, config, extra_bootstrap=extra_bootstrap)
-    doc = result.to_json()
-    if output_json is not None:
-        with atomic_output(output_json) as f:
-            f.write(json.dumps(doc, indent=2).encode() + b"\n")
-    click.echo(f"bootstrap {result.bootstrap}")
-    for blob in result.layers:
-        click.echo(f"blob      {blob.path} ({blob.info.compressed_size} bytes, {blob.info.chunk_count} chunks)")
-    stats = result.stats
-    seconds = result.timings["total"]
-    rate = stats.bytes_in / seconds / (1 << 20) if seconds else 0.0
-    click.echo(f"{result.entries} entries, {stats.files} files, {stats.bytes_in} bytes -> {stats.stored} chunks "
-               f"({stats.dedup_hits} dedup hits) in {seconds:.3f}s ({rate:.1f} MiB/s)")
+                         jobs=jobs, whiteout_spec=WhiteoutSpec(whiteout_spec),
+                         overlay_xattr_ns=XattrNamespace(overlay_xattr_ns),
+                         prefetch_patterns=_prefetch(prefetch_patterns, no_prefetch),
+                         cross_layer_dedup=cross_layer_dedup)
+    _report(build_image(list(layers), outdir, config, extra_bootstrap=extra_bootstrap), output_json)
+
+
+@cli.command()
+@click.argument("layers", nargs=-1, required=True, type=click.Path(path_type=Path))
+@_output_options
+@click.option("--blob-dir", type=click.Path(path_type=Path),
+              help="Where the blobs of plain bootstraps are (files named by blob id, or an OCI blobs/sha256/).")
+def merge(layers: tuple[Path, ...], outdir: Path, blob_dir: Path | None, extra_bootstrap: Path | None,
+          output_json: Path | None, prefetch_patterns: str | None, no_prefetch: bool) -> None:
+    """Merge LAYERS (layer blobs, or bootstraps with --blob-dir; lowest first) into one bootstrap in OUTDIR."""
+    config = BuildConfig(prefetch_patterns=_prefetch(prefetch_patterns, no_prefetch))
+    _report(merge_images(list(layers), outdir, config, blob_dir=blob_dir, extra_bootstrap=extra_bootstrap),
+            output_json)
 
 
 @cli.command()

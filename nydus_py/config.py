@@ -32,12 +32,32 @@ class Digester(enum.Enum):
         return DigestAlgo.BLAKE3 if self is Digester.BLAKE3 else DigestAlgo.SHA256
 
 
+class WhiteoutSpec(enum.Enum):
+    """How a layer source marks removals: `auto` is overlayfs for directories and OCI for tars."""
+
+    AUTO = "auto"
+    OCI = "oci"
+    OVERLAYFS = "overlayfs"
+    NONE = "none"
+
+
+class XattrNamespace(enum.Enum):
+    """The xattr namespace an overlayfs mount used for its bookkeeping (`userxattr` mounts: user)."""
+
+    TRUSTED = "trusted"
+    USER = "user"
+
+
 @dataclass(frozen=True, slots=True)
 class BuildConfig:
     compressor: Compressor = Compressor.ZSTD
     digester: Digester = Digester.BLAKE3
     chunk_size: int = DEFAULT_CHUNK_SIZE
     jobs: int = 0  # 0: all cores
+    whiteout_spec: WhiteoutSpec = WhiteoutSpec.AUTO
+    overlay_xattr_ns: XattrNamespace = XattrNamespace.TRUSTED
+    prefetch_patterns: tuple[bytes, ...] = (b"/",)  # paths the merged bootstrap prefetches; "/" = all (BuildKit)
+    cross_layer_dedup: bool = False
 
     def __post_init__(self) -> None:
         check_chunk_size(self.chunk_size)

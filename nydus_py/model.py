@@ -132,3 +132,17 @@ class Tree:
 
 def new_directory(mode: int = 0o755, **attrs: int) -> Inode:
     return Inode(kind=FileKind.DIR, mode=stat.S_IFDIR | (mode & 0o7777), **attrs)
+
+
+# OCI whiteout markers: how every layer tree (and every layer blob's inline bootstrap) records removals.
+WHITEOUT_PREFIX = b".wh."
+OPAQUE_MARKER = b".wh..wh..opq"  # in a directory: hide everything below it in lower layers
+
+
+def is_marker(name: bytes) -> bool:
+    return name.startswith(WHITEOUT_PREFIX)
+
+
+def new_marker() -> Inode:
+    """The inode of a whiteout marker: an empty regular file, as OCI layer tars carry them."""
+    return Inode(kind=FileKind.REG, mode=stat.S_IFREG | 0o644)

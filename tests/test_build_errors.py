@@ -58,9 +58,10 @@ def test_missing_source(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> N
     assert not (tmp_path / "out").exists()
 
 
-def test_source_is_a_file(capsys: pytest.CaptureFixture[str], src: Path, tmp_path: Path) -> None:
+def test_source_file_that_is_not_a_tar(capsys: pytest.CaptureFixture[str], src: Path, tmp_path: Path) -> None:
     status, err = run(capsys, "build", str(src / "file"), "-o", str(tmp_path / "out"))
-    assert status == 2 and one_line(err) and "not a directory" in err
+    assert status == 2 and one_line(err) and "not a readable tar stream" in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_output_is_a_file(capsys: pytest.CaptureFixture[str], src: Path, tmp_path: Path) -> None:
@@ -139,10 +140,10 @@ def test_failure_late_in_the_build_leaves_outdir_as_it_was(capsys: pytest.Captur
     out.mkdir()
     (out / "keep").write_bytes(b"already here")
 
-    def fail(*_: object) -> bytes:
+    def fail(*_: object, **__: object) -> bytes:
         raise FormatError("injected failure")
 
-    monkeypatch.setattr("nydus_py.build.write_bootstrap", fail)
+    monkeypatch.setattr("nydus_py.build.overlay.merge_layers", fail)  # after every layer blob is written
     status, err = run(capsys, "build", str(src), "-o", str(out))
     assert status == 2 and "injected failure" in err
     assert sorted(os.listdir(out)) == ["keep"]  # no blobs/, no hidden temporary files

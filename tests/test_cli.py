@@ -72,8 +72,8 @@ def test_build_passes_the_exact_config(monkeypatch: pytest.MonkeyPatch, capsys: 
 
     seen = {}
 
-    def fake_build(source, outdir, config, *, extra_bootstrap=None):  # type: ignore[no-untyped-def]
-        seen.update(source=source, outdir=outdir, config=config, extra=extra_bootstrap)
+    def fake_build(layers, outdir, config, *, extra_bootstrap=None):  # type: ignore[no-untyped-def]
+        seen.update(source=layers, outdir=outdir, config=config, extra=extra_bootstrap)
         raise SystemExit(0)
 
     monkeypatch.setattr("nydus_py.cli.build_image", fake_build)
@@ -82,7 +82,7 @@ def test_build_passes_the_exact_config(monkeypatch: pytest.MonkeyPatch, capsys: 
               "0x10000", "--jobs", "3", "--bootstrap", "b.boot"])
     assert seen["config"] == BuildConfig(compressor=Compressor.LZ4_BLOCK, digester=Digester.SHA256,
                                          chunk_size=0x10000, jobs=3)
-    assert (seen["source"], seen["outdir"], seen["extra"]) == (Path("src"), Path("out"), Path("b.boot"))
+    assert (seen["source"], seen["outdir"], seen["extra"]) == (["src"], Path("out"), Path("b.boot"))
 
 
 def test_build_end_to_end(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -97,3 +97,19 @@ def test_build_end_to_end(capsys: pytest.CaptureFixture[str], tmp_path: Path) ->
     assert doc["counts"]["files"] == 1 and len(doc["blobs"]) == 1
     status, out, _ = run(capsys, "inspect", str(tmp_path / "out"))
     assert status == 0 and out.rstrip().endswith(" /a")
+
+
+def test_merge_end_to_end(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    blobs = []
+    for i, content in enumerate((b"lower", b"upper")):
+        src = tmp_path / f"src{i}"
+        src.mkdir()
+        (src / "f").write_bytes(content * 100)
+        status, _, _ = run(capsys, "build", str(src), "-o", str(tmp_path / f"out{i}"))
+        assert status == 0
+        blobs += [str(p) for p in (tmp_path / f"out{i}" / "blobs" / "sha256").iterdir()]
+    status, out, err = run(capsys, "merge", *blobs, "-o", str(tmp_path / "merged"), "--no-prefetch")
+    assert status == 0 and err == "" and out.startswith("bootstrap ")
+    assert "not referenced" in out  # the lower layer's only file was replaced
+    status, _, err = run(capsys, "merge", str(tmp_path / "missing"), "-o", str(tmp_path / "m2"))
+    assert status == 2 and "missing" in err and not (tmp_path / "m2").exists()

@@ -84,6 +84,7 @@ class LayoutPlan:
     chunk_table: list[ChunkRef]
     size: int  # bootstrap file size
     blobs: list[BlobInfo]
+    blob_positions: dict[int, int]  # ChunkRef.blob_index -> position in `blobs` (the device table)
     mapped_blkaddrs: list[int]
     flags: rafs.SuperFlags
     chunk_size: int
@@ -293,12 +294,15 @@ def dump_order(root: InodePlan) -> list[InodePlan]:
     return order
 
 
-def chunk_table(order: list[InodePlan]) -> list[ChunkRef]:
-    """One entry per (digest, blob), the last chunk seen in dump order, sorted by digest then blob."""
+def chunk_table(order: list[InodePlan], positions: dict[int, int]) -> list[ChunkRef]:
+    """One entry per (digest, blob), sorted by digest then blob position (nydus keeps a BTreeMap)."""
     table: dict[tuple[bytes, int], ChunkRef] = {}
     for plan in order:
         for chunk in plan.inode.chunks:
-            table[(chunk.digest, chunk.blob_index)] = chunk
+            position = positions.get(chunk.blob_index)
+            if position is None:
+                raise InternalError(f"a chunk refers to blob key {chunk.blob_index}, which is not in the blob table")
+            table[(chunk.digest, position)] = chunk
     return [table[key] for key in sorted(table)]
 
 
@@ -314,8 +318,14 @@ def super_flags(blobs: list[BlobInfo], compressor: rafs.CompressAlgo, digester: 
 
 
 def plan_layout(tree: Tree, blobs: list[BlobInfo], *, chunk_size: int, compressor: rafs.CompressAlgo,
-                digester: rafs.DigestAlgo, prefetch_paths: list[bytes] | None = None) -> LayoutPlan:
-    """Plan the whole bootstrap of `tree` whose chunks live in `blobs` (the device table, in order)."""
+                digester: rafs.DigestAlgo, blob_keys: list[int] | None = None,
+                prefetch_paths: list[bytes] | None = None) -> LayoutPlan:
+    """Plan the whole bootstrap of `tree` whose chunks live in `blobs` (the device table, in order).
+
+    `blob_keys[i]` is the `ChunkRef.blob_index` that means `blobs[i]` (default: i), so one set of chunk
+    references can be written into bootstraps with different blob tables.
+    """
+    positions = {key: i for i, key in enumerate(blob_keys if blob_keys is not None else range(len(blobs)))}
     if len(blobs) > rafs.MAX_BLOBS:
         raise UnsupportedError(f"{len(blobs)} blobs: a RAFS v6 image references at most {rafs.MAX_BLOBS}")
     planner = _Planner(chunk_size)
@@ -341,7 +351,7 @@ def plan_layout(tree: Tree, blobs: list[BlobInfo], *, chunk_size: int, compresso
         plan.nid = erofs.offset_to_nid(meta_blkaddr, plan.offset)
     meta_end = planner.alloc.end + shift
     chunk_table_offset = erofs.round_up(meta_end, BLOCK)
-    table = chunk_table(order)
+    table = chunk_table(order, positions)
     size = erofs.round_up(chunk_table_offset + rafs.ChunkInfo.sizeof() * len(table), BLOCK)
     has_xattr = any(plan.xattrs for plan in inodes)
     return LayoutPlan(
@@ -357,6 +367,7 @@ def plan_layout(tree: Tree, blobs: list[BlobInfo], *, chunk_size: int, compresso
         chunk_table=table,
         size=size,
         blobs=blobs,
+        blob_positions=positions,
         mapped_blkaddrs=rafs.mapped_blkaddrs(size, [rafs.device_blocks(b.uncompressed_size) for b in blobs]),
         flags=super_flags(blobs, compressor, digester, has_xattr),
         chunk_size=chunk_size,

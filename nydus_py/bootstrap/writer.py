@@ -32,8 +32,9 @@ def write_bootstrap(plan: LayoutPlan) -> bytes:
         table = b"".join(nid.to_bytes(rafs.PREFETCH_ENTRY_SIZE, "little") for nid in plan.prefetch_nids)
         regions.append((plan.prefetch_table_offset, table, "prefetch table"))
     for inode_plan in plan.inodes:
-        regions.extend(inode_regions(inode_plan, plan.chunk_size))
-    regions.append((plan.chunk_table_offset, encode_chunk_table(plan.chunk_table), "chunk table"))
+        regions.extend(inode_regions(inode_plan, plan.chunk_size, plan.blob_positions))
+    regions.append((plan.chunk_table_offset, encode_chunk_table(plan.chunk_table, plan.blob_positions),
+                    "chunk table"))
     return assemble(regions, plan.size)
 
 
@@ -121,13 +122,13 @@ def encode_blob(blob: BlobInfo, index: int) -> bytes:
     }, what=f"blob table entry {index}")
 
 
-def encode_chunk_table(chunks: list[ChunkRef]) -> bytes:
+def encode_chunk_table(chunks: list[ChunkRef], positions: dict[int, int]) -> bytes:
     pack = rafs.FAST_CHUNK_INFO.pack
     out = []
     for c in chunks:
         flags = (rafs.ChunkFlags.COMPRESSED if c.compressed else 0) | (
             rafs.ChunkFlags.HAS_CRC32 if c.crc32 is not None else 0)
-        out.append(pack(c.digest, c.blob_index, flags, c.compressed_size, c.uncompressed_size, c.compressed_offset,
+        out.append(pack(c.digest, positions[c.blob_index], flags, c.compressed_size, c.uncompressed_size, c.compressed_offset,
                         c.uncompressed_offset, c.file_offset, c.ci_index, c.crc32 or 0))
     return b"".join(out)
 
@@ -154,9 +155,10 @@ def chunk_format_word(plan: InodePlan, chunk_size: int) -> int:
     return erofs.chunk_format(size.bit_length() - 1)
 
 
-def encode_chunk_indexes(chunks: list[ChunkRef]) -> bytes:
+def encode_chunk_indexes(chunks: list[ChunkRef], positions: dict[int, int]) -> bytes:
     pack = erofs.FAST_CHUNK_ADDR.pack
-    return b"".join(pack(*erofs.blob_addr(c.blob_index, c.ci_index), c.uncompressed_offset // BLOCK) for c in chunks)
+    return b"".join(pack(*erofs.blob_addr(positions[c.blob_index], c.ci_index), c.uncompressed_offset // BLOCK)
+                    for c in chunks)
 
 
 def dirent_blocks(plan: InodePlan) -> list[bytes]:
@@ -184,7 +186,7 @@ def dirent_blocks(plan: InodePlan) -> list[bytes]:
     return out
 
 
-def inode_regions(plan: InodePlan, chunk_size: int) -> list[tuple[int, bytes, str]]:
+def inode_regions(plan: InodePlan, chunk_size: int, positions: dict[int, int]) -> list[tuple[int, bytes, str]]:
     inode = plan.inode
     kind = inode.kind
     data_blocks: list[bytes] = []
@@ -210,7 +212,7 @@ def inode_regions(plan: InodePlan, chunk_size: int) -> list[tuple[int, bytes, st
     regions = []
     if kind is FileKind.REG:
         indexes_at = erofs.chunk_indexes_offset(plan.offset, erofs.InodeExtended.sizeof(), plan.xattr_size)
-        body += bytes(indexes_at - plan.offset - len(body)) + encode_chunk_indexes(inode.chunks)
+        body += bytes(indexes_at - plan.offset - len(body)) + encode_chunk_indexes(inode.chunks, positions)
     elif data_blocks and plan.datalayout == erofs.DataLayout.FLAT_INLINE:
         body += data_blocks.pop()  # the tail block lives right after the inode
     regions.append((plan.offset, body, what))

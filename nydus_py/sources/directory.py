@@ -1,10 +1,17 @@
-"""A directory on disk -> Tree, plus its regular files as open descriptors in RAFS data order.
+"""A directory on disk (plain, or an overlayfs upper directory) -> Tree, plus its regular files in RAFS
+data order.
 
 The walk is iterative and works on directory file descriptors (openat with O_NOFOLLOW): no recursion
 limit, no path-length limit, a symlink is recorded and never followed, fifos, sockets and devices are
 recorded and never opened. Names are sorted bytewise; files are handed out in nydus build order
 (directories depth first, each directory's files in name order), so data order never depends on
 `readdir` order. Hardlinks (same st_dev, st_ino) of regular files share one Inode.
+
+Overlayfs upper directories (whiteout spec `overlayfs`): a char device 0:0, or a file with
+`<ns>.overlay.whiteout`, is a removal; `<ns>.overlay.opaque` = "y" makes a directory opaque ("x" only
+says the directory holds xattr whiteouts). Both become OCI markers in the tree (`.wh.NAME`,
+`.wh..wh..opq`). Every other `<ns>.overlay.*` xattr is bookkeeping and is dropped; `redirect` and
+`metacopy` (whose data or names live in lower layers) are refused.
 """
 
 from __future__ import annotations
@@ -18,21 +25,51 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nydus_py.errors import FormatError, UsageError
-from nydus_py.model import Entry, FileKind, Inode, Tree
+from nydus_py.config import WhiteoutSpec, XattrNamespace
+from nydus_py.errors import FormatError, UnsupportedError, UsageError
+from nydus_py.model import OPAQUE_MARKER, WHITEOUT_PREFIX, Entry, FileKind, Inode, Tree, is_marker, new_marker
 
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _OPEN_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
 @dataclass(slots=True)
-class FileData:
-    """A regular file's content, ready to be read: the consumer closes `fd`."""
+class DirFile:
+    """A regular file's content, read with pread; holes found with SEEK_DATA. `close()` closes `fd`."""
 
     inode: Inode
     path: bytes  # source root + path inside it, for messages
     fd: int
-    sparse: bool  # has holes: look for them with SEEK_DATA/SEEK_HOLE
+    sparse: bool  # has holes: look for them with SEEK_DATA
+
+    def pieces(self, chunk_size: int) -> Iterator[tuple[int, int, bytes | None]]:
+        size = self.inode.size
+        next_data = 0
+        for offset in range(0, size, chunk_size):
+            length = min(chunk_size, size - offset)
+            if self.sparse and next_data < offset + length:
+                next_data = self._next_data(offset, size)
+            if self.sparse and next_data >= offset + length:
+                yield offset, length, None
+                continue
+            data = os.pread(self.fd, length, offset)
+            if len(data) != length:
+                raise FormatError(f"{self.path.decode(errors='backslashreplace')}: file shrank during the build")
+            yield offset, length, data
+        if os.pread(self.fd, 1, size):
+            raise FormatError(f"{self.path.decode(errors='backslashreplace')}: file grew during the build")
+
+    def _next_data(self, offset: int, size: int) -> int:
+        """Offset of the next data byte at or after `offset` (size when only a hole remains)."""
+        try:
+            return os.lseek(self.fd, offset, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:
+                return size
+            raise
+
+    def close(self) -> None:
+        os.close(self.fd)
 
 
 @dataclass(slots=True)
@@ -54,8 +91,11 @@ def _raise_fd_limit() -> None:
 class DirectorySource:
     """Scan a directory; `files()` builds `tree` as it goes and yields regular files in data order."""
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, whiteout_spec: WhiteoutSpec = WhiteoutSpec.NONE,
+                 overlay_ns: XattrNamespace = XattrNamespace.TRUSTED) -> None:
         self.root_path = Path(root)
+        self.spec = WhiteoutSpec.OVERLAYFS if whiteout_spec is WhiteoutSpec.AUTO else whiteout_spec
+        self.overlay_prefix = overlay_ns.value.encode() + b".overlay."
         try:
             st = os.stat(self.root_path)
         except OSError as exc:
@@ -64,19 +104,24 @@ class DirectorySource:
             raise UsageError(f"{root}: source is not a directory")
         self.tree = Tree(root=self._inode(st, b"/", None, b""))
         self._hardlinks: dict[tuple[int, int], Inode] = {}
+        self._opaque: set[int] = set()  # id() of directories that get an opaque marker
+        self._xattr_whiteouts: set[int] = set()  # id() of files that are whiteouts
+
+    def _where(self, path: bytes) -> str:
+        return f"{self.root_path}{path.decode(errors='backslashreplace')}"
 
     def _error(self, path: bytes, exc: OSError) -> FormatError:
-        return FormatError(f"{self.root_path}{path.decode(errors='backslashreplace')}: {exc.strerror or exc}")
+        return FormatError(f"{self._where(path)}: {exc.strerror or exc}")
 
-    def files(self) -> Iterator[FileData]:
+    def files(self) -> Iterator[DirFile]:
         _raise_fd_limit()
         try:
             root_fd = os.open(self.root_path, _OPEN_DIR & ~os.O_NOFOLLOW)
         except OSError as exc:
             raise UsageError(f"{self.root_path}: cannot open source: {exc.strerror}") from exc
-        self.tree.root.xattrs = self._xattrs(root_fd, None, b"/")
         stack = [_Frame(fd=root_fd, inode=self.tree.root, path=b"")]
         try:
+            self.tree.root.xattrs = self._overlay_xattrs(self._xattrs(root_fd, None, b"/"), self.tree.root, b"/")
             yield from self._scan(stack[0])
             while stack:
                 frame = stack[-1]
@@ -101,16 +146,20 @@ class DirectorySource:
         st = os.fstat(fd)
         if (st.st_dev, st.st_ino) != identity:
             os.close(fd)
-            raise FormatError(f"{self.root_path}{path.decode(errors='backslashreplace')}: changed during the build")
+            raise FormatError(f"{self._where(path)}: changed during the build")
         return fd
 
-    def _scan(self, frame: _Frame) -> Iterator[FileData]:
+    def _scan(self, frame: _Frame) -> Iterator[DirFile]:
         """Record every entry of one directory; yield its regular files; queue its subdirectories."""
         try:
             with os.scandir(frame.fd) as it:
                 names = sorted(os.fsencode(e.name) for e in it)
         except OSError as exc:
             raise self._error(frame.path or b"/", exc) from exc
+        entries = frame.inode.entries
+        if id(frame.inode) in self._opaque:
+            self._opaque.discard(id(frame.inode))
+            entries.append(Entry(name=OPAQUE_MARKER, inode=new_marker()))
         subdirs = []
         for name in names:
             path = frame.path + b"/" + name
@@ -119,19 +168,29 @@ class DirectorySource:
             except OSError as exc:
                 raise self._error(path, exc) from exc
             kind = FileKind.from_mode(st.st_mode)
+            if is_marker(name) and self.spec is WhiteoutSpec.OVERLAYFS:
+                raise UnsupportedError(f"{self._where(path)}: a file named '.wh.*' cannot be told apart from a "
+                                       "whiteout in a layered image (build it alone with --whiteout-spec none)")
+            if self.spec is WhiteoutSpec.OVERLAYFS and kind is FileKind.CHR and st.st_rdev == 0:
+                entries.append(Entry(name=WHITEOUT_PREFIX + name, inode=new_marker()))
+                continue
             inode = self._hardlinks.get((st.st_dev, st.st_ino)) if kind is FileKind.REG else None
             is_new = inode is None
             if inode is None:
                 inode = self._inode(st, path, frame.fd, name)
+                if id(inode) in self._xattr_whiteouts:  # `<ns>.overlay.whiteout` (overlayfs >= 6.7)
+                    self._xattr_whiteouts.discard(id(inode))  # the inode is dropped: its id may be reused
+                    entries.append(Entry(name=WHITEOUT_PREFIX + name, inode=new_marker()))
+                    continue
                 if kind is FileKind.REG and st.st_nlink > 1:
                     self._hardlinks[(st.st_dev, st.st_ino)] = inode
-            frame.inode.entries.append(Entry(name=name, inode=inode))
+            entries.append(Entry(name=name, inode=inode))
             if kind is FileKind.DIR:
                 subdirs.append((name, inode, (st.st_dev, st.st_ino)))
             elif kind is FileKind.REG and is_new and st.st_size > 0:
-                yield FileData(inode=inode, path=os.fsencode(self.root_path) + path,
-                               fd=self._open_file(frame.fd, name, path, st),
-                               sparse=st.st_blocks * 512 < st.st_size)
+                yield DirFile(inode=inode, path=os.fsencode(self._where(path)),
+                              fd=self._open_file(frame.fd, name, path, st), sparse=st.st_blocks * 512 < st.st_size)
+        entries.sort(key=lambda e: e.name)
         frame.subdirs = subdirs[::-1]  # popped from the end: name order
 
     def _open_file(self, dir_fd: int, name: bytes, path: bytes, st: os.stat_result) -> int:
@@ -142,7 +201,7 @@ class DirectorySource:
         now = os.fstat(fd)
         if not stat.S_ISREG(now.st_mode) or (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
             os.close(fd)
-            raise FormatError(f"{self.root_path}{path.decode(errors='backslashreplace')}: changed during the build")
+            raise FormatError(f"{self._where(path)}: changed during the build")
         return fd
 
     def _inode(self, st: os.stat_result, path: bytes, dir_fd: int | None, name: bytes) -> Inode:
@@ -165,8 +224,24 @@ class DirectorySource:
             except OSError as exc:
                 raise self._error(path, exc) from exc
             inode.size = len(inode.symlink_target)
-        inode.xattrs = self._xattrs(dir_fd, name, path)
+        inode.xattrs = self._overlay_xattrs(self._xattrs(dir_fd, name, path), inode, path)
         return inode
+
+    def _overlay_xattrs(self, xattrs: dict[bytes, bytes], inode: Inode, path: bytes) -> dict[bytes, bytes]:
+        """Interpret and drop the overlay's own xattrs (upper directories only)."""
+        if self.spec is not WhiteoutSpec.OVERLAYFS or not any(k.startswith(self.overlay_prefix) for k in xattrs):
+            return xattrs
+        ours = {k[len(self.overlay_prefix) :]: v for k, v in xattrs.items() if k.startswith(self.overlay_prefix)}
+        for refused in (b"redirect", b"metacopy"):
+            if refused in ours:
+                raise UnsupportedError(f"{self._where(path)}: overlayfs '{refused.decode()}' is not supported "
+                                       "(its content or name lives in a lower layer); mount with "
+                                       f"{refused.decode()}{'_dir' if refused == b'redirect' else ''}=off")
+        if inode.is_dir and ours.get(b"opaque") == b"y":
+            self._opaque.add(id(inode))
+        if b"whiteout" in ours and inode.kind is FileKind.REG:
+            self._xattr_whiteouts.add(id(inode))
+        return {k: v for k, v in xattrs.items() if not k.startswith(self.overlay_prefix)}
 
     def _xattrs(self, dir_fd: int, name: bytes | None, path: bytes) -> dict[bytes, bytes]:
         # /proc/self/fd/N/NAME with follow_symlinks=False reads the entry's own xattrs without opening it

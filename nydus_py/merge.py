@@ -1,0 +1,147 @@
+"""Per-layer trees -> one merged bootstrap; `nydus-py merge` of layer blobs or bootstraps.
+
+The merged tree is the overlay of the layers (overlay.py); its device table lists the blobs the merged
+tree references, in the order nydus-image merge gives them: first reference in `walk_bfs` order.
+Layer blobs are kept whole: merging rewrites no data.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from nydus_py.blob.reader import BlobReader
+from nydus_py.bootstrap.layout import plan_layout
+from nydus_py.bootstrap.reader import read_bootstrap
+from nydus_py.bootstrap.writer import write_bootstrap
+from nydus_py.errors import FormatError, UnsupportedError, UsageError
+from nydus_py.format import rafs
+from nydus_py.format.rafs import CompressAlgo, DigestAlgo
+from nydus_py.format.blobmeta import BLOB_ID_PLACEHOLDER, BlobFeatures
+from nydus_py.image import BlobInfo
+from nydus_py.locate import file_sha256, is_bootstrap
+from nydus_py.model import Inode, Tree
+
+
+def walk_bfs(tree: Tree) -> Iterator[Inode]:
+    """nydus `walk_bfs`: the root, then each directory's entries in name order, then its subdirectories."""
+    yield tree.root
+    stack = [tree.root]
+    while stack:
+        directory = stack.pop()
+        subdirs = []
+        for entry in directory.entries:
+            yield entry.inode
+            if entry.inode.is_dir:
+                subdirs.append(entry.inode)
+        stack.extend(reversed(subdirs))
+
+
+def referenced_blobs(tree: Tree) -> list[int]:
+    """Blob keys (ChunkRef.blob_index) the tree uses, in order of first reference."""
+    seen: dict[int, None] = {}
+    for inode in walk_bfs(tree):
+        for chunk in inode.chunks:
+            seen.setdefault(chunk.blob_index)
+    return list(seen)
+
+
+def bootstrap_bytes(tree: Tree, blobs: dict[int, BlobInfo], *, chunk_size: int, compressor: CompressAlgo,
+                    digester: DigestAlgo, prefetch: tuple[bytes, ...] = ()) -> tuple[bytes, list[int]]:
+    """Render a bootstrap of `tree` whose device table is the blobs it references; (bytes, their keys)."""
+    keys = referenced_blobs(tree)
+    if len(keys) > rafs.MAX_BLOBS:
+        raise UnsupportedError(f"the merged image references {len(keys)} blobs; RAFS v6 allows at most "
+                               f"{rafs.MAX_BLOBS}")
+    plan = plan_layout(tree, [blobs[k] for k in keys], chunk_size=chunk_size, compressor=compressor,
+                       digester=digester, blob_keys=keys, prefetch_paths=list(prefetch))
+    return write_bootstrap(plan), keys
+
+
+def final_blob_info(info: BlobInfo, path: Path, blob_id: str) -> BlobInfo:
+    """The blob table entry a merged bootstrap records: real id, file size, TOC size and digest."""
+    with BlobReader(path) as blob:
+        toc = blob.toc_digest()
+        size = blob.size
+    toc_digest, toc_size = toc if toc is not None else (bytes(32), 0)
+    return replace(info, blob_id=blob_id, compressed_size=size, toc_digest=toc_digest, toc_size=toc_size,
+                   features=info.features & ~BlobFeatures.INLINED_FS_META)
+
+
+@dataclass(slots=True)
+class MergeInput:
+    """One layer for `nydus-py merge`: its tree (chunks relabelled to global keys) and its own blob."""
+
+    tree: Tree
+    own_blob: str | None  # blob id of the layer's own blob (None for a bootstrap without one)
+
+
+def read_layer(path: Path, blob_dir: Path | None, blobs: dict[str, tuple[int, BlobInfo, Path]]) -> MergeInput:
+    """Load a layer blob (inline bootstrap) or a plain bootstrap; register its blobs in `blobs`."""
+    try:
+        head = path.open("rb").read(1028)
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read layer: {exc.strerror}") from exc
+    own: str | None = None
+    if is_bootstrap(head):
+        boot = read_bootstrap(path.read_bytes())
+        located: dict[str, Path] = {}
+        for info in boot.blobs:
+            if info.blob_id == BLOB_ID_PLACEHOLDER:
+                raise UsageError(f"{path}: bootstrap names its blob by a placeholder; merge the layer blob instead")
+            candidates = [d / info.blob_id for d in ([blob_dir, blob_dir / "blobs" / "sha256"] if blob_dir else [])]
+            found = next((c for c in candidates if c.is_file()), None)
+            if found is None:
+                raise UsageError(f"{path}: blob {info.blob_id} not found (give --blob-dir)")
+            located[info.blob_id] = found
+    else:
+        with BlobReader(path) as reader:
+            data = reader.inline_bootstrap()
+        if data is None or not is_bootstrap(data):
+            raise FormatError(f"{path}: neither a bootstrap nor a layer blob with an inline bootstrap")
+        boot = read_bootstrap(data)
+        own = file_sha256(path)
+        located = {own: path}
+        for info in boot.blobs:
+            if info.blob_id not in (BLOB_ID_PLACEHOLDER, own):
+                found = next((c for c in ([blob_dir / info.blob_id] if blob_dir else []) + [path.parent / info.blob_id]
+                              if c.is_file()), None)
+                if found is None:
+                    raise UsageError(f"{path}: lower blob {info.blob_id} not found (give --blob-dir)")
+                located[info.blob_id] = found
+    mapping = {}
+    for info in boot.blobs:
+        blob_id = own if info.blob_id == BLOB_ID_PLACEHOLDER else info.blob_id
+        if blob_id not in blobs:
+            blob_path = located[blob_id]
+            blobs[blob_id] = (len(blobs), final_blob_info(info, blob_path, blob_id), blob_path)
+        mapping[info.blob_index] = blobs[blob_id][0]
+    relabel(boot.tree, mapping)
+    return MergeInput(tree=boot.tree, own_blob=own)
+
+
+def relabel(tree: Tree, mapping: dict[int, int]) -> None:
+    """Rewrite every chunk's blob_index through `mapping` (in place; each inode once)."""
+    done: set[int] = set()
+    for inode in walk_bfs(tree):
+        if inode.chunks and id(inode) not in done:
+            done.add(id(inode))
+            inode.chunks = [replace(c, blob_index=mapping[c.blob_index]) for c in inode.chunks]
+
+
+def publish_blob(source: Path, blob_dir: Path, blob_id: str) -> Path:
+    """Put a blob at `blob_dir/<id>`: a hardlink when possible, else a copy (atomic either way)."""
+    target = blob_dir / blob_id
+    if target.exists() and target.stat().st_size == source.stat().st_size:
+        return target
+    tmp = blob_dir / f".{blob_id}.tmp"
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+    return target

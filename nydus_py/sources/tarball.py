@@ -1,0 +1,313 @@
+"""An OCI layer tar (plain, gzip or zstd, detected by content; a file or stdin) -> Tree, file data streamed
+in entry order (nothing is spooled to disk).
+
+Names: a leading "/" or "./" is dropped (absolute names are relative to the root, as containerd takes
+them); a name that escapes the root with "..", contains NUL or has a component over 255 bytes is an
+error; a later entry replaces an earlier one of the same name (directories keep their children, as
+extraction would); an entry below a symlink or a file is an error (we never write through a symlink).
+Hardlinks must name an earlier entry of the same layer that is not a directory. PAX records (long
+names, `SCHILY.xattr.*` with binary values, fractional mtimes), GNU long names and GNU sparse members
+are understood; parents that have no entry of their own are created as 0755 root directories.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import io
+import os
+import posixpath
+import sys
+import tarfile
+import urllib.parse
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import BinaryIO
+
+import pyzstd
+
+from nydus_py.config import WhiteoutSpec, XattrNamespace
+from nydus_py.errors import FormatError, UsageError
+from nydus_py.model import OPAQUE_MARKER, WHITEOUT_PREFIX, Entry, FileKind, Inode, Tree, is_marker, new_directory, \
+    new_marker
+
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_KIND_OF_TYPE = {
+    tarfile.REGTYPE: FileKind.REG, tarfile.AREGTYPE: FileKind.REG, tarfile.CONTTYPE: FileKind.REG,
+    tarfile.GNUTYPE_SPARSE: FileKind.REG, tarfile.DIRTYPE: FileKind.DIR, tarfile.SYMTYPE: FileKind.SYMLINK,
+    tarfile.CHRTYPE: FileKind.CHR, tarfile.BLKTYPE: FileKind.BLK, tarfile.FIFOTYPE: FileKind.FIFO,
+}
+_STREAM_ERRORS = (tarfile.TarError, EOFError, zlib.error, pyzstd.ZstdError, gzip.BadGzipFile, OSError)
+
+
+def _bytes(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
+
+
+def open_layer_stream(path: str) -> tuple[BinaryIO, str]:
+    """The decompressed byte stream of a layer file (or '-' for stdin), and a name for messages."""
+    if path == "-":
+        raw: BinaryIO = sys.stdin.buffer
+        name = "<stdin>"
+    else:
+        try:
+            raw = open(path, "rb")  # noqa: SIM115 - handed to the caller
+        except OSError as exc:
+            raise UsageError(f"{path}: cannot open layer: {exc.strerror}") from exc
+        name = path
+    buffered = raw if isinstance(raw, io.BufferedReader) else io.BufferedReader(raw)  # type: ignore[arg-type]
+    head = buffered.peek(4)[:4]
+    if head.startswith(GZIP_MAGIC):
+        return gzip.GzipFile(fileobj=buffered, mode="rb"), name  # type: ignore[return-value]
+    if head.startswith(ZSTD_MAGIC):
+        return pyzstd.ZstdFile(buffered, mode="rb"), name  # type: ignore[return-value]
+    return buffered, name
+
+
+@dataclass(slots=True)
+class TarFile:
+    """A regular file's content inside the tar stream: read sequentially, holes from the sparse map."""
+
+    inode: Inode
+    path: bytes
+    stream: BinaryIO
+    extents: list[tuple[int, int]]  # (offset, length) of data; everything else reads as zeros
+
+    def pieces(self, chunk_size: int) -> Iterator[tuple[int, int, bytes | None]]:
+        size = self.inode.size
+        for offset in range(0, size, chunk_size):
+            length = min(chunk_size, size - offset)
+            try:
+                data = self.stream.read(length)  # a stream cannot seek: holes are read past (as zeros)
+            except _STREAM_ERRORS as exc:
+                raise FormatError(f"{self.path.decode(errors='backslashreplace')}: corrupt tar data ({exc})") from None
+            if len(data) != length:
+                raise FormatError(f"{self.path.decode(errors='backslashreplace')}: tar entry data is truncated")
+            hole = not any(start < offset + length and offset < start + n for start, n in self.extents)
+            yield offset, length, None if hole else data
+
+    def close(self) -> None:
+        self.stream.close()
+
+
+class TarSource:
+    """Read one layer tar; `files()` builds `tree` as it goes and yields regular files in entry order."""
+
+    def __init__(self, path: str, *, whiteout_spec: WhiteoutSpec = WhiteoutSpec.AUTO,
+                 overlay_ns: XattrNamespace = XattrNamespace.TRUSTED) -> None:
+        self.stream, self.name = open_layer_stream(path)
+        self.spec = WhiteoutSpec.OCI if whiteout_spec is WhiteoutSpec.AUTO else whiteout_spec
+        self.overlay_prefix = overlay_ns.value.encode() + b".overlay."
+        self.tree = Tree(root=new_directory())
+        self._dirs: dict[bytes, Inode] = {b"": self.tree.root}
+        self._children: dict[int, dict[bytes, Entry]] = {id(self.tree.root): {}}
+        self._files: dict[bytes, Inode] = {}  # path -> inode of non-directories, for hardlinks
+        self._opaque = False  # the entry being read carries an overlayfs opaque xattr
+
+    def _fail(self, what: str, member: str | None = None) -> FormatError:
+        where = f"{self.name}: {member!r}: " if member else f"{self.name}: "
+        return FormatError(where + what)
+
+    def files(self) -> Iterator[TarFile]:
+        try:
+            archive = tarfile.open(fileobj=self.stream, mode="r|", errors="surrogateescape")
+        except _STREAM_ERRORS as exc:
+            if isinstance(exc, tarfile.ReadError) and "empty file" in str(exc):
+                self._finish()
+                return
+            raise self._fail(f"not a readable tar stream ({exc})") from None
+        try:
+            while True:
+                try:
+                    member = archive.next()
+                except _STREAM_ERRORS as exc:
+                    raise self._fail(f"corrupt tar stream ({exc})") from None
+                if member is None:
+                    break
+                content = self._add(member, archive)
+                if content is not None:
+                    yield content
+        finally:
+            archive.close()
+            self.stream.close()
+        self._finish()
+
+    def _finish(self) -> None:
+        for inode in self._dirs.values():
+            inode.entries = sorted(self._children[id(inode)].values(), key=lambda e: e.name)
+
+    # --- one member ----------------------------------------------------------------------------------
+
+    def _path(self, member: tarfile.TarInfo) -> bytes:
+        raw = _bytes(member.name)
+        if b"\0" in raw:
+            raise self._fail("name contains NUL", member.name)
+        if _escapes(raw):
+            raise self._fail("name escapes the root with '..'", member.name)
+        norm = posixpath.normpath(b"/" + raw).lstrip(b"/")
+        if norm == b".":
+            return b""
+        if any(len(part) > 255 for part in norm.split(b"/")):
+            raise self._fail("a name component is longer than 255 bytes", member.name)
+        return norm
+
+    def _parent(self, path: bytes, member: str) -> Inode:
+        """The directory that holds `path`, creating missing parents as 0755 root directories."""
+        parent_path = posixpath.dirname(path)
+        if parent_path in self._dirs:
+            return self._dirs[parent_path]
+        grand = self._parent(parent_path, member)
+        name = posixpath.basename(parent_path)
+        existing = self._children[id(grand)].get(name)
+        if existing is not None:
+            what = "a symlink" if existing.inode.kind is FileKind.SYMLINK else "not a directory"
+            raise self._fail(f"an entry below {posixpath.dirname(path).decode(errors='replace')!r}, which is {what}",
+                             member)
+        return self._put_dir(grand, parent_path, name, new_directory())
+
+    def _put_dir(self, parent: Inode, path: bytes, name: bytes, inode: Inode) -> Inode:
+        self._children[id(parent)][name] = Entry(name=name, inode=inode)
+        self._dirs[path] = inode
+        self._children[id(inode)] = {}
+        return inode
+
+    def _remove(self, parent: Inode, path: bytes, name: bytes) -> None:
+        old = self._children[id(parent)].pop(name, None)
+        if old is None:
+            return
+        if old.inode.is_dir:
+            prefix = path + b"/"
+            for key in [k for k in self._dirs if k == path or k.startswith(prefix)]:
+                self._children.pop(id(self._dirs.pop(key)), None)
+        self._files.pop(path, None)
+
+    def _add(self, member: tarfile.TarInfo, archive: tarfile.TarFile) -> TarFile | None:
+        path = self._path(member)
+        inode = self._inode(member)
+        opaque, self._opaque = self._opaque, False
+        if path == b"":
+            if inode.is_dir:
+                inode.entries = []
+                self._copy_attrs(self.tree.root, inode)
+            return None
+        parent = self._parent(path, member.name)
+        name = posixpath.basename(path)
+        if self.spec is WhiteoutSpec.OCI and is_marker(name):
+            self._remove(parent, path, name)
+            self._children[id(parent)][name] = Entry(name=name, inode=new_marker())
+            return None
+        if member.islnk():
+            return self._link(member, parent, path, name)
+        kind = inode.kind
+        if self.spec is WhiteoutSpec.OVERLAYFS and kind is FileKind.CHR and inode.rdev == 0:
+            marker = WHITEOUT_PREFIX + name
+            self._children[id(parent)][marker] = Entry(name=marker, inode=new_marker())
+            return None
+        existing = self._children[id(parent)].get(name)
+        if kind is FileKind.DIR:
+            if existing is not None and existing.inode.is_dir:
+                self._copy_attrs(existing.inode, inode)  # a repeated directory entry updates, keeps children
+                target = existing.inode
+            else:
+                self._remove(parent, path, name)
+                target = self._put_dir(parent, path, name, inode)
+            if opaque:
+                self._children[id(target)][OPAQUE_MARKER] = Entry(name=OPAQUE_MARKER, inode=new_marker())
+            return None
+        self._remove(parent, path, name)
+        self._children[id(parent)][name] = Entry(name=name, inode=inode)
+        self._files[path] = inode
+        if kind is FileKind.REG and inode.size > 0:
+            stream = archive.extractfile(member)
+            if stream is None:
+                raise self._fail("regular file without data", member.name)
+            extents = [(o, n) for o, n in member.sparse] if member.sparse else [(0, inode.size)]
+            return TarFile(inode=inode, path=_bytes(f"{self.name}: {member.name}"), stream=stream,  # type: ignore[arg-type]
+                           extents=extents)
+        return None
+
+    def _link(self, member: tarfile.TarInfo, parent: Inode, path: bytes, name: bytes) -> None:
+        target_path = posixpath.normpath(b"/" + _bytes(member.linkname)).lstrip(b"/")
+        if target_path == path:
+            raise self._fail("hardlink to itself", member.name)
+        if target_path in self._dirs:
+            raise self._fail("hardlink to a directory", member.name)
+        target = self._files.get(target_path)
+        if target is None:
+            raise self._fail(f"hardlink to {member.linkname!r}, which is not an earlier entry of this layer",
+                             member.name)
+        if target.kind is not FileKind.REG:  # RAFS links only regular files: others get their own inode
+            target = Inode(kind=target.kind, mode=target.mode, uid=target.uid, gid=target.gid, mtime=target.mtime,
+                           mtime_nsec=target.mtime_nsec, size=target.size, rdev=target.rdev,
+                           xattrs=dict(target.xattrs), symlink_target=target.symlink_target)
+        self._remove(parent, path, name)
+        self._children[id(parent)][name] = Entry(name=name, inode=target)
+        self._files[path] = target
+        return None
+
+    @staticmethod
+    def _copy_attrs(dst: Inode, src: Inode) -> None:
+        dst.mode, dst.uid, dst.gid = src.mode, src.uid, src.gid
+        dst.mtime, dst.mtime_nsec, dst.xattrs = src.mtime, src.mtime_nsec, src.xattrs
+
+    def _inode(self, member: tarfile.TarInfo) -> Inode:
+        kind = _KIND_OF_TYPE.get(member.type)
+        if kind is None and not member.islnk():
+            if member.isreg():
+                kind = FileKind.REG
+            else:
+                raise self._fail(f"unsupported tar entry type {member.type!r}", member.name)
+        kind = kind or FileKind.REG
+        seconds, nsec = _mtime(member)
+        inode = Inode(kind=kind, mode=kind.ifmt | (member.mode & 0o7777), uid=member.uid, gid=member.gid,
+                      mtime=seconds, mtime_nsec=nsec, xattrs=self._xattrs(member))
+        if kind is FileKind.REG:
+            inode.size = member.size
+        elif kind is FileKind.SYMLINK:
+            inode.symlink_target = _bytes(member.linkname)
+            inode.size = len(inode.symlink_target)
+        elif kind in (FileKind.CHR, FileKind.BLK):
+            inode.rdev = os.makedev(member.devmajor, member.devminor)
+        return inode
+
+    def _xattrs(self, member: tarfile.TarInfo) -> dict[bytes, bytes]:
+        out: dict[bytes, bytes] = {}
+        for key, value in member.pax_headers.items():
+            if key.startswith("SCHILY.xattr."):
+                out[_bytes(key[len("SCHILY.xattr.") :])] = _bytes(value)
+            elif key.startswith("LIBARCHIVE.xattr."):
+                name = urllib.parse.unquote_to_bytes(key[len("LIBARCHIVE.xattr.") :])
+                out[name] = base64.b64decode(value + "=" * (-len(value) % 4))
+        if self.spec is WhiteoutSpec.OVERLAYFS:
+            if out.get(self.overlay_prefix + b"opaque") == b"y":
+                self._opaque = True
+            out = {k: v for k, v in out.items() if not k.startswith(self.overlay_prefix)}
+        return dict(sorted(out.items()))
+
+
+def _escapes(raw: bytes) -> bool:
+    depth = 0
+    for part in raw.split(b"/"):
+        if part == b"..":
+            depth -= 1
+            if depth < 0:
+                return True
+        elif part not in (b"", b"."):
+            depth += 1
+    return False
+
+
+def _mtime(member: tarfile.TarInfo) -> tuple[int, int]:
+    """(seconds, nanoseconds), exact: PAX mtimes are decimal strings that a float would round."""
+    text = member.pax_headers.get("mtime")
+    if text is not None:
+        try:
+            value = Decimal(text)
+            seconds = int(value.to_integral_value(rounding="ROUND_FLOOR"))
+            return seconds, int((value - seconds) * 1_000_000_000)
+        except (InvalidOperation, ValueError):
+            pass
+    return int(member.mtime), 0
