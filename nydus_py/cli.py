@@ -25,7 +25,11 @@ from nydus_py.config import (
 )
 from nydus_py.errors import NydusError, UsageError
 from nydus_py.fsutil import atomic_output
+from nydus_py.check import check_path
+from nydus_py.devices import default_cache_dir, mount_image, require_root
+from nydus_py.kmount import umount as kernel_umount
 from nydus_py.locate import open_image
+from nydus_py.unpack import unpack as unpack_image
 
 EXIT_OK = 0
 EXIT_VERDICT = 1
@@ -160,6 +164,63 @@ def inspect(image: Path, path: str, blob_dir: Path | None, as_json: bool) -> Non
     click.echo("")
     for line in report.listing(opened.bootstrap, path.encode()):
         click.echo(line)
+
+
+@cli.command()
+@click.argument("image", type=click.Path(path_type=Path))
+@click.option("--blob-dir", type=click.Path(path_type=Path), help="Where the blobs of a bare bootstrap are.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+def check(image: Path, blob_dir: Path | None, as_json: bool) -> int:
+    """Check IMAGE: every rule nydusd and the kernel apply, and every chunk of every blob found.
+
+    Exit 0 when sound, 1 with one line per defect, 2 when the check cannot run.
+    """
+    report = check_path(image, blob_dir)
+    if as_json:
+        click.echo(json.dumps({"sound": report.sound, "defects": [str(d) for d in report.defects],
+                               "notes": report.notes, "inodes": report.inodes, "blobs_checked": report.blobs_checked,
+                               "chunks_verified": report.chunks_verified}, indent=2))
+    else:
+        for defect in report.defects:
+            click.echo(f"defect: {defect}")
+        for note in report.notes:
+            click.echo(f"note: {note}")
+        verdict = "sound" if report.sound else f"{len(report.defects)} defect(s)"
+        click.echo(f"{image}: {verdict} ({report.inodes} inodes, {report.blobs_checked} blobs, "
+                   f"{report.chunks_verified} chunks verified)")
+    return EXIT_OK if report.sound else EXIT_VERDICT
+
+
+@cli.command()
+@click.argument("image", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "target", required=True, type=click.Path(path_type=Path),
+              help="OUT.tar for a tar, else a directory (new or empty).")
+@click.option("--blob-dir", type=click.Path(path_type=Path), help="Where the blobs of a bare bootstrap are.")
+def unpack(image: Path, target: Path, blob_dir: Path | None) -> None:
+    """Write IMAGE's files to a directory or an OCI-compatible tar."""
+    count = unpack_image(open_image(image, blob_dir), target)
+    click.echo(f"{target}: {count} entries")
+
+
+@cli.command()
+@click.argument("image", type=click.Path(path_type=Path))
+@click.argument("mountpoint", type=click.Path(path_type=Path))
+@click.option("--cache-dir", type=click.Path(path_type=Path), help="Where device images are kept "
+              "(default: $XDG_CACHE_HOME/nydus-py).")
+@click.option("--blob-dir", type=click.Path(path_type=Path), help="Where the blobs of a bare bootstrap are.")
+def mount(image: Path, mountpoint: Path, cache_dir: Path | None, blob_dir: Path | None) -> None:
+    """Mount IMAGE read-only with the kernel's EROFS driver (no nydusd; needs root)."""
+    require_root()
+    devices = mount_image(open_image(image, blob_dir), mountpoint, cache_dir or default_cache_dir())
+    click.echo(f"{mountpoint}: mounted ({len(devices)} device images)")
+
+
+@cli.command()
+@click.argument("mountpoint", type=click.Path(path_type=Path))
+def umount(mountpoint: Path) -> None:
+    """Unmount a mount made by `nydus-py mount`."""
+    kernel_umount(mountpoint)
+    click.echo(f"{mountpoint}: unmounted")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -113,3 +113,17 @@ def test_merge_end_to_end(capsys: pytest.CaptureFixture[str], tmp_path: Path) ->
     assert "not referenced" in out  # the lower layer's only file was replaced
     status, _, err = run(capsys, "merge", str(tmp_path / "missing"), "-o", str(tmp_path / "m2"))
     assert status == 2 and "missing" in err and not (tmp_path / "m2").exists()
+
+
+def test_check_unpack_mount_umount_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    need_nydus_fixtures()
+    status, out, _ = run(capsys, "check", str(V1_BOOT))
+    assert status == 0 and out.rstrip().endswith("(3 inodes, 1 blobs, 2 chunks verified)")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_bytes(b"")
+    status, _, err = run(capsys, "unpack", str(V1_BOOT), "-o", str(tmp_path / "full"))
+    assert status == 2 and "not an empty directory" in err
+    status, _, err = run(capsys, "mount", str(V1_BOOT), str(tmp_path / "no-such-dir"))
+    assert status == 2 and "not a directory" in err
+    status, _, err = run(capsys, "umount", str(tmp_path))
+    assert status == 2 and err.startswith("nydus-py: umount") and err.count("\n") == 1

@@ -17,7 +17,7 @@ from nydus_py import compress
 from nydus_py.errors import FormatError, UnsupportedError
 from nydus_py.format import blobmeta, parse
 from nydus_py.format.blobmeta import BlobFeatures
-from nydus_py.format.rafs import CompressAlgo
+from nydus_py.format.rafs import MAX_CHUNK_SIZE, CompressAlgo
 from nydus_py.image import BlobInfo
 
 _TOC_COMPRESSOR = {
@@ -167,9 +167,13 @@ class BlobReader:
         for i in range(size // blobmeta.TocEntry.sizeof()):
             entry = parse(blobmeta.TocEntry, raw, what=f"{self.path.name}: TOC entry {i}",
                           offset=i * blobmeta.TocEntry.sizeof())
+            compressor = _TOC_COMPRESSOR.get(entry.flags)
+            if compressor is None:
+                raise FormatError(f"{self.path.name}: TOC entry {i} at {start + 128 * i:#x}: flags={int(entry.flags):#x} "
+                                  "name no single known compressor")
             items.append(TocItem(
                 name=blobmeta.toc_name(entry.name),
-                compressor=_TOC_COMPRESSOR[entry.flags],
+                compressor=compressor,
                 digest=entry.uncompressed_digest,
                 compressed_offset=entry.compressed_offset,
                 compressed_size=entry.compressed_size,
@@ -260,6 +264,9 @@ class BlobReader:
 
     def read_chunk(self, chunk: ChunkInfo, compressor: CompressAlgo) -> bytes:
         """The uncompressed data of one chunk (its size checked; digests are the caller's job)."""
+        if chunk.uncompressed_size > MAX_CHUNK_SIZE:
+            raise FormatError(f"{self.path.name}: chunk {chunk.ci_index} claims {chunk.uncompressed_size} bytes, "
+                              f"more than the largest chunk size")
         raw = self.read_at(chunk.compressed_offset, chunk.compressed_size, f"chunk {chunk.ci_index}")
         algo = compressor if chunk.compressed else CompressAlgo.NONE
         try:

@@ -58,7 +58,7 @@ def read_bootstrap(data: bytes) -> Bootstrap:
                           "must be a power of two from 4 KiB to 16 MiB")
     chunk_table = _read_chunk_table(data, ext) if ext is not None else []
     prefetch = _read_prefetch_table(data, ext) if ext is not None else []
-    walker = _TreeReader(data, sb.meta_blkaddr, chunk_size, chunk_table if is_rafs else None)
+    walker = BootstrapParser(data, sb.meta_blkaddr, chunk_size, chunk_table if is_rafs else None)
     tree = walker.read(sb.root_nid)
     return Bootstrap(
         size=len(data),
@@ -182,7 +182,7 @@ class RawInode:
         return self.offset + erofs.inode_size(self.extended) + self.xattr_size
 
 
-class _TreeReader:
+class BootstrapParser:
     """Reads inodes and directories starting at the root nid, iteratively (no recursion limit)."""
 
     def __init__(self, data: bytes, meta_blkaddr: int, chunk_size: int, chunk_table: list[ChunkRef] | None) -> None:
@@ -348,7 +348,8 @@ class _TreeReader:
             out.append((name, rec.nid, rec.file_type))
         return out
 
-    def chunk_refs(self, raw: RawInode) -> list[ChunkRef]:
+    def chunk_addrs(self, raw: RawInode) -> list[tuple[int, int, int, int]]:
+        """(index offset, blob_index, ci_index, blkaddr) of each chunk index of a regular file."""
         rec = raw.record
         size = rec.i_size  # type: ignore[attr-defined]
         if raw.datalayout != erofs.DataLayout.CHUNK_BASED:
@@ -357,10 +358,18 @@ class _TreeReader:
         count = (size + chunk_size - 1) // chunk_size
         start = erofs.chunk_indexes_offset(raw.offset, erofs.inode_size(raw.extended), raw.xattr_size)
         _check_range(self.data, start, count * erofs.EROFS_CHUNK_INDEX_SIZE, f"chunk indexes of inode nid {raw.nid}")
-        refs = []
+        out = []
         for k in range(count):
-            lo, device_id, hi, blkaddr = erofs.FAST_CHUNK_ADDR.unpack_from(self.data, start + 8 * k)
-            blob_index, ci_index = erofs.split_blob_addr(lo, device_id, hi)
+            at = start + 8 * k
+            lo, device_id, hi, blkaddr = erofs.FAST_CHUNK_ADDR.unpack_from(self.data, at)
+            out.append((at, *erofs.split_blob_addr(lo, device_id, hi), blkaddr))
+        return out
+
+    def chunk_refs(self, raw: RawInode) -> list[ChunkRef]:
+        size = raw.record.i_size  # type: ignore[attr-defined]
+        chunk_size = self.chunk_size or (1 << erofs.chunkbits_of(raw.record.i_u))  # type: ignore[attr-defined]
+        refs = []
+        for k, (at, blob_index, ci_index, blkaddr) in enumerate(self.chunk_addrs(raw)):
             expected = min(chunk_size, size - k * chunk_size)
             if self.chunks is None:
                 refs.append(ChunkRef(blob_index=blob_index, ci_index=ci_index, uncompressed_offset=blkaddr << 12,
@@ -369,13 +378,13 @@ class _TreeReader:
                 continue
             known = self.chunks.get((blob_index, ci_index))
             if known is None:
-                raise FormatError(f"chunk index {k} of inode nid {raw.nid} at {start + 8 * k:#x}: blob {blob_index} "
+                raise FormatError(f"chunk index {k} of inode nid {raw.nid} at {at:#x}: blob {blob_index} "
                                   f"chunk {ci_index} has no chunk table entry")
             if known.uncompressed_offset != blkaddr * erofs.EROFS_BLKSIZ or known.uncompressed_size != expected:
-                raise FormatError(f"chunk index {k} of inode nid {raw.nid} at {start + 8 * k:#x}: block {blkaddr} "
+                raise FormatError(f"chunk index {k} of inode nid {raw.nid} at {at:#x}: block {blkaddr} "
                                   f"size {expected} disagree with the chunk table entry")
             refs.append(known)
         return refs
 
 
-__all__ = ["blob_info_from_record", "file_type_of", "read_bootstrap", "xattr_name"]
+__all__ = ["BootstrapParser", "blob_info_from_record", "file_type_of", "read_bootstrap", "xattr_name"]

@@ -13,6 +13,7 @@ import struct
 
 from construct import (
     Adapter,
+    ValidationError,
     BitsInteger,
     BitStruct,
     Bytes,
@@ -148,6 +149,8 @@ class _Octal(Adapter):  # type: ignore[misc]
 
     def _decode(self, obj: bytes, context: object, path: str) -> int:
         digits = obj.split(b"\0", 1)[0].strip(b" ")
+        if digits.strip(b"01234567"):
+            raise ValidationError(f"{obj!r} is not an octal number", path=path)
         return int(digits, 8) if digits else 0
 
     def _encode(self, obj: int, context: object, path: str) -> bytes:
