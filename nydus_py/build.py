@@ -1,18 +1,22 @@
-"""`nydus-py build` and `nydus-py merge`: layers -> per-layer blobs + one merged bootstrap in OUTDIR.
+"""`nydus-py build` and `nydus-py merge`: layers -> per-layer blobs + one merged bootstrap, packaged as an
+OCI image layout in OUTDIR.
 
-OUTDIR layout (../shared/DESIGN.md): `blobs/sha256/<blob id>` per layer blob and the merged `bootstrap`.
-Everything is written under a hidden temporary directory inside OUTDIR and renamed into place when
+OUTDIR (../shared/DESIGN.md): `blobs/sha256/<blob id>` per layer blob, the merged `bootstrap`, and around
+them `oci-layout`, `index.json` and the manifest, config and bootstrap layer in `blobs/sha256/`.
+Everything is written under a hidden temporary directory or a temporary name and renamed into place when
 complete; a failed command leaves OUTDIR as it was (or removes it, when the command created it).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import platform as host
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,12 +26,17 @@ from nydus_py.blob.writer import BlobWriter
 from nydus_py.chunker import ChunkPipeline, ChunkStats
 from nydus_py.config import BuildConfig, WhiteoutSpec
 from nydus_py.errors import UnsupportedError, UsageError
+from nydus_py.format import oci
 from nydus_py.fsutil import atomic_output
 from nydus_py.image import BlobInfo
-from nydus_py.merge import MergeInput, bootstrap_bytes, publish_blob, read_layer
+from nydus_py.merge import MergeInput, bootstrap_bytes, read_layer
 from nydus_py.model import ChunkRef, Tree, is_marker
+from nydus_py.oci.layout import Descriptor, Json, LayoutWriter, parse_platform
+from nydus_py.oci.package import LayerBlob, write_nydus_image
 from nydus_py.sources.directory import DirectorySource
-from nydus_py.sources.tarball import TarSource
+from nydus_py.sources.tarball import TarSource, open_layer_file
+
+Source = DirectorySource | TarSource
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,23 +60,41 @@ class BuildResult:
     layers: list[BlobOutput]  # every layer blob, in layer order, referenced or not
     entries: int
     stats: ChunkStats
+    manifest: Descriptor | None = None
+    layout: Path | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         s = self.stats
-        return {
+        doc: dict[str, Any] = {
             "bootstrap": str(self.bootstrap),
             "blobs": [b.to_json() for b in self.blobs],
             "layers": [b.to_json() for b in self.layers],
+        }
+        if self.manifest is not None:
+            doc["manifest"] = self.manifest.to_json()
+            doc["layout"] = str(self.layout)
+        doc.update({
             "counts": {"entries": self.entries, "files": s.files, "chunks": s.chunks, "stored_chunks": s.stored,
                        "hole_chunks": s.hole_chunks},
             "dedup": {"hits": s.dedup_hits, "bytes_in": s.bytes_in, "bytes_stored": s.bytes_stored},
             "timings": {k: round(v, 6) for k, v in self.timings.items()},
-        }
+        })
+        return doc
+
+
+@dataclass(frozen=True, slots=True)
+class ImageOptions:
+    """What describes the OCI image around the build: base config, platform, tag, media type family."""
+
+    config_file: Path | None = None
+    platform: str | None = None
+    tag: str | None = None
+    docker_types: bool = False
 
 
 @contextlib.contextmanager
-def _staging(outdir: Path) -> Iterator[Path]:
+def staging(outdir: Path) -> Iterator[Path]:
     """A hidden work directory inside OUTDIR, removed afterwards; OUTDIR itself removed on failure if new."""
     created = False
     try:
@@ -89,25 +116,38 @@ def _staging(outdir: Path) -> Iterator[Path]:
     shutil.rmtree(work, ignore_errors=True)
 
 
-def open_source(layer: str, config: BuildConfig) -> DirectorySource | TarSource:
+def open_source(layer: str, config: BuildConfig) -> Source:
     """A directory (plain or overlayfs upper) or a layer tar (file or '-')."""
     if layer != "-" and Path(layer).is_dir():
         return DirectorySource(layer, whiteout_spec=config.whiteout_spec, overlay_ns=config.overlay_xattr_ns)
     if layer != "-" and not Path(layer).exists():
         raise UsageError(f"{layer}: no such layer (a directory, a tar file or '-')")
-    return TarSource(layer, whiteout_spec=config.whiteout_spec, overlay_ns=config.overlay_xattr_ns)
+    return TarSource(*open_layer_file(layer), whiteout_spec=config.whiteout_spec, overlay_ns=config.overlay_xattr_ns)
 
 
 @dataclass(slots=True)
-class _Layer:
+class BuiltLayer:
+    name: str
     tree: Tree
     writer: BlobWriter
     info: BlobInfo
     stored: dict[tuple[bytes, int], ChunkRef]
 
 
-def _build_layer(index: int, source: DirectorySource | TarSource, workdir: Path, config: BuildConfig,
-                 lower: list[_Layer], stats: ChunkStats) -> _Layer:
+@dataclass(slots=True)
+class BuiltImage:
+    """Every layer blob (still in the work directory) and the merged bootstrap."""
+
+    layers: list[BuiltLayer]
+    merged: Tree
+    bootstrap: bytes
+    keys: list[int]  # the device table: layers[k] for k in keys
+    stats: ChunkStats
+    seconds_data: float = 0.0
+
+
+def _build_layer(index: int, name: str, source: Source, workdir: Path, config: BuildConfig, lower: list[BuiltLayer],
+                 stats: ChunkStats) -> BuiltLayer:
     """Read one source and write its blob: data, chunk info, digests, inline bootstrap (markers kept), TOC."""
     writer = BlobWriter(workdir, blob_index=index, chunk_size=config.chunk_size, compressor=config.compressor.algo,
                         digester=config.digester.algo)
@@ -124,8 +164,8 @@ def _build_layer(index: int, source: DirectorySource | TarSource, workdir: Path,
         pipeline.finish()
     finally:
         pipeline.close()
-    for name in ("files", "chunks", "stored", "dedup_hits", "hole_chunks", "bytes_in", "bytes_stored"):
-        setattr(stats, name, getattr(stats, name) + getattr(pipeline.stats, name))
+    for stat_name in ("files", "chunks", "stored", "dedup_hits", "hole_chunks", "bytes_in", "bytes_stored"):
+        setattr(stats, stat_name, getattr(stats, stat_name) + getattr(pipeline.stats, stat_name))
     data_info = writer.finish_data()
     infos = {layer.writer.blob_index: layer.info for layer in lower}
     infos[index] = data_info
@@ -133,7 +173,7 @@ def _build_layer(index: int, source: DirectorySource | TarSource, workdir: Path,
                                 digester=config.digester.algo)
     info = writer.finish(inline)
     own = {k: v for k, v in pipeline.stored.items() if v.blob_index == index}
-    return _Layer(tree=source.tree, writer=writer, info=info, stored=own)
+    return BuiltLayer(name=name, tree=source.tree, writer=writer, info=info, stored=own)
 
 
 def _refuse_real_markers(tree: Tree, layer: str) -> None:
@@ -147,59 +187,103 @@ def _refuse_real_markers(tree: Tree, layer: str) -> None:
                                        "layered image")
 
 
-def build_image(layers: list[str], outdir: str | os.PathLike[str], config: BuildConfig,
-                *, extra_bootstrap: str | os.PathLike[str] | None = None) -> BuildResult:
-    """Build LAYERs (lowest first) into OUTDIR: one blob per layer and the merged bootstrap."""
+def build_layers(sources: Iterable[tuple[str, Source]], work: Path, config: BuildConfig, *,
+                 layered: bool) -> BuiltImage:
+    """Build every (name, source) into a layer blob in `work`, then the merged bootstrap."""
+    started = time.perf_counter()
+    stats = ChunkStats()
+    built: list[BuiltLayer] = []
+    for index, (name, source) in enumerate(sources):
+        built.append(_build_layer(index, name, source, work, config, built, stats))
+        if layered and config.whiteout_spec is WhiteoutSpec.NONE:
+            _refuse_real_markers(source.tree, name)
+    if not built:
+        raise UsageError("no layers given")
+    data_done = time.perf_counter()
+    merged = overlay.merge_layers([layer.tree for layer in built],
+                                  whiteouts=config.whiteout_spec is not WhiteoutSpec.NONE)
+    plain, keys = bootstrap_bytes(merged, {i: layer.info for i, layer in enumerate(built)},
+                                  chunk_size=config.chunk_size, compressor=config.compressor.algo,
+                                  digester=config.digester.algo, prefetch=config.prefetch_patterns)
+    return BuiltImage(layers=built, merged=merged, bootstrap=plain, keys=keys, stats=stats,
+                      seconds_data=data_done - started)
+
+
+def publish_layers(built: BuiltImage, writer: LayoutWriter) -> list[BlobOutput]:
+    """Move every layer blob from the work directory into the layout's blobs/sha256/."""
+    writer.prepare()
+    outputs = []
+    for index, layer in enumerate(built.layers):
+        os.chmod(layer.writer.path, 0o644)
+        path = writer.blobs / layer.info.blob_id
+        os.replace(layer.writer.path, path)
+        outputs.append(BlobOutput(info=layer.info, path=path, referenced=index in built.keys))
+    return outputs
+
+
+def layer_blobs(outputs: list[BlobOutput]) -> list[LayerBlob]:
+    return [LayerBlob(blob_id=o.info.blob_id, size=o.info.compressed_size, path=o.path, has_data=o.info.chunk_count > 0)
+            for o in outputs]
+
+
+def write_bootstrap_file(path: Path, data: bytes) -> None:
+    with atomic_output(path) as f:
+        f.write(data)
+
+
+def base_config(options: ImageOptions) -> Json:
+    """The image config the build describes: --config FILE, else a minimal one; --platform overrides."""
+    if options.config_file is not None:
+        try:
+            config = json.loads(options.config_file.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"{options.config_file}: cannot read the image config ({exc})") from None
+        if not isinstance(config, dict):
+            raise UsageError(f"{options.config_file}: the image config must be a JSON object")
+    else:
+        config = {"architecture": _host_arch(), "os": "linux", "config": {}}
+    if options.platform:
+        config.update(parse_platform(options.platform))
+    return config
+
+
+def _host_arch() -> str:
+    machine = host.machine()
+    return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}.get(machine, machine)
+
+
+def build_image(layers: list[str], outdir: str | os.PathLike[str], config: BuildConfig, *,
+                extra_bootstrap: str | os.PathLike[str] | None = None,
+                image: ImageOptions | None = None) -> BuildResult:
+    """Build LAYERs (lowest first) into OUTDIR: one blob per layer, the merged bootstrap, an OCI image."""
     if not layers:
         raise UsageError("no layers given")
     if layers.count("-") > 1:
         raise UsageError("stdin ('-') can be only one layer")
+    image = image or ImageOptions()
+    base = base_config(image)
     out = Path(outdir).absolute()
     started = time.perf_counter()
-    stats = ChunkStats()
-    with _staging(out) as work:
-        built: list[_Layer] = []
-        for index, layer in enumerate(layers):
-            source = open_source(layer, config)
-            built.append(_build_layer(index, source, work, config, built, stats))
-            if len(layers) > 1 and config.whiteout_spec is WhiteoutSpec.NONE:
-                _refuse_real_markers(source.tree, layer)
+    with staging(out) as work:
+        built = build_layers(((layer, open_source(layer, config)) for layer in layers), work, config,
+                             layered=len(layers) > 1)
         data_done = time.perf_counter()
-        merged = overlay.merge_layers([layer.tree for layer in built],
-                                      whiteouts=config.whiteout_spec is not WhiteoutSpec.NONE)
-        plain, keys = bootstrap_bytes(merged, {i: layer.info for i, layer in enumerate(built)},
-                                      chunk_size=config.chunk_size, compressor=config.compressor.algo,
-                                      digester=config.digester.algo, prefetch=config.prefetch_patterns)
-        blob_dir = _blob_dir(out)
-        outputs = []
-        for index, layer in enumerate(built):  # every byte is written: now only renames remain
-            os.chmod(layer.writer.path, 0o644)
-            path = blob_dir / layer.info.blob_id
-            os.replace(layer.writer.path, path)
-            outputs.append(BlobOutput(info=layer.info, path=path, referenced=index in keys))
-        result = _publish(out, work, plain, extra_bootstrap, outputs, [outputs[k] for k in keys], merged, stats)
-    result.timings = {"data": data_done - started, "bootstrap": time.perf_counter() - data_done,
-                      "total": time.perf_counter() - started}
-    return result
-
-
-def _blob_dir(out: Path) -> Path:
-    blob_dir = out / "blobs" / "sha256"
-    blob_dir.mkdir(parents=True, exist_ok=True)
-    return blob_dir
-
-
-def _publish(out: Path, work: Path, plain: bytes, extra_bootstrap: str | os.PathLike[str] | None,
-             layers: list[BlobOutput], device_table: list[BlobOutput], merged: Tree, stats: ChunkStats) -> BuildResult:
-    """Put the merged bootstrap in place (and its extra copy); the blobs are already there."""
-    with atomic_output(work / "bootstrap") as f:
-        f.write(plain)
-    os.replace(work / "bootstrap", out / "bootstrap")
-    if extra_bootstrap is not None:
-        with atomic_output(Path(extra_bootstrap)) as f:
-            f.write(plain)
-    return BuildResult(bootstrap=out / "bootstrap", blobs=device_table, layers=layers,
-                       entries=sum(1 for _ in merged.walk()), stats=stats)
+        writer = LayoutWriter(out)
+        outputs = publish_layers(built, writer)
+        manifest, _ = write_nydus_image(writer, layer_blobs(outputs), built.bootstrap, base,
+                                        docker_types=image.docker_types)
+        if image.tag:
+            manifest = Descriptor(manifest.media_type, manifest.digest, manifest.size,
+                                  annotations={oci.REF_NAME: image.tag})
+        write_bootstrap_file(out / "bootstrap", built.bootstrap)
+        writer.write_index([manifest])
+        if extra_bootstrap is not None:
+            write_bootstrap_file(Path(extra_bootstrap), built.bootstrap)
+    finished = time.perf_counter()
+    return BuildResult(bootstrap=out / "bootstrap", blobs=[outputs[k] for k in built.keys], layers=outputs,
+                       entries=sum(1 for _ in built.merged.walk()), stats=built.stats, manifest=manifest, layout=out,
+                       timings={"data": data_done - started, "bootstrap": finished - data_done,
+                                "total": finished - started})
 
 
 def merge_images(inputs: list[str | os.PathLike[str]], outdir: str | os.PathLike[str], config: BuildConfig, *,
@@ -213,31 +297,28 @@ def merge_images(inputs: list[str | os.PathLike[str]], outdir: str | os.PathLike
     registry: dict[str, tuple[int, BlobInfo, Path]] = {}
     layers: list[MergeInput] = [read_layer(Path(p), Path(blob_dir) if blob_dir else None, registry) for p in inputs]
     infos = {key: info for key, info, _ in registry.values()}
-    chunk_size = _common_chunk_size(registry, config)
+    sizes = {info.chunk_size for info in infos.values()}
+    if len(sizes) > 1:
+        raise UsageError(f"layers use different chunk sizes ({', '.join(hex(s) for s in sorted(sizes))}): cannot merge")
     # compressor and digester flags come from the last layer's own blob, as nydus-image merge takes them
     last = next((registry[layer.own_blob][1] for layer in reversed(layers) if layer.own_blob), None)
-    with _staging(out) as work:
+    with staging(out):
         merged = overlay.merge_layers([layer.tree for layer in layers])
-        plain, keys = bootstrap_bytes(merged, infos, chunk_size=chunk_size,
+        plain, keys = bootstrap_bytes(merged, infos, chunk_size=sizes.pop() if sizes else config.chunk_size,
                                       compressor=last.compressor if last else config.compressor.algo,
                                       digester=last.digester if last else config.digester.algo,
                                       prefetch=config.prefetch_patterns)
-        target = _blob_dir(out)
-        by_key = {key: (info, path) for key, info, path in registry.values()}
-        published = {key: BlobOutput(info=info, path=publish_blob(path, target, info.blob_id),
-                                     referenced=key in keys) for key, (info, path) in by_key.items()}
-        outputs = [published[registry[layer.own_blob][0]] for layer in layers if layer.own_blob is not None]
-        result = _publish(out, work, plain, extra_bootstrap, outputs, [published[k] for k in keys], merged,
-                          ChunkStats())
-    result.timings = {"total": time.perf_counter() - started}
-    return result
+        writer = LayoutWriter(out)
+        writer.prepare()
+        published = {key: BlobOutput(info=info, path=writer.put_file(path, info.blob_id), referenced=key in keys)
+                     for key, info, path in registry.values()}
+        write_bootstrap_file(out / "bootstrap", plain)
+        if extra_bootstrap is not None:
+            write_bootstrap_file(Path(extra_bootstrap), plain)
+    outputs = [published[registry[layer.own_blob][0]] for layer in layers if layer.own_blob is not None]
+    return BuildResult(bootstrap=out / "bootstrap", blobs=[published[k] for k in keys], layers=outputs,
+                       entries=sum(1 for _ in merged.walk()), stats=ChunkStats(),
+                       timings={"total": time.perf_counter() - started})
 
 
-def _common_chunk_size(registry: dict[str, tuple[int, BlobInfo, Path]], config: BuildConfig) -> int:
-    sizes = {info.chunk_size for _, info, _ in registry.values()}
-    if len(sizes) > 1:
-        raise UsageError(f"layers use different chunk sizes ({', '.join(hex(s) for s in sorted(sizes))}): cannot merge")
-    return sizes.pop() if sizes else config.chunk_size
-
-
-__all__ = ["BuildResult", "build_image", "merge_images"]
+__all__ = ["BuildResult", "ImageOptions", "build_image", "build_layers", "merge_images"]

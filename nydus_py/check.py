@@ -20,7 +20,8 @@ from nydus_py.errors import FormatError, NydusError, UnsupportedError
 from nydus_py.format import blobmeta, erofs
 from nydus_py.format.blobmeta import BLOB_ID_PLACEHOLDER, BlobFeatures
 from nydus_py.image import BlobInfo, Bootstrap
-from nydus_py.locate import OpenedImage, is_bootstrap, open_image
+from nydus_py.locate import OpenedImage, is_bootstrap, open_images
+from nydus_py.oci.nydus import manifest_defects
 from nydus_py.model import FileKind
 from nydus_py.validate import Defect, validate_tables
 
@@ -45,9 +46,10 @@ def _defect_of(exc: NydusError, structure: str) -> Defect:
 
 
 def check_path(image: str | os.PathLike[str], blob_dir: str | os.PathLike[str] | None = None) -> CheckReport:
-    """Check IMAGE; an image too broken to decode is a defect (exit 1), a missing path a UsageError (exit 2)."""
+    """Check IMAGE (every platform of an OCI layout); an image too broken to decode is a defect (exit 1), a
+    missing path a UsageError (exit 2)."""
     try:
-        opened = open_image(image, blob_dir)
+        images = open_images(image, blob_dir)
     except (FormatError, UnsupportedError) as exc:
         report = CheckReport()
         data = _bootstrap_candidate(Path(image))
@@ -56,7 +58,15 @@ def check_path(image: str | os.PathLike[str], blob_dir: str | os.PathLike[str] |
         if not any(str(exc) in str(d) for d in report.defects):
             report.defects.append(Defect("image", 0, str(exc)))
         return report
-    return check_image(opened)
+    report = CheckReport()
+    for opened in images:
+        one = check_image(opened)
+        report.defects += one.defects
+        report.notes += one.notes
+        report.inodes += one.inodes
+        report.chunks_verified += one.chunks_verified
+        report.blobs_checked += one.blobs_checked
+    return report
 
 
 def _bootstrap_candidate(path: Path) -> bytes | None:
@@ -87,6 +97,8 @@ def check_image(opened: OpenedImage) -> CheckReport:
             report.notes.append(f"blob {info.blob_id} not found: its data was not checked")
             continue
         _check_blob(path, info, boot, report)
+    if opened.oci_image is not None:
+        report.defects += manifest_defects(opened.oci_image, [b.blob_id for b in boot.blobs])
     return report
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from nydus_py import report
-from nydus_py.build import BuildResult, build_image, merge_images
+from nydus_py.build import BuildResult, ImageOptions, build_image, merge_images
 from nydus_py.config import (
     BuildConfig,
     Compressor,
@@ -29,6 +29,8 @@ from nydus_py.check import check_path
 from nydus_py.devices import default_cache_dir, mount_image, require_root
 from nydus_py.kmount import umount as kernel_umount
 from nydus_py.locate import open_image
+from nydus_py.oci.convert import ConvertOptions
+from nydus_py.oci.convert import convert as convert_image
 from nydus_py.unpack import unpack as unpack_image
 
 EXIT_OK = 0
@@ -85,10 +87,22 @@ def _output_options(fn):  # type: ignore[no-untyped-def]
     return fn
 
 
+def _build_config(compressor: str, digester: str, chunk_size: int, jobs: int, whiteout_spec: str,
+                  overlay_xattr_ns: str, cross_layer_dedup: bool, prefetch: tuple[bytes, ...]) -> BuildConfig:
+    return BuildConfig(compressor=Compressor(compressor), digester=Digester(digester), chunk_size=chunk_size,
+                       jobs=jobs, whiteout_spec=WhiteoutSpec(whiteout_spec),
+                       overlay_xattr_ns=XattrNamespace(overlay_xattr_ns), prefetch_patterns=prefetch,
+                       cross_layer_dedup=cross_layer_dedup)
+
+
+def _write_json(path: Path | None, doc: dict) -> None:  # type: ignore[type-arg]
+    if path is not None:
+        with atomic_output(path) as f:
+            f.write(json.dumps(doc, indent=2).encode() + b"\n")
+
+
 def _report(result: BuildResult, output_json: Path | None) -> None:
-    if output_json is not None:
-        with atomic_output(output_json) as f:
-            f.write(json.dumps(result.to_json(), indent=2).encode() + b"\n")
+    _write_json(output_json, result.to_json())
     click.echo(f"bootstrap {result.bootstrap}")
     for blob in result.layers:
         unused = "" if blob.referenced else ", not referenced"
@@ -100,37 +114,86 @@ def _report(result: BuildResult, output_json: Path | None) -> None:
                f"({stats.dedup_hits} dedup hits) in {seconds:.3f}s ({rate:.1f} MiB/s)")
 
 
+def _build_options(fn):  # type: ignore[no-untyped-def]
+    """Options shared by build and convert: how layers become blobs."""
+    for option in reversed([
+        click.option("--compressor", type=click.Choice([c.value for c in Compressor]), default=Compressor.ZSTD.value,
+                     show_default=True, help="Chunk compression."),
+        click.option("--digester", type=click.Choice([d.value for d in Digester]), default=Digester.BLAKE3.value,
+                     show_default=True, help="Chunk digest algorithm."),
+        click.option("--chunk-size", default="1MiB", callback=_chunk_size, show_default=True,
+                     help="Power of two from 4KiB to 16MiB (e.g. 1MiB, 0x100000)."),
+        click.option("--jobs", "-j", type=click.IntRange(min=0), default=0, help="Worker threads (0: all cores)."),
+        click.option("--whiteout-spec", type=click.Choice([w.value for w in WhiteoutSpec]),
+                     default=WhiteoutSpec.AUTO.value, show_default=True,
+                     help="How layers mark removals (auto: overlayfs for directories, oci for tars)."),
+        click.option("--overlay-xattr-ns", type=click.Choice([n.value for n in XattrNamespace]),
+                     default=XattrNamespace.TRUSTED.value, show_default=True,
+                     help="xattr namespace of the overlayfs mount an upper directory comes from (user: userxattr)."),
+        click.option("--cross-layer-dedup", is_flag=True,
+                     help="Reference chunks already stored in lower layers' blobs (layers stop being self-contained)."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
 @cli.command()
 @click.argument("layers", nargs=-1, required=True)
 @_output_options
-@click.option("--compressor", type=click.Choice([c.value for c in Compressor]), default=Compressor.ZSTD.value,
-              show_default=True, help="Chunk compression.")
-@click.option("--digester", type=click.Choice([d.value for d in Digester]), default=Digester.BLAKE3.value,
-              show_default=True, help="Chunk digest algorithm.")
-@click.option("--chunk-size", default="1MiB", callback=_chunk_size, show_default=True,
-              help="Power of two from 4KiB to 16MiB (e.g. 1MiB, 0x100000).")
-@click.option("--jobs", "-j", type=click.IntRange(min=0), default=0, help="Worker threads (0: all cores).")
-@click.option("--whiteout-spec", type=click.Choice([w.value for w in WhiteoutSpec]), default=WhiteoutSpec.AUTO.value,
-              show_default=True, help="How layers mark removals (auto: overlayfs for directories, oci for tars).")
-@click.option("--overlay-xattr-ns", type=click.Choice([n.value for n in XattrNamespace]),
-              default=XattrNamespace.TRUSTED.value, show_default=True,
-              help="xattr namespace of the overlayfs mount an upper directory comes from (user: userxattr).")
-@click.option("--cross-layer-dedup", is_flag=True,
-              help="Reference chunks already stored in lower layers' blobs (layers stop being self-contained).")
+@_build_options
+@click.option("--config", "config_file", type=click.Path(path_type=Path),
+              help="Image config JSON to describe the image (rootfs and history are filled in).")
+@click.option("--platform", help="OS/ARCH[/VARIANT] of the image (default: this machine's, linux).")
+@click.option("--tag", help="Tag of the image in OUTDIR's index.json.")
 def build(layers: tuple[str, ...], outdir: Path, compressor: str, digester: str, chunk_size: int, jobs: int,
           whiteout_spec: str, overlay_xattr_ns: str, cross_layer_dedup: bool, extra_bootstrap: Path | None,
-          output_json: Path | None, prefetch_patterns: str | None, no_prefetch: bool) -> None:
+          output_json: Path | None, prefetch_patterns: str | None, no_prefetch: bool, config_file: Path | None,
+          platform: str | None, tag: str | None) -> None:
     """Build LAYERS (lowest first) into one blob per layer and a merged RAFS v6 bootstrap in OUTDIR.
 
     Each layer is a directory, an overlayfs upper directory, or an OCI layer tar (plain, gzip or zstd;
     '-' reads stdin).
     """
-    config = BuildConfig(compressor=Compressor(compressor), digester=Digester(digester), chunk_size=chunk_size,
-                         jobs=jobs, whiteout_spec=WhiteoutSpec(whiteout_spec),
-                         overlay_xattr_ns=XattrNamespace(overlay_xattr_ns),
-                         prefetch_patterns=_prefetch(prefetch_patterns, no_prefetch),
-                         cross_layer_dedup=cross_layer_dedup)
-    _report(build_image(list(layers), outdir, config, extra_bootstrap=extra_bootstrap), output_json)
+    config = _build_config(compressor, digester, chunk_size, jobs, whiteout_spec, overlay_xattr_ns,
+                           cross_layer_dedup, _prefetch(prefetch_patterns, no_prefetch))
+    image = ImageOptions(config_file=config_file, platform=platform, tag=tag)
+    _report(build_image(list(layers), outdir, config, extra_bootstrap=extra_bootstrap, image=image), output_json)
+
+
+@cli.command()
+@click.argument("source")
+@click.argument("target")
+@_build_options
+@click.option("--output-json", type=click.Path(path_type=Path), help="Write the result as JSON here.")
+@click.option("--prefetch-patterns", help="File ('-': stdin) of absolute paths to prefetch (default: /).")
+@click.option("--no-prefetch", is_flag=True, help="Write no prefetch table.")
+@click.option("--platform", "platforms", multiple=True, help="Convert only OS/ARCH[/VARIANT] (repeatable).")
+@click.option("--docker-media-types", is_flag=True,
+              help="Keep the Docker manifest family (for registries that need it). containers/image tools such as "
+                   "skopeo reject Nydus layers in Docker manifests.")
+@click.option("--merge-platform", is_flag=True,
+              help="Write one index with the original and the Nydus manifests.")
+def convert(source: str, target: str, compressor: str, digester: str, chunk_size: int, jobs: int,
+            whiteout_spec: str, overlay_xattr_ns: str, cross_layer_dedup: bool, output_json: Path | None,
+            prefetch_patterns: str | None, no_prefetch: bool, platforms: tuple[str, ...], docker_media_types: bool,
+            merge_platform: bool) -> None:
+    """Convert an image into a Nydus image.
+
+    SOURCE is oci:DIR[:TAG], oci-archive:FILE[:TAG] (docker buildx --output type=oci) or docker-archive:FILE
+    (docker save); TARGET is oci:DIR[:TAG].
+    """
+    config = _build_config(compressor, digester, chunk_size, jobs, whiteout_spec, overlay_xattr_ns,
+                           cross_layer_dedup, _prefetch(prefetch_patterns, no_prefetch))
+    opts = ConvertOptions(platforms=platforms, docker_types=docker_media_types, merge_platform=merge_platform)
+    result = convert_image(source, target, config, opts)
+    _write_json(output_json, result.to_json())
+    if result.already_nydus:
+        click.echo(f"{source}: already a Nydus image; nothing converted")
+        return
+    for name, built in result.platforms:
+        click.echo(f"{name}: {len(built.layers)} blob layers, bootstrap {built.bootstrap}")
+    assert result.top is not None
+    click.echo(f"{target}: {result.top.media_type} {result.top.digest}")
 
 
 @cli.command()

@@ -46,8 +46,8 @@ def prepare_devices(opened: OpenedImage, cache_dir: Path) -> tuple[Path, list[Pa
             with atomic_output(stamp) as f:
                 f.write(str(info.uncompressed_size).encode())
         devices.append(device)
-    bootstrap = opened.source
-    if opened.inline_blob is not None:  # the kernel needs the bootstrap as a file of its own
+    bootstrap = opened.bootstrap_file
+    if bootstrap is None:  # the kernel needs the bootstrap as a file of its own
         bootstrap = cache_dir / f"{hashlib.sha256(opened.bootstrap_bytes).hexdigest()}.boot"
         if not bootstrap.is_file():
             with atomic_output(bootstrap) as f:

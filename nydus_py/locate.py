@@ -3,7 +3,6 @@ bootstrap, or a nydus-py output directory."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +12,9 @@ from nydus_py.bootstrap.reader import read_bootstrap
 from nydus_py.errors import FormatError, UsageError
 from nydus_py.format import erofs
 from nydus_py.format.blobmeta import BLOB_ID_PLACEHOLDER
+from nydus_py.fsutil import file_sha256
 from nydus_py.image import BlobInfo, Bootstrap
+from nydus_py.oci.nydus import NydusImage, open_nydus_images
 
 MAX_BOOTSTRAP_SIZE = 1 << 32
 
@@ -27,19 +28,17 @@ class OpenedImage:
     bootstrap_bytes: bytes
     blob_paths: dict[str, Path] = field(default_factory=dict)
     inline_blob: Path | None = None  # set when IMAGE was a blob with an inline bootstrap
+    oci_image: NydusImage | None = None  # set when IMAGE was an OCI image layout
+
+    @property
+    def bootstrap_file(self) -> Path | None:
+        """A file holding exactly the bootstrap (None when it came out of a blob or an OCI layer)."""
+        return self.source if self.inline_blob is None and self.oci_image is None else None
 
     def blob_path(self, info: BlobInfo) -> Path | None:
         if info.blob_id == BLOB_ID_PLACEHOLDER and self.inline_blob is not None:
             return self.inline_blob
         return self.blob_paths.get(info.blob_id)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def is_bootstrap(head: bytes) -> bool:
@@ -48,9 +47,37 @@ def is_bootstrap(head: bytes) -> bool:
         erofs.EROFS_SUPER_MAGIC_V1)
 
 
+def open_images(image: str | os.PathLike[str], blob_dir: str | os.PathLike[str] | None = None) -> list[OpenedImage]:
+    """Every image IMAGE holds: one, or one per platform of an OCI layout (`oci:DIR[:TAG]` or a layout
+    directory without a `bootstrap` file)."""
+    text = os.fspath(image)
+    if not text.startswith("oci:") and Path(text).is_dir() and not (Path(text) / "bootstrap").exists() and (
+            Path(text) / "index.json").is_file():
+        text = "oci:" + text
+    if text.startswith("oci:"):
+        return [_from_layout(nydus) for nydus in open_nydus_images(text)]
+    return [open_image(image, blob_dir)]
+
+
+def _from_layout(nydus: NydusImage) -> OpenedImage:
+    source = nydus.layout / "index.json"
+    opened = OpenedImage(source=source, bootstrap=read_bootstrap(nydus.bootstrap), bootstrap_bytes=nydus.bootstrap,
+                         oci_image=nydus)
+    for info in opened.bootstrap.blobs:
+        path = nydus.blob_path(info.blob_id)
+        if path.is_file():
+            opened.blob_paths[info.blob_id] = path
+    return opened
+
+
 def open_image(image: str | os.PathLike[str], blob_dir: str | os.PathLike[str] | None = None) -> OpenedImage:
-    """Decode IMAGE's bootstrap and locate its blobs (in `blob_dir`, beside it, or in its output directory)."""
+    """Decode IMAGE's bootstrap and locate its blobs (in `blob_dir`, beside it, or in its output directory).
+    For an OCI layout with several platforms, the first one."""
+    if os.fspath(image).startswith("oci:"):
+        return open_images(image, blob_dir)[0]
     path = Path(image)
+    if path.is_dir() and not (path / "bootstrap").exists() and (path / "index.json").is_file():
+        return open_images(image, blob_dir)[0]
     if path.is_dir():
         bootstrap_path = path / "bootstrap"
         if not bootstrap_path.is_file():

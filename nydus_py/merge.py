@@ -7,8 +7,6 @@ Layer blobs are kept whole: merging rewrites no data.
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -130,18 +128,3 @@ def relabel(tree: Tree, mapping: dict[int, int]) -> None:
         if inode.chunks and id(inode) not in done:
             done.add(id(inode))
             inode.chunks = [replace(c, blob_index=mapping[c.blob_index]) for c in inode.chunks]
-
-
-def publish_blob(source: Path, blob_dir: Path, blob_id: str) -> Path:
-    """Put a blob at `blob_dir/<id>`: a hardlink when possible, else a copy (atomic either way)."""
-    target = blob_dir / blob_id
-    if target.exists() and target.stat().st_size == source.stat().st_size:
-        return target
-    tmp = blob_dir / f".{blob_id}.tmp"
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(source, tmp)
-    except OSError:
-        shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
-    return target

@@ -134,6 +134,14 @@ def new_directory(mode: int = 0o755, **attrs: int) -> Inode:
     return Inode(kind=FileKind.DIR, mode=stat.S_IFDIR | (mode & 0o7777), **attrs)
 
 
+def has_default_attributes(inode: Inode) -> bool:
+    """A directory with the attributes a layer gives a parent it has no entry for (0755, root, epoch):
+    in an upper layer it does not override the lower directory's attributes, as extraction leaves an
+    existing directory alone."""
+    return (inode.is_dir and inode.mode == stat.S_IFDIR | 0o755 and inode.uid == 0 and inode.gid == 0
+            and inode.mtime == 0 and inode.mtime_nsec == 0 and not inode.xattrs)
+
+
 # OCI whiteout markers: how every layer tree (and every layer blob's inline bootstrap) records removals.
 WHITEOUT_PREFIX = b".wh."
 OPAQUE_MARKER = b".wh..wh..opq"  # in a directory: hide everything below it in lower layers

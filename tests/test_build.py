@@ -57,7 +57,7 @@ def test_result_json_and_layout(built: tuple[Path, dict]) -> None:
         path = Path(blob["path"])
         assert path == out / "blobs" / "sha256" / blob["id"]
         assert file_sha256(path) == blob["id"] and path.stat().st_size == blob["size"]
-    assert sorted(os.listdir(out)) == ["blobs", "bootstrap"]
+    assert sorted(os.listdir(out)) == ["blobs", "bootstrap", "index.json", "oci-layout"]
     assert doc["dedup"]["hits"] > 0 and doc["counts"]["entries"] == sum(1 for _ in boot.tree.walk())
 
 

@@ -72,7 +72,7 @@ def test_build_passes_the_exact_config(monkeypatch: pytest.MonkeyPatch, capsys: 
 
     seen = {}
 
-    def fake_build(layers, outdir, config, *, extra_bootstrap=None):  # type: ignore[no-untyped-def]
+    def fake_build(layers, outdir, config, *, extra_bootstrap=None, image=None):  # type: ignore[no-untyped-def]
         seen.update(source=layers, outdir=outdir, config=config, extra=extra_bootstrap)
         raise SystemExit(0)
 
@@ -105,9 +105,10 @@ def test_merge_end_to_end(capsys: pytest.CaptureFixture[str], tmp_path: Path) ->
         src = tmp_path / f"src{i}"
         src.mkdir()
         (src / "f").write_bytes(content * 100)
-        status, _, _ = run(capsys, "build", str(src), "-o", str(tmp_path / f"out{i}"))
+        status, _, _ = run(capsys, "build", str(src), "-o", str(tmp_path / f"out{i}"), "--output-json",
+                           str(tmp_path / f"out{i}.json"))
         assert status == 0
-        blobs += [str(p) for p in (tmp_path / f"out{i}" / "blobs" / "sha256").iterdir()]
+        blobs += [layer["path"] for layer in json.loads((tmp_path / f"out{i}.json").read_text())["layers"]]
     status, out, err = run(capsys, "merge", *blobs, "-o", str(tmp_path / "merged"), "--no-prefetch")
     assert status == 0 and err == "" and out.startswith("bootstrap ")
     assert "not referenced" in out  # the lower layer's only file was replaced
@@ -127,3 +128,26 @@ def test_check_unpack_mount_umount_errors(capsys: pytest.CaptureFixture[str], tm
     assert status == 2 and "not a directory" in err
     status, _, err = run(capsys, "umount", str(tmp_path))
     assert status == 2 and err.startswith("nydus-py: umount") and err.count("\n") == 1
+
+
+def test_convert_options_and_errors(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                                    tmp_path: Path) -> None:
+    from nydus_py.oci.convert import ConvertOptions
+
+    seen = {}
+
+    def fake_convert(source, target, config, opts):  # type: ignore[no-untyped-def]
+        seen.update(source=source, target=target, config=config, opts=opts)
+        raise SystemExit(0)
+
+    monkeypatch.setattr("nydus_py.cli.convert_image", fake_convert)
+    with pytest.raises(SystemExit):
+        main(["convert", "oci-archive:img.tar", "oci:out:app", "--platform", "linux/arm64", "--merge-platform",
+              "--compressor", "lz4_block"])
+    assert seen["opts"] == ConvertOptions(platforms=("linux/arm64",), docker_types=False, merge_platform=True)
+    assert seen["config"].compressor.value == "lz4_block" and seen["target"] == "oci:out:app"
+    monkeypatch.undo()
+    status, _, err = run(capsys, "convert", "registry.example/x", f"oci:{tmp_path / 'o'}")
+    assert status == 2 and "oci:DIR" in err
+    status, _, err = run(capsys, "convert", f"oci:{tmp_path / 'missing'}", f"oci:{tmp_path / 'o'}")
+    assert status == 2 and "not an OCI image layout" in err and not (tmp_path / "o").exists()

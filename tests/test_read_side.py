@@ -103,8 +103,8 @@ def test_check_passes_on_our_images(corpus_image: tuple[Path, Path], capsys: pyt
     status, out, err = run(capsys, "check", str(image), "--json")
     doc = json.loads(out)
     assert status == 0 and doc["sound"] and doc["blobs_checked"] == 1 and doc["chunks_verified"] > 10
-    for blob in (image / "blobs" / "sha256").iterdir():  # the layer blob with its inline bootstrap
-        assert run(capsys, "check", str(blob))[0] == 0
+    for info in read_bootstrap((image / "bootstrap").read_bytes()).blobs:  # the layer blob, inline bootstrap
+        assert run(capsys, "check", str(image / "blobs" / "sha256" / info.blob_id))[0] == 0
 
 
 def test_check_passes_on_a_layered_image(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -150,8 +150,8 @@ def small_image(tmp_path: Path, request: pytest.FixtureRequest) -> tuple[Path, P
     (src / "top").write_bytes(b"top file")
     out = tmp_path / "out"
     assert main(["build", str(src), "-o", str(out), "--compressor", compressor, "--chunk-size", "4KiB"]) == 0
-    blob = next((out / "blobs" / "sha256").iterdir())
-    return out / "bootstrap", blob, out
+    (info,) = read_bootstrap((out / "bootstrap").read_bytes()).blobs
+    return out / "bootstrap", out / "blobs" / "sha256" / info.blob_id, out
 
 
 def patch_file(path: Path, offset: int, data: bytes) -> None:

@@ -52,7 +52,10 @@ def seeds(work: Path) -> list[tuple[str, dict[str, bytes]]]:
     (src / "link").symlink_to("small")
     with contextlib.redirect_stdout(io.StringIO()):
         main(["build", str(src), "-o", str(work / "built"), "--chunk-size", "4KiB"])
-    blob = next((work / "built" / "blobs" / "sha256").iterdir())
+    from nydus_py import read_bootstrap
+
+    (info,) = read_bootstrap((work / "built" / "bootstrap").read_bytes()).blobs
+    blob = work / "built" / "blobs" / "sha256" / info.blob_id
     out.append(("built", {"boot": (work / "built" / "bootstrap").read_bytes(), blob.name: blob.read_bytes()}))
     out.append(("built-inline", {blob.name: blob.read_bytes()}))
     return out

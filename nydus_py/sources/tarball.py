@@ -47,24 +47,25 @@ def _bytes(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
 
 
-def open_layer_stream(path: str) -> tuple[BinaryIO, str]:
-    """The decompressed byte stream of a layer file (or '-' for stdin), and a name for messages."""
+def open_layer_file(path: str) -> tuple[BinaryIO, str]:
+    """A layer file (or '-' for stdin) opened for reading, and a name for messages."""
     if path == "-":
-        raw: BinaryIO = sys.stdin.buffer
-        name = "<stdin>"
-    else:
-        try:
-            raw = open(path, "rb")  # noqa: SIM115 - handed to the caller
-        except OSError as exc:
-            raise UsageError(f"{path}: cannot open layer: {exc.strerror}") from exc
-        name = path
+        return sys.stdin.buffer, "<stdin>"
+    try:
+        return open(path, "rb"), path  # noqa: SIM115 - handed to the caller
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot open layer: {exc.strerror}") from exc
+
+
+def decompressed(raw: BinaryIO) -> BinaryIO:
+    """The tar stream inside `raw`: gzip and zstd are recognised by their magic, anything else is plain."""
     buffered = raw if isinstance(raw, io.BufferedReader) else io.BufferedReader(raw)  # type: ignore[arg-type]
     head = buffered.peek(4)[:4]
     if head.startswith(GZIP_MAGIC):
-        return gzip.GzipFile(fileobj=buffered, mode="rb"), name  # type: ignore[return-value]
+        return gzip.GzipFile(fileobj=buffered, mode="rb")  # type: ignore[return-value]
     if head.startswith(ZSTD_MAGIC):
-        return pyzstd.ZstdFile(buffered, mode="rb"), name  # type: ignore[return-value]
-    return buffered, name
+        return pyzstd.ZstdFile(buffered, mode="rb")  # type: ignore[return-value]
+    return buffered
 
 
 @dataclass(slots=True)
@@ -96,9 +97,14 @@ class TarFile:
 class TarSource:
     """Read one layer tar; `files()` builds `tree` as it goes and yields regular files in entry order."""
 
-    def __init__(self, path: str, *, whiteout_spec: WhiteoutSpec = WhiteoutSpec.AUTO,
+    def __init__(self, raw: BinaryIO, name: str, *, whiteout_spec: WhiteoutSpec = WhiteoutSpec.AUTO,
                  overlay_ns: XattrNamespace = XattrNamespace.TRUSTED) -> None:
-        self.stream, self.name = open_layer_stream(path)
+        """`raw` is the layer as stored (plain, gzip or zstd); `name` names it in messages."""
+        self.name = name
+        try:
+            self.stream = decompressed(raw)
+        except _STREAM_ERRORS as exc:
+            raise FormatError(f"{name}: cannot read the layer ({exc})") from None
         self.spec = WhiteoutSpec.OCI if whiteout_spec is WhiteoutSpec.AUTO else whiteout_spec
         self.overlay_prefix = overlay_ns.value.encode() + b".overlay."
         self.tree = Tree(root=new_directory())

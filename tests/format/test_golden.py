@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+from pathlib import Path
 from collections.abc import Mapping
 from typing import Any
 
@@ -328,3 +329,24 @@ def test_chunk_info_v1_codec_matches_declaration() -> None:
         })
         assert fast == decl
         assert blobmeta.decode_chunk_info_v1_array(fast) == [(uoff, usize, coff, csize)]
+
+
+@covers("UstarHeader")
+def test_ustar_header(tmp_path: Path) -> None:
+    """Real bytes from GNU tar --format=ustar; and our Go-style headers read back by Python's tarfile."""
+    import subprocess
+    import tarfile
+
+    from nydus_py.format import oci
+
+    (tmp_path / "image").mkdir()
+    (tmp_path / "image" / "image.boot").write_bytes(b"x" * 700)
+    subprocess.run(["tar", "--format=ustar", "--owner=0", "--group=0", "--mtime=@0", "-C", str(tmp_path), "-cf",
+                    str(tmp_path / "t.tar"), "image/image.boot"], check=True)
+    raw = (tmp_path / "t.tar").read_bytes()[:512]
+    header = assert_roundtrip(oci.UstarHeader, raw, {"magic": b"ustar\0", "version": b"00", "typeflag": b"0"})
+    assert header.name.rstrip(b"\0") == b"image/image.boot" and int(header.size[:11], 8) == 700
+    ours = oci.encode_ustar_header("image/image.boot", mode=0o444, size=700, typeflag=b"0")
+    info = tarfile.TarInfo.frombuf(ours, "utf-8", "strict")
+    assert (info.name, info.size, info.mode, info.mtime, info.type) == ("image/image.boot", 700, 0o444, 0, b"0")
+    assert ours[oci.USTAR_CHKSUM_FIELD].endswith(b"\0 ")  # Go writes 6 digits, NUL, space

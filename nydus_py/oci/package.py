@@ -1,0 +1,101 @@
+"""Built layers + merged bootstrap -> a Nydus OCI image: N blob layers, then the bootstrap layer, a config
+whose diff_ids follow the layers, a manifest.
+
+Blob layers: media type `application/vnd.oci.image.layer.nydus.blob.v1`, annotation
+`containerd.io/snapshot/nydus-blob: "true"`, digest = blob id (the layer's diff_id too). The bootstrap
+layer: a gzip'd tar with `image/`, `image/image.boot` (0444, mtime 0) and `image/<blob id>.blob.meta` per
+layer with chunk data, as nydus-snapshotter's converter writes for fs v6; annotations nydus-bootstrap and
+nydus-fs-version. The source config is patched only in `rootfs` and `history`.
+References: ../shared/reference/oci-packaging.md §1.3-§1.5, §2.2.
+"""
+
+from __future__ import annotations
+
+import copy
+import gzip
+import hashlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+from nydus_py.blob.reader import BlobReader
+from nydus_py.compress import decompress
+from nydus_py.format import blobmeta, oci
+from nydus_py.oci.layout import Descriptor, Json, LayoutWriter
+
+GZIP_LEVEL = 6  # Go compress/gzip's default
+
+
+@dataclass(frozen=True, slots=True)
+class LayerBlob:
+    """A Nydus blob layer as it goes into the manifest."""
+
+    blob_id: str
+    size: int
+    path: Path
+    has_data: bool  # chunk data (so a blob.meta cache file)
+
+
+def blob_meta_cache(path: Path) -> bytes:
+    """`<blob id>.blob.meta`: the uncompressed chunk info array padded to 4 KiB, then the 4 KiB header."""
+    with BlobReader(path) as blob:
+        header = blob.ci_header()
+        raw = blob.read_at(header.ci_offset, header.ci_compressed_size, "chunk info array")
+        header_bytes = blob.read_at(header.offset, blobmeta.BLOB_CCT_HEADER_SIZE, "chunk info header")
+    data = decompress(raw, header.ci_compressor, header.ci_uncompressed_size)
+    return data + bytes(blobmeta.cache_file_ci_size(len(data)) - len(data)) + header_bytes
+
+
+def bootstrap_tar(bootstrap: bytes, blob_metas: list[tuple[str, bytes]]) -> bytes:
+    """The bootstrap layer's tar, with USTAR headers as Go's archive/tar writes them."""
+    out = io.BytesIO()
+    out.write(oci.encode_ustar_header(oci.BOOTSTRAP_DIR, mode=0o755, size=0, typeflag=b"5"))
+    for name, data in [(oci.BOOTSTRAP_ENTRY, bootstrap),
+                       *((f"{oci.BOOTSTRAP_DIR}/{hex_id}{oci.BLOB_META_SUFFIX}", meta) for hex_id, meta in blob_metas)]:
+        out.write(oci.encode_ustar_header(name, mode=0o444, size=len(data), typeflag=b"0"))
+        out.write(data)
+        out.write(bytes(-len(data) % 512))
+    out.write(bytes(1024))  # two zero blocks end the archive; Go does not pad to a 10 KiB record
+    return out.getvalue()
+
+
+def gzip_bytes(data: bytes) -> bytes:
+    return gzip.compress(data, compresslevel=GZIP_LEVEL, mtime=0)
+
+
+def patched_config(base: Json, blobs: list[LayerBlob], bootstrap_diff_id: str,
+                   layer_history: list[Json] | None) -> Json:
+    """`base` with only `rootfs` and `history` replaced: diff_ids = blob digests + the bootstrap tar's;
+    history gains entries for layers it lacks and one for the bootstrap layer."""
+    config = copy.deepcopy(base)
+    config["rootfs"] = {"type": "layers", "diff_ids": [f"sha256:{b.blob_id}" for b in blobs] + [bootstrap_diff_id]}
+    history = list(config.get("history") or []) if layer_history is None else list(layer_history)
+    missing = len(blobs) - sum(1 for h in history if not h.get("empty_layer"))
+    history += [{"created_by": "nydus-py build"} for _ in range(max(0, missing))]
+    history.append(dict(oci.HISTORY_BOOTSTRAP))
+    config["history"] = history
+    return config
+
+
+def write_nydus_image(writer: LayoutWriter, blobs: list[LayerBlob], bootstrap: bytes, base_config: Json, *,
+                      docker_types: bool = False, layer_history: list[Json] | None = None,
+                      config_media_type: str | None = None) -> tuple[Descriptor, Json]:
+    """Write the bootstrap layer, config and manifest of one image; returns (manifest descriptor, config)."""
+    metas = [(b.blob_id, blob_meta_cache(b.path)) for b in blobs if b.has_data]
+    tar = bootstrap_tar(bootstrap, metas)
+    diff_id = "sha256:" + hashlib.sha256(tar).hexdigest()
+    layer_type = oci.DOCKER_LAYER_GZIP if docker_types else oci.OCI_LAYER_GZIP
+    boot_desc = writer.put_bytes(gzip_bytes(tar), layer_type, annotations={
+        oci.NYDUS_BOOTSTRAP_ANNOTATION: "true", oci.NYDUS_FS_VERSION_ANNOTATION: oci.FS_VERSION})
+    config = patched_config(base_config, blobs, diff_id, layer_history)
+    config_type = config_media_type or (oci.DOCKER_CONFIG if docker_types else oci.OCI_CONFIG)
+    config_desc = writer.put_json(config, config_type)
+    layers = [Descriptor(oci.NYDUS_BLOB, f"sha256:{b.blob_id}", b.size, annotations={oci.NYDUS_BLOB_ANNOTATION: "true"})
+              for b in blobs]
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": oci.DOCKER_MANIFEST if docker_types else oci.OCI_MANIFEST,
+        "config": config_desc.to_json(),
+        "layers": [layer.to_json() for layer in [*layers, boot_desc]],
+    }
+    return writer.put_json(manifest, manifest["mediaType"]), config
