@@ -17,19 +17,22 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from nydus_py import overlay
+from nydus_py.blob.reader import BlobReader, RandomAccess
 from nydus_py.blob.writer import BlobWriter
+from nydus_py.bootstrap.reader import read_bootstrap
 from nydus_py.chunker import ChunkPipeline, ChunkStats
 from nydus_py.config import BuildConfig, WhiteoutSpec
-from nydus_py.errors import UnsupportedError, UsageError
+from nydus_py.errors import FormatError, UnsupportedError, UsageError
 from nydus_py.format import oci
 from nydus_py.fsutil import atomic_output
 from nydus_py.image import BlobInfo
-from nydus_py.merge import MergeInput, bootstrap_bytes, read_layer
+from nydus_py.format.blobmeta import BlobFeatures
+from nydus_py.merge import MergeInput, bootstrap_bytes, read_layer, relabel
 from nydus_py.model import ChunkRef, Tree, is_marker
 from nydus_py.oci.layout import Descriptor, Json, LayoutWriter, parse_platform
 from nydus_py.oci.package import LayerBlob, write_nydus_image
@@ -41,16 +44,19 @@ Source = DirectorySource | TarSource
 
 @dataclass(frozen=True, slots=True)
 class BlobOutput:
-    """A layer blob as written to OUTDIR."""
+    """A layer blob as written to OUTDIR (or, reused, where it already was)."""
 
     info: BlobInfo
-    path: Path
+    path: Path | None
     referenced: bool = True
+    remote: RandomAccess | None = None
+    source_digest: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.info.blob_id, "path": str(self.path), "size": self.info.compressed_size,
-                "uncompressed_size": self.info.uncompressed_size, "chunk_count": self.info.chunk_count,
-                "referenced": self.referenced}
+        return {"id": self.info.blob_id, "path": str(self.path) if self.path else None,
+                "size": self.info.compressed_size, "uncompressed_size": self.info.uncompressed_size,
+                "chunk_count": self.info.chunk_count, "referenced": self.referenced,
+                "reused": self.remote is not None}
 
 
 @dataclass(slots=True)
@@ -129,9 +135,38 @@ def open_source(layer: str, config: BuildConfig) -> Source:
 class BuiltLayer:
     name: str
     tree: Tree
-    writer: BlobWriter
     info: BlobInfo
     stored: dict[tuple[bytes, int], ChunkRef]
+    path: Path | None = None  # the blob file in the work directory; None for a reused blob
+    remote: RandomAccess | None = None  # a reused blob, where it already is
+    source_digest: str | None = None  # the source layer it was converted from
+
+
+@dataclass(slots=True)
+class ReusedLayer:
+    """A layer whose Nydus blob already exists where the image goes: only its inline bootstrap is read."""
+
+    blob: RandomAccess
+    blob_id: str
+    source_digest: str | None = None
+
+    def built(self, index: int, name: str) -> BuiltLayer:
+        with BlobReader(self.blob) as reader:
+            data = reader.inline_bootstrap()
+        if data is None:
+            raise FormatError(f"reused blob {self.blob_id}: has no inline bootstrap")
+        boot = read_bootstrap(data)
+        if len(boot.blobs) != 1:
+            raise UnsupportedError(f"reused blob {self.blob_id}: references other blobs (cross-layer dedup)")
+        relabel(boot.tree, {0: index})
+        with BlobReader(self.blob) as reader:
+            toc = reader.toc_digest()
+        toc_digest, toc_size = toc if toc is not None else (bytes(32), 0)
+        info = replace(boot.blobs[0], blob_id=self.blob_id, blob_index=index, compressed_size=self.blob.size,
+                       toc_digest=toc_digest, toc_size=toc_size,
+                       features=boot.blobs[0].features & ~BlobFeatures.INLINED_FS_META)
+        return BuiltLayer(name=name, tree=boot.tree, info=info, stored={}, remote=self.blob,
+                          source_digest=self.source_digest)
 
 
 @dataclass(slots=True)
@@ -167,13 +202,13 @@ def _build_layer(index: int, name: str, source: Source, workdir: Path, config: B
     for stat_name in ("files", "chunks", "stored", "dedup_hits", "hole_chunks", "bytes_in", "bytes_stored"):
         setattr(stats, stat_name, getattr(stats, stat_name) + getattr(pipeline.stats, stat_name))
     data_info = writer.finish_data()
-    infos = {layer.writer.blob_index: layer.info for layer in lower}
+    infos = {i: layer.info for i, layer in enumerate(lower)}
     infos[index] = data_info
     inline, _ = bootstrap_bytes(source.tree, infos, chunk_size=config.chunk_size, compressor=config.compressor.algo,
                                 digester=config.digester.algo)
     info = writer.finish(inline)
     own = {k: v for k, v in pipeline.stored.items() if v.blob_index == index}
-    return BuiltLayer(name=name, tree=source.tree, writer=writer, info=info, stored=own)
+    return BuiltLayer(name=name, tree=source.tree, info=info, stored=own, path=writer.path)
 
 
 def _refuse_real_markers(tree: Tree, layer: str) -> None:
@@ -187,13 +222,16 @@ def _refuse_real_markers(tree: Tree, layer: str) -> None:
                                        "layered image")
 
 
-def build_layers(sources: Iterable[tuple[str, Source]], work: Path, config: BuildConfig, *,
+def build_layers(sources: Iterable[tuple[str, Source | ReusedLayer]], work: Path, config: BuildConfig, *,
                  layered: bool) -> BuiltImage:
-    """Build every (name, source) into a layer blob in `work`, then the merged bootstrap."""
+    """Build every (name, source) into a layer blob in `work` (or reuse it), then the merged bootstrap."""
     started = time.perf_counter()
     stats = ChunkStats()
     built: list[BuiltLayer] = []
     for index, (name, source) in enumerate(sources):
+        if isinstance(source, ReusedLayer):
+            built.append(source.built(index, name))
+            continue
         built.append(_build_layer(index, name, source, work, config, built, stats))
         if layered and config.whiteout_spec is WhiteoutSpec.NONE:
             _refuse_real_markers(source.tree, name)
@@ -210,20 +248,31 @@ def build_layers(sources: Iterable[tuple[str, Source]], work: Path, config: Buil
 
 
 def publish_layers(built: BuiltImage, writer: LayoutWriter) -> list[BlobOutput]:
-    """Move every layer blob from the work directory into the layout's blobs/sha256/."""
+    """Move every layer blob from the work directory into the layout's blobs/sha256/ (reused ones stay where
+    they are)."""
     writer.prepare()
     outputs = []
     for index, layer in enumerate(built.layers):
-        os.chmod(layer.writer.path, 0o644)
-        path = writer.blobs / layer.info.blob_id
-        os.replace(layer.writer.path, path)
-        outputs.append(BlobOutput(info=layer.info, path=path, referenced=index in built.keys))
+        path = None
+        if layer.path is not None:
+            os.chmod(layer.path, 0o644)
+            path = writer.blobs / layer.info.blob_id
+            os.replace(layer.path, path)
+        outputs.append(BlobOutput(info=layer.info, path=path, referenced=index in built.keys,
+                                  remote=layer.remote, source_digest=layer.source_digest))
     return outputs
 
 
-def layer_blobs(outputs: list[BlobOutput]) -> list[LayerBlob]:
-    return [LayerBlob(blob_id=o.info.blob_id, size=o.info.compressed_size, path=o.path, has_data=o.info.chunk_count > 0)
-            for o in outputs]
+def layer_blobs(outputs: list[BlobOutput], annotations: dict[str, str] | None = None) -> list[LayerBlob]:
+    """The blob layers of the manifest; a converted layer names its source layer (for later reuse)."""
+    out = []
+    for o in outputs:
+        notes = dict(annotations or {})
+        if o.source_digest and annotations is not None:
+            notes[oci.SOURCE_LAYER_ANNOTATION] = o.source_digest
+        out.append(LayerBlob(blob_id=o.info.blob_id, size=o.info.compressed_size, path=o.path, remote=o.remote,
+                             has_data=o.info.chunk_count > 0, annotations=notes))
+    return out
 
 
 def write_bootstrap_file(path: Path, data: bytes) -> None:

@@ -7,7 +7,9 @@ its job (bad options, unreadable or malformed input, I/O failure); 3 an unexpect
 from __future__ import annotations
 
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import click
@@ -30,6 +32,8 @@ from nydus_py.devices import default_cache_dir, mount_image, require_root
 from nydus_py.kmount import umount as kernel_umount
 from nydus_py.locate import open_image
 from nydus_py.oci.convert import ConvertOptions
+from nydus_py.oci.images import RegistryOptions, copy_image, push_layout
+from nydus_py.oci.registry import parse_reference
 from nydus_py.oci.convert import convert as convert_image
 from nydus_py.unpack import unpack as unpack_image
 
@@ -82,6 +86,17 @@ def _output_options(fn):  # type: ignore[no-untyped-def]
         click.option("--output-json", type=click.Path(path_type=Path), help="Write the result as JSON here."),
         click.option("--prefetch-patterns", help="File ('-': stdin) of absolute paths to prefetch (default: /)."),
         click.option("--no-prefetch", is_flag=True, help="Write no prefetch table."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+def _registry_options(fn):  # type: ignore[no-untyped-def]
+    """Options for commands that talk to registries."""
+    for option in reversed([
+        click.option("--creds", help="USER:PASSWORD for the registries (default: ~/.docker/config.json)."),
+        click.option("--plain-http", is_flag=True, help="Talk HTTP, not HTTPS, to the registries."),
+        click.option("--insecure", is_flag=True, help="Do not verify the registries' TLS certificates."),
     ]):
         fn = option(fn)
     return fn
@@ -145,19 +160,31 @@ def _build_options(fn):  # type: ignore[no-untyped-def]
               help="Image config JSON to describe the image (rootfs and history are filled in).")
 @click.option("--platform", help="OS/ARCH[/VARIANT] of the image (default: this machine's, linux).")
 @click.option("--tag", help="Tag of the image in OUTDIR's index.json.")
+@_registry_options
 def build(layers: tuple[str, ...], outdir: Path, compressor: str, digester: str, chunk_size: int, jobs: int,
           whiteout_spec: str, overlay_xattr_ns: str, cross_layer_dedup: bool, extra_bootstrap: Path | None,
           output_json: Path | None, prefetch_patterns: str | None, no_prefetch: bool, config_file: Path | None,
-          platform: str | None, tag: str | None) -> None:
+          platform: str | None, tag: str | None, creds: str | None, plain_http: bool, insecure: bool) -> None:
     """Build LAYERS (lowest first) into one blob per layer and a merged RAFS v6 bootstrap in OUTDIR.
 
     Each layer is a directory, an overlayfs upper directory, or an OCI layer tar (plain, gzip or zstd;
-    '-' reads stdin).
+    '-' reads stdin). OUTDIR may be docker://REGISTRY/REPO:TAG to push the image instead.
     """
     config = _build_config(compressor, digester, chunk_size, jobs, whiteout_spec, overlay_xattr_ns,
                            cross_layer_dedup, _prefetch(prefetch_patterns, no_prefetch))
     image = ImageOptions(config_file=config_file, platform=platform, tag=tag)
-    _report(build_image(list(layers), outdir, config, extra_bootstrap=extra_bootstrap, image=image), output_json)
+    target = os.fspath(outdir)
+    if not target.startswith("docker:/"):
+        _report(build_image(list(layers), outdir, config, extra_bootstrap=extra_bootstrap, image=image), output_json)
+        return
+    ref = parse_reference(target.replace("docker:/", "docker://", 1) if not target.startswith("docker://") else target)
+    registry = RegistryOptions(creds=creds, plain_http=plain_http, insecure=insecure)
+    with tempfile.TemporaryDirectory(prefix="nydus-py-push-") as tmp:
+        result = build_image(list(layers), Path(tmp) / "image", config, extra_bootstrap=extra_bootstrap, image=image)
+        assert result.manifest is not None
+        stats = push_layout(Path(tmp) / "image", result.manifest, ref, registry.client(ref.registry))
+        _report(result, output_json)
+    click.echo(f"pushed to {ref}: {stats.uploaded} blobs uploaded, {stats.existing} already there")
 
 
 @cli.command()
@@ -173,27 +200,46 @@ def build(layers: tuple[str, ...], outdir: Path, compressor: str, digester: str,
                    "skopeo reject Nydus layers in Docker manifests.")
 @click.option("--merge-platform", is_flag=True,
               help="Write one index with the original and the Nydus manifests.")
+@_registry_options
 def convert(source: str, target: str, compressor: str, digester: str, chunk_size: int, jobs: int,
             whiteout_spec: str, overlay_xattr_ns: str, cross_layer_dedup: bool, output_json: Path | None,
             prefetch_patterns: str | None, no_prefetch: bool, platforms: tuple[str, ...], docker_media_types: bool,
-            merge_platform: bool) -> None:
+            merge_platform: bool, creds: str | None, plain_http: bool, insecure: bool) -> None:
     """Convert an image into a Nydus image.
 
-    SOURCE is oci:DIR[:TAG], oci-archive:FILE[:TAG] (docker buildx --output type=oci) or docker-archive:FILE
-    (docker save); TARGET is oci:DIR[:TAG].
+    SOURCE is oci:DIR[:TAG], oci-archive:FILE[:TAG] (docker buildx --output type=oci), docker-archive:FILE
+    (docker save) or docker://REGISTRY/REPO[:TAG|@DIGEST]; TARGET is oci:DIR[:TAG] or docker://REGISTRY/REPO[:TAG].
     """
     config = _build_config(compressor, digester, chunk_size, jobs, whiteout_spec, overlay_xattr_ns,
                            cross_layer_dedup, _prefetch(prefetch_patterns, no_prefetch))
     opts = ConvertOptions(platforms=platforms, docker_types=docker_media_types, merge_platform=merge_platform)
-    result = convert_image(source, target, config, opts)
+    registry = RegistryOptions(creds=creds, plain_http=plain_http, insecure=insecure)
+    result = convert_image(source, target, config, opts, registry)
     _write_json(output_json, result.to_json())
     if result.already_nydus:
         click.echo(f"{source}: already a Nydus image; nothing converted")
         return
     for name, built in result.platforms:
         click.echo(f"{name}: {len(built.layers)} blob layers, bootstrap {built.bootstrap}")
+    if result.reused_layers:
+        click.echo(f"reused {result.reused_layers} layers already converted in the target "
+                   f"({result.reused_bytes} source bytes not converted)")
+    if result.push is not None:
+        click.echo(f"pushed {result.push.uploaded} blobs ({result.push.uploaded_bytes} bytes), "
+                   f"{result.push.existing} already there ({result.push.existing_bytes} bytes), "
+                   f"{result.push.mounted} mounted")
     assert result.top is not None
     click.echo(f"{target}: {result.top.media_type} {result.top.digest}")
+
+
+@cli.command()
+@click.argument("source")
+@click.argument("target")
+@_registry_options
+def copy(source: str, target: str, creds: str | None, plain_http: bool, insecure: bool) -> None:
+    """Copy an image as it is (same digests) between oci:DIR[:TAG] and docker://REGISTRY/REPO[:TAG]."""
+    top = copy_image(source, target, RegistryOptions(creds=creds, plain_http=plain_http, insecure=insecure))
+    click.echo(f"{target}: {top.media_type} {top.digest}")
 
 
 @cli.command()

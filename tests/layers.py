@@ -105,3 +105,55 @@ def upper_to_oci_tar(upper: Path, out: Path, compression: str = "") -> Path:
         data = pyzstd.compress(data)
     out.write_bytes(data)
     return out
+
+
+def _run(*args: str) -> None:
+    subprocess.run(args, check=True, capture_output=True)
+
+
+def make_umoci_image(root: Path, umoci: str, tag: str) -> Path:
+    """A three-layer image made by umoci at root/image: files, a hardlink, a symlink; then deletions and a
+    change; then an opaque directory (a layer tar added with `umoci raw add-layer`). root/truth/rootfs is
+    what `umoci unpack` makes of it."""
+    image = root / "image"
+    _run(umoci, "init", "--layout", str(image))
+    _run(umoci, "new", "--image", f"{image}:{tag}")
+    changes = [_layer_one, _layer_two]
+    for change in changes:
+        bundle = root / f"bundle-{change.__name__}"
+        _run(umoci, "unpack", "--image", f"{image}:{tag}", str(bundle))
+        change(bundle / "rootfs")
+        _run(umoci, "repack", "--image", f"{image}:{tag}", str(bundle))
+    opaque = root / "opaque"
+    (opaque / "data").mkdir(parents=True)
+    (opaque / "data" / ".wh..wh..opq").write_bytes(b"")
+    (opaque / "data" / "only").write_bytes(b"only this survives\n")
+    with tarfile.open(root / "opaque.tar", "w", format=tarfile.PAX_FORMAT) as tar:
+        tar.add(opaque / "data", arcname="data")
+    _run(umoci, "raw", "add-layer", "--image", f"{image}:{tag}", str(root / "opaque.tar"))
+    config_edit = ["--config.env=GREETING=hello", "--config.label=org.example=nydus", "--config.workingdir=/app"]
+    _run(umoci, "config", "--image", f"{image}:{tag}", *config_edit)
+    _run(umoci, "unpack", "--image", f"{image}:{tag}", str(root / "truth"))
+    return root
+
+
+def _layer_one(rootfs: Path) -> None:
+    (rootfs / "app").mkdir()
+    (rootfs / "app" / "run.sh").write_bytes(b"#!/bin/sh\necho run\n")
+    os.chmod(rootfs / "app" / "run.sh", 0o755)
+    (rootfs / "app" / "big").write_bytes(os.urandom(3 << 20))
+    os.link(rootfs / "app" / "run.sh", rootfs / "app" / "run-link")
+    os.symlink("run.sh", rootfs / "app" / "sym")
+    (rootfs / "data" / "old").mkdir(parents=True)
+    (rootfs / "data" / "old" / "x").write_bytes(b"old")
+    (rootfs / "data" / "keep").write_bytes(b"keep")
+    (rootfs / "gone").mkdir()
+    (rootfs / "gone" / "y").write_bytes(b"y")
+
+
+def _layer_two(rootfs: Path) -> None:
+    shutil.rmtree(rootfs / "gone")
+    (rootfs / "app" / "big").unlink()
+    (rootfs / "app" / "new").write_bytes(b"added in layer two")
+    with open(rootfs / "data" / "keep", "ab") as f:
+        f.write(b" and changed")

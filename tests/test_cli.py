@@ -136,8 +136,8 @@ def test_convert_options_and_errors(monkeypatch: pytest.MonkeyPatch, capsys: pyt
 
     seen = {}
 
-    def fake_convert(source, target, config, opts):  # type: ignore[no-untyped-def]
-        seen.update(source=source, target=target, config=config, opts=opts)
+    def fake_convert(source, target, config, opts, registry):  # type: ignore[no-untyped-def]
+        seen.update(source=source, target=target, config=config, opts=opts, registry=registry)
         raise SystemExit(0)
 
     monkeypatch.setattr("nydus_py.cli.convert_image", fake_convert)
@@ -146,8 +146,23 @@ def test_convert_options_and_errors(monkeypatch: pytest.MonkeyPatch, capsys: pyt
               "--compressor", "lz4_block"])
     assert seen["opts"] == ConvertOptions(platforms=("linux/arm64",), docker_types=False, merge_platform=True)
     assert seen["config"].compressor.value == "lz4_block" and seen["target"] == "oci:out:app"
+    assert seen["registry"].plain_http is False and seen["registry"].creds is None
     monkeypatch.undo()
     status, _, err = run(capsys, "convert", "registry.example/x", f"oci:{tmp_path / 'o'}")
     assert status == 2 and "oci:DIR" in err
     status, _, err = run(capsys, "convert", f"oci:{tmp_path / 'missing'}", f"oci:{tmp_path / 'o'}")
     assert status == 2 and "not an OCI image layout" in err and not (tmp_path / "o").exists()
+
+
+def test_copy_between_layouts(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"copy me")
+    assert main(["build", str(src), "-o", str(tmp_path / "a"), "--tag", "t"]) == 0
+    capsys.readouterr()
+    status, out, _ = run(capsys, "copy", f"oci:{tmp_path / 'a'}:t", f"oci:{tmp_path / 'b'}:u")
+    index_a = json.loads((tmp_path / "a" / "index.json").read_text())["manifests"][0]["digest"]
+    assert status == 0 and out.rstrip().endswith(index_a)
+    assert json.loads((tmp_path / "b" / "index.json").read_text())["manifests"][0]["digest"] == index_a
+    status, _, err = run(capsys, "copy", "somewhere", f"oci:{tmp_path / 'c'}")
+    assert status == 2 and "copy reads" in err

@@ -16,6 +16,7 @@ from nydus_py.cli import main
 from nydus_py.format import oci
 from tests.compare import differences
 from tests.conftest import need_mount, need_tool
+from tests.layers import make_umoci_image
 
 TAG = "v1"
 
@@ -36,55 +37,8 @@ def top_manifest(layout: Path, tag: str = TAG) -> dict:
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A three-layer image made by umoci: files, a hardlink, a symlink; then deletions and a change; then an
-    opaque directory (a layer tar added with `umoci raw add-layer`)."""
     need_mount()
-    umoci = need_tool("umoci")
-    root = tmp_path_factory.mktemp("src")
-    image = root / "image"
-    run(umoci, "init", "--layout", str(image))
-    run(umoci, "new", "--image", f"{image}:{TAG}")
-    changes = [_layer_one, _layer_two]
-    for change in changes:
-        bundle = root / f"bundle-{change.__name__}"
-        run(umoci, "unpack", "--image", f"{image}:{TAG}", str(bundle))
-        change(bundle / "rootfs")
-        run(umoci, "repack", "--image", f"{image}:{TAG}", str(bundle))
-    opaque = root / "opaque"
-    (opaque / "data").mkdir(parents=True)
-    (opaque / "data" / ".wh..wh..opq").write_bytes(b"")
-    (opaque / "data" / "only").write_bytes(b"only this survives\n")
-    with tarfile.open(root / "opaque.tar", "w", format=tarfile.PAX_FORMAT) as tar:
-        tar.add(opaque / "data", arcname="data")
-    run(umoci, "raw", "add-layer", "--image", f"{image}:{TAG}", str(root / "opaque.tar"))
-    config_edit = ["--config.env=GREETING=hello", "--config.label=org.example=nydus", "--config.workingdir=/app"]
-    run(umoci, "config", "--image", f"{image}:{TAG}", *config_edit)
-    run(umoci, "unpack", "--image", f"{image}:{TAG}", str(root / "truth"))
-    return root
-
-
-def _layer_one(rootfs: Path) -> None:
-    (rootfs / "app").mkdir()
-    (rootfs / "app" / "run.sh").write_bytes(b"#!/bin/sh\necho run\n")
-    os.chmod(rootfs / "app" / "run.sh", 0o755)
-    (rootfs / "app" / "big").write_bytes(os.urandom(3 << 20))
-    os.link(rootfs / "app" / "run.sh", rootfs / "app" / "run-link")
-    os.symlink("run.sh", rootfs / "app" / "sym")
-    (rootfs / "data" / "old").mkdir(parents=True)
-    (rootfs / "data" / "old" / "x").write_bytes(b"old")
-    (rootfs / "data" / "keep").write_bytes(b"keep")
-    (rootfs / "gone").mkdir()
-    (rootfs / "gone" / "y").write_bytes(b"y")
-
-
-def _layer_two(rootfs: Path) -> None:
-    import shutil
-
-    shutil.rmtree(rootfs / "gone")
-    (rootfs / "app" / "big").unlink()
-    (rootfs / "app" / "new").write_bytes(b"added in layer two")
-    with open(rootfs / "data" / "keep", "ab") as f:
-        f.write(b" and changed")
+    return make_umoci_image(tmp_path_factory.mktemp("src"), need_tool("umoci"), TAG)
 
 
 def source_ref(source: Path, form: str) -> str:
@@ -135,8 +89,10 @@ def test_manifest_config_and_bootstrap_layer(source: Path, tmp_path: Path) -> No
     assert convert(source_ref(source, "oci"), out) == 0
     manifest = top_manifest(out)
     layers = manifest["layers"]
-    assert all(layer["mediaType"] == oci.NYDUS_BLOB and layer["annotations"] == {oci.NYDUS_BLOB_ANNOTATION: "true"}
+    assert all(layer["mediaType"] == oci.NYDUS_BLOB and layer["annotations"][oci.NYDUS_BLOB_ANNOTATION] == "true"
                for layer in layers[:-1])
+    source_layers = [layer["digest"] for layer in top_manifest(source / "image")["layers"]]
+    assert [layer["annotations"][oci.SOURCE_LAYER_ANNOTATION] for layer in layers[:-1]] == source_layers
     assert layers[-1]["mediaType"] == oci.OCI_LAYER_GZIP
     assert layers[-1]["annotations"] == {oci.NYDUS_BOOTSTRAP_ANNOTATION: "true", oci.NYDUS_FS_VERSION_ANNOTATION: "6"}
     config = json.loads(blob(out, manifest["config"]["digest"]))

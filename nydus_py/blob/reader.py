@@ -12,6 +12,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from nydus_py import compress
 from nydus_py.errors import FormatError, UnsupportedError
@@ -84,16 +85,40 @@ class ChunkInfo:
     data: int = 0  # v2 only: zran/batch locator or crc32c
 
 
-class BlobReader:
-    """Random access to one blob file. Use as a context manager."""
+class RandomAccess(Protocol):
+    """Where a blob's bytes come from: a local file, or a registry blob read with HTTP ranges."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
+    name: str
+    size: int
+
+    def pread(self, offset: int, size: int) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+class LocalFile:
+    def __init__(self, path: Path) -> None:
+        self.name = path.name
         try:
-            self._file = open(self.path, "rb")  # noqa: SIM115 - closed in close()
+            self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
             raise FormatError(f"{path}: cannot open blob: {exc.strerror}") from exc
-        self.size = os.fstat(self._file.fileno()).st_size
+        self.size = os.fstat(self._fd).st_size
+
+    def pread(self, offset: int, size: int) -> bytes:
+        return os.pread(self._fd, size, offset)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+class BlobReader:
+    """Random access to one blob (a file path, or any RandomAccess). Use as a context manager."""
+
+    def __init__(self, source: str | os.PathLike[str] | RandomAccess) -> None:
+        self._source: RandomAccess = source if hasattr(source, "pread") else LocalFile(Path(source))  # type: ignore[arg-type]
+        self.path = Path(self._source.name)
+        self.size = self._source.size
 
     def __enter__(self) -> BlobReader:
         return self
@@ -102,14 +127,13 @@ class BlobReader:
         self.close()
 
     def close(self) -> None:
-        self._file.close()
+        self._source.close()
 
     def read_at(self, offset: int, size: int, what: str) -> bytes:
         if offset < 0 or size < 0 or offset + size > self.size:
             raise FormatError(f"{self.path.name}: {what} at {offset:#x} (+{size:#x}) is past the end of the blob "
                               f"({self.size:#x} bytes)")
-        self._file.seek(offset)
-        data = self._file.read(size)
+        data = self._source.pread(offset, size)
         if len(data) != size:
             raise FormatError(f"{self.path.name}: short read of {what} at {offset:#x}")
         return data

@@ -38,6 +38,10 @@ NYDUS_BOOTSTRAP_ANNOTATION = "containerd.io/snapshot/nydus-bootstrap"
 NYDUS_FS_VERSION_ANNOTATION = "containerd.io/snapshot/nydus-fs-version"
 NYDUS_SOURCE_DIGEST_ANNOTATION = "containerd.io/snapshot/nydus-source-digest"
 NYDUS_EMPTY_LAYER_ANNOTATION = "containerd.io/snapshot/nydus-empty-layer"
+# on each converted blob layer: the source layer digest and the build options, so that a later conversion
+# into the same repository can reuse the blob instead of converting the layer again
+SOURCE_LAYER_ANNOTATION = "io.github.nydus-py.source-layer"
+BUILD_OPTIONS_ANNOTATION = "io.github.nydus-py.build-options"
 NYDUS_OS_FEATURE = "nydus.remoteimage.v1"  # legacy platform.os.features marker: read, never written
 FS_VERSION = "6"
 

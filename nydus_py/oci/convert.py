@@ -13,14 +13,16 @@ from __future__ import annotations
 import copy
 import hashlib
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from nydus_py.build import (
     BuildResult,
+    ReusedLayer,
     Source,
     build_layers,
     layer_blobs,
@@ -29,10 +31,11 @@ from nydus_py.build import (
     write_bootstrap_file,
 )
 from nydus_py.config import BuildConfig
-from nydus_py.errors import UnsupportedError, UsageError
+from nydus_py.errors import NydusError, UnsupportedError, UsageError
 from nydus_py.format import oci
-from nydus_py.oci.layout import Descriptor, LayoutWriter, SourceImage, open_source, platform_text, \
-    split_reference
+from nydus_py.oci.images import PushStats, RegistryOptions, open_source, push_layout, registry_images
+from nydus_py.oci.layout import Descriptor, LayoutWriter, SourceImage, platform_text, split_reference
+from nydus_py.oci.registry import Reference, RegistryClient, RemoteBlob, parse_reference
 from nydus_py.oci.package import gzip_bytes, write_nydus_image
 from nydus_py.sources.tarball import TarSource
 
@@ -50,11 +53,14 @@ class ConvertOptions:
 
 @dataclass(slots=True)
 class ConvertResult:
-    layout: Path
+    layout: Path | None  # None when the image was pushed to a registry
     tag: str | None
     top: Descriptor | None  # what index.json points at (manifest or index); None when nothing was converted
     platforms: list[tuple[str, BuildResult]] = field(default_factory=list)
     already_nydus: bool = False
+    reused_layers: int = 0  # layers whose Nydus blob was already in the target repository
+    reused_bytes: int = 0  # source layer bytes not downloaded or converted because of that
+    push: PushStats | None = None
 
     def to_json(self) -> dict[str, Any]:
         docs = []
@@ -63,8 +69,13 @@ class ConvertResult:
             doc["platform"] = name
             docs.append(doc)
         out: dict[str, Any] = docs[0] if len(docs) == 1 else {"platforms": docs}
-        out.update({"layout": str(self.layout), "manifest": self.top.to_json() if self.top else None,
-                    "already_nydus": self.already_nydus})
+        out.update({"layout": str(self.layout) if self.layout else None,
+                    "manifest": self.top.to_json() if self.top else None, "already_nydus": self.already_nydus,
+                    "reused": {"layers": self.reused_layers, "source_bytes": self.reused_bytes}})
+        if self.push is not None:
+            out["push"] = {"uploaded": self.push.uploaded, "uploaded_bytes": self.push.uploaded_bytes,
+                           "existing": self.push.existing, "existing_bytes": self.push.existing_bytes,
+                           "mounted": self.push.mounted}
         return out
 
 
@@ -73,8 +84,18 @@ def is_nydus(image: SourceImage) -> bool:
     return bool(layers) and oci.NYDUS_BOOTSTRAP_ANNOTATION in (layers[-1].get("annotations") or {})
 
 
-def _layer_sources(image: SourceImage, config: BuildConfig) -> Iterator[tuple[str, Source]]:
+def build_fingerprint(config: BuildConfig) -> str:
+    """What a reused blob must have been built with."""
+    return (f"{config.compressor.value},{config.digester.value},{config.chunk_size:#x},{config.whiteout_spec.value},"
+            f"{config.overlay_xattr_ns.value}")
+
+
+def _layer_sources(image: SourceImage, config: BuildConfig,
+                   reusable: dict[str, ReusedLayer]) -> Iterator[tuple[str, Source | ReusedLayer]]:
     for layer in image.layers:
+        if layer.digest in reusable:
+            yield layer.digest, reusable[layer.digest]
+            continue
         if layer.media_type and layer.media_type not in _LAYER_TYPES:
             raise UnsupportedError(f"layer {layer.digest}: media type {layer.media_type} cannot be converted")
         yield layer.digest, TarSource(image.open_blob(layer.digest), f"layer {layer.digest}",
@@ -82,12 +103,15 @@ def _layer_sources(image: SourceImage, config: BuildConfig) -> Iterator[tuple[st
 
 
 def _convert_one(image: SourceImage, writer: LayoutWriter, work: Path, config: BuildConfig, opts: ConvertOptions,
-                 bootstrap_path: Path, *, config_media_type: str | None = None) -> tuple[Descriptor, BuildResult]:
+                 bootstrap_path: Path, *, config_media_type: str | None = None,
+                 reusable: dict[str, ReusedLayer] | None = None) -> tuple[Descriptor, BuildResult]:
     started = time.perf_counter()
-    built = build_layers(_layer_sources(image, config), work, config, layered=True)
+    built = build_layers(_layer_sources(image, config, reusable or {}), work, config, layered=True)
+    for layer, source in zip(built.layers, image.layers, strict=True):
+        layer.source_digest = source.digest
     outputs = publish_layers(built, writer)
-    source_config = image.config
-    manifest, _ = write_nydus_image(writer, layer_blobs(outputs), built.bootstrap, source_config,
+    notes = {} if config.cross_layer_dedup else {oci.BUILD_OPTIONS_ANNOTATION: build_fingerprint(config)}
+    manifest, _ = write_nydus_image(writer, layer_blobs(outputs, notes), built.bootstrap, image.config,
                                     docker_types=opts.docker_types, config_media_type=config_media_type)
     write_bootstrap_file(bootstrap_path, built.bootstrap)
     result = BuildResult(bootstrap=bootstrap_path, blobs=[outputs[k] for k in built.keys], layers=outputs,
@@ -129,21 +153,80 @@ def _copy_source_image(image: SourceImage, writer: LayoutWriter) -> Descriptor:
                            annotations={oci.NYDUS_SOURCE_DIGEST_ANNOTATION: image.manifest_descriptor.digest})
 
 
-def convert(source: str, target: str, config: BuildConfig, opts: ConvertOptions) -> ConvertResult:
-    """Convert SOURCE (`oci:`, `oci-archive:` or `docker-archive:`) into the layout TARGET (`oci:DIR[:TAG]`)."""
-    if not target.startswith("oci:"):
-        raise UsageError(f"{target}: the target must be oci:DIR[:TAG]")
-    path, tag = split_reference(target, "oci")
-    images = open_source(source, list(opts.platforms) or None)
+@dataclass(slots=True)
+class _Target:
+    """Where the converted image goes: a layout directory, or a registry (through a temporary layout)."""
+
+    layout: Path
+    tag: str | None
+    registry: Reference | None = None
+    client: RegistryClient | None = None
+
+
+def _open_target(target: str, registry: RegistryOptions) -> _Target:
+    if target.startswith("oci:"):
+        path, tag = split_reference(target, "oci")
+        return _Target(layout=Path(path).absolute(), tag=tag)
+    if target.startswith("docker://"):
+        ref = parse_reference(target)
+        if ref.digest:
+            raise UsageError(f"{target}: push to a tag, not a digest")
+        work = Path(tempfile.mkdtemp(prefix="nydus-py-push-"))
+        return _Target(layout=work / "layout", tag=ref.tag or "latest", registry=ref,
+                       client=registry.client(ref.registry))
+    raise UsageError(f"{target}: the target must be oci:DIR[:TAG] or docker://REGISTRY/REPO[:TAG]")
+
+
+def _reusable_layers(target: _Target, image: SourceImage, config: BuildConfig) -> dict[str, ReusedLayer]:
+    """Blob layers of the image already at the target tag, by source layer, built with the same options."""
+    if target.client is None or target.registry is None or config.cross_layer_dedup:
+        return {}
+    client, repo = target.client, target.registry.repository
+    if not client.manifest_exists(repo, target.tag or "latest"):
+        return {}
+    try:
+        existing = [i for i in registry_images(client, replace(target.registry, digest=None))
+                    if platform_text(i.platform) == platform_text(image.platform)]
+    except NydusError:
+        return {}
+    out: dict[str, ReusedLayer] = {}
+    wanted = build_fingerprint(config)
+    for layer in existing[0].layers[:-1] if existing else []:
+        source_digest = layer.annotations.get(oci.SOURCE_LAYER_ANNOTATION)
+        if not source_digest or layer.annotations.get(oci.BUILD_OPTIONS_ANNOTATION) != wanted:
+            continue
+        size = client.blob_size(repo, layer.digest)
+        if size == layer.size:
+            out[source_digest] = ReusedLayer(blob=RemoteBlob(client, repo, layer.digest, size), blob_id=layer.hex,
+                                             source_digest=source_digest)
+    return out
+
+
+def convert(source: str, target: str, config: BuildConfig, opts: ConvertOptions,
+            registry: RegistryOptions | None = None) -> ConvertResult:
+    """Convert SOURCE (`oci:`, `oci-archive:`, `docker-archive:` or `docker://`) into TARGET (`oci:DIR[:TAG]` or
+    `docker://REGISTRY/REPO[:TAG]`)."""
+    registry = registry or RegistryOptions()
     if opts.merge_platform and source.startswith("docker-archive:"):
-        raise UnsupportedError("--merge-platform needs an OCI source (oci: or oci-archive:)")
-    out = Path(path).absolute()
+        raise UnsupportedError("--merge-platform needs an OCI source (oci:, oci-archive: or docker://)")
+    destination = _open_target(target, registry)
+    try:
+        return _convert(source, destination, config, opts, registry)
+    finally:
+        if destination.registry is not None:
+            shutil.rmtree(destination.layout.parent, ignore_errors=True)
+
+
+def _convert(source: str, target: _Target, config: BuildConfig, opts: ConvertOptions,
+             registry: RegistryOptions) -> ConvertResult:
+    images = open_source(source, list(opts.platforms) or None, registry)
+    out = target.layout
     writer = LayoutWriter(out)
     if all(is_nydus(image) for image in images):
-        return ConvertResult(layout=out, tag=tag, top=None, already_nydus=True)
+        return ConvertResult(layout=out, tag=target.tag, top=None, already_nydus=True)
     if any(is_nydus(image) for image in images):
         raise UnsupportedError(f"{source}: mixes Nydus and plain manifests")
-    result = ConvertResult(layout=out, tag=tag, top=None)
+    result = ConvertResult(layout=out, tag=target.tag, top=None)
     with staging(out) as work:
         writer.prepare()
         entries: list[Descriptor] = []
@@ -151,7 +234,11 @@ def convert(source: str, target: str, config: BuildConfig, opts: ConvertOptions)
             name = platform_text(image.platform)
             bootstrap = out / ("bootstrap" if len(images) == 1 else f"bootstrap.{name.replace('/', '-')}")
             config_type = oci.NYDUS_CONFIG if opts.merge_platform else None
-            manifest, built = _convert_one(image, writer, work, config, opts, bootstrap, config_media_type=config_type)
+            reusable = _reusable_layers(target, image, config)
+            manifest, built = _convert_one(image, writer, work, config, opts, bootstrap, config_media_type=config_type,
+                                           reusable=reusable)
+            result.reused_layers += len(reusable)
+            result.reused_bytes += sum(layer.size for layer in image.layers if layer.digest in reusable)
             result.platforms.append((name, built))
             extra = {"artifact_type": oci.NYDUS_MANIFEST_ARTIFACT} if opts.merge_platform else {}
             entries.append(Descriptor(manifest.media_type, manifest.digest, manifest.size, platform=image.platform,
@@ -167,10 +254,15 @@ def convert(source: str, target: str, config: BuildConfig, opts: ConvertOptions)
         else:
             top = writer.put_json({"schemaVersion": 2, "mediaType": oci.OCI_INDEX,
                                    "manifests": [d.to_json() for d in entries]}, oci.OCI_INDEX)
-        if tag:
-            top = Descriptor(top.media_type, top.digest, top.size, annotations={oci.REF_NAME: tag})
+        if target.tag:
+            top = Descriptor(top.media_type, top.digest, top.size, annotations={oci.REF_NAME: target.tag})
         writer.write_index([top])
         result.top = top
+    if target.client is not None and target.registry is not None:
+        same_registry = source.startswith("docker://") and parse_reference(source).registry == target.registry.registry
+        mount_from = parse_reference(source).repository if same_registry else None
+        result.push = push_layout(out, top, target.registry, target.client, mount_from=mount_from)
+        result.layout = None
     return result
 
 

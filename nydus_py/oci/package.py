@@ -15,10 +15,10 @@ import copy
 import gzip
 import hashlib
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from nydus_py.blob.reader import BlobReader
+from nydus_py.blob.reader import BlobReader, RandomAccess
 from nydus_py.compress import decompress
 from nydus_py.format import blobmeta, oci
 from nydus_py.oci.layout import Descriptor, Json, LayoutWriter
@@ -32,13 +32,15 @@ class LayerBlob:
 
     blob_id: str
     size: int
-    path: Path
+    path: Path | None  # the blob file, or
+    remote: RandomAccess | None  # where a reused blob already is
     has_data: bool  # chunk data (so a blob.meta cache file)
+    annotations: dict[str, str] = field(default_factory=dict)
 
 
-def blob_meta_cache(path: Path) -> bytes:
+def blob_meta_cache(source: Path | RandomAccess) -> bytes:
     """`<blob id>.blob.meta`: the uncompressed chunk info array padded to 4 KiB, then the 4 KiB header."""
-    with BlobReader(path) as blob:
+    with BlobReader(source) as blob:
         header = blob.ci_header()
         raw = blob.read_at(header.ci_offset, header.ci_compressed_size, "chunk info array")
         header_bytes = blob.read_at(header.offset, blobmeta.BLOB_CCT_HEADER_SIZE, "chunk info header")
@@ -81,7 +83,7 @@ def write_nydus_image(writer: LayoutWriter, blobs: list[LayerBlob], bootstrap: b
                       docker_types: bool = False, layer_history: list[Json] | None = None,
                       config_media_type: str | None = None) -> tuple[Descriptor, Json]:
     """Write the bootstrap layer, config and manifest of one image; returns (manifest descriptor, config)."""
-    metas = [(b.blob_id, blob_meta_cache(b.path)) for b in blobs if b.has_data]
+    metas = [(b.blob_id, blob_meta_cache(b.path or b.remote)) for b in blobs if b.has_data]  # type: ignore[arg-type]
     tar = bootstrap_tar(bootstrap, metas)
     diff_id = "sha256:" + hashlib.sha256(tar).hexdigest()
     layer_type = oci.DOCKER_LAYER_GZIP if docker_types else oci.OCI_LAYER_GZIP
@@ -90,8 +92,8 @@ def write_nydus_image(writer: LayoutWriter, blobs: list[LayerBlob], bootstrap: b
     config = patched_config(base_config, blobs, diff_id, layer_history)
     config_type = config_media_type or (oci.DOCKER_CONFIG if docker_types else oci.OCI_CONFIG)
     config_desc = writer.put_json(config, config_type)
-    layers = [Descriptor(oci.NYDUS_BLOB, f"sha256:{b.blob_id}", b.size, annotations={oci.NYDUS_BLOB_ANNOTATION: "true"})
-              for b in blobs]
+    layers = [Descriptor(oci.NYDUS_BLOB, f"sha256:{b.blob_id}", b.size,
+                         annotations={oci.NYDUS_BLOB_ANNOTATION: "true", **b.annotations}) for b in blobs]
     manifest = {
         "schemaVersion": 2,
         "mediaType": oci.DOCKER_MANIFEST if docker_types else oci.OCI_MANIFEST,
