@@ -6,16 +6,16 @@ its job (bad options, unreadable or malformed input, I/O failure); 3 an unexpect
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from nydus_py import report
-from nydus_py.build import BuildResult, ImageOptions, build_image, merge_images
 from nydus_py.config import (
     BuildConfig,
     Compressor,
@@ -27,15 +27,41 @@ from nydus_py.config import (
 )
 from nydus_py.errors import NydusError, UsageError
 from nydus_py.fsutil import atomic_output
-from nydus_py.check import check_path
-from nydus_py.devices import default_cache_dir, mount_image, require_root
-from nydus_py.kmount import umount as kernel_umount
-from nydus_py.locate import open_image
-from nydus_py.oci.convert import ConvertOptions
-from nydus_py.oci.images import RegistryOptions, copy_image, push_layout
-from nydus_py.oci.registry import parse_reference
-from nydus_py.oci.convert import convert as convert_image
-from nydus_py.unpack import unpack as unpack_image
+
+if TYPE_CHECKING:
+    from nydus_py.build import BuildResult
+
+
+def _lazy(module: str, name: str) -> Any:
+    """A callable that imports `module` on first use: each command loads only what it needs (building a
+    directory never loads the registry client), so nydus-py starts fast."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+    call.__name__ = name
+    return call
+
+
+build_image = _lazy("nydus_py.build", "build_image")
+merge_images = _lazy("nydus_py.build", "merge_images")
+ImageOptions = _lazy("nydus_py.build", "ImageOptions")
+check_path = _lazy("nydus_py.check", "check_path")
+default_cache_dir = _lazy("nydus_py.devices", "default_cache_dir")
+mount_image = _lazy("nydus_py.devices", "mount_image")
+require_root = _lazy("nydus_py.devices", "require_root")
+kernel_umount = _lazy("nydus_py.kmount", "umount")
+open_image = _lazy("nydus_py.locate", "open_image")
+ConvertOptions = _lazy("nydus_py.oci.convert", "ConvertOptions")
+convert_image = _lazy("nydus_py.oci.convert", "convert")
+RegistryOptions = _lazy("nydus_py.oci.images", "RegistryOptions")
+copy_image = _lazy("nydus_py.oci.images", "copy_image")
+push_layout = _lazy("nydus_py.oci.images", "push_layout")
+parse_reference = _lazy("nydus_py.oci.registry", "parse_reference")
+unpack_image = _lazy("nydus_py.unpack", "unpack")
+report_summary = _lazy("nydus_py.report", "summary")
+report_summary_text = _lazy("nydus_py.report", "summary_text")
+report_listing = _lazy("nydus_py.report", "listing")
 
 EXIT_OK = 0
 EXIT_VERDICT = 1
@@ -264,14 +290,14 @@ def inspect(image: Path, path: str, blob_dir: Path | None, as_json: bool) -> Non
     """Describe IMAGE (a bootstrap, a blob with an inline bootstrap, or an output directory)."""
     opened = open_image(image, blob_dir)
     if as_json:
-        doc = report.summary(opened.bootstrap)
-        doc["listing"] = report.listing(opened.bootstrap, path.encode())
+        doc = report_summary(opened.bootstrap)
+        doc["listing"] = report_listing(opened.bootstrap, path.encode())
         click.echo(json.dumps(doc, indent=2, sort_keys=True))
         return
-    for line in report.summary_text(opened.bootstrap):
+    for line in report_summary_text(opened.bootstrap):
         click.echo(line)
     click.echo("")
-    for line in report.listing(opened.bootstrap, path.encode()):
+    for line in report_listing(opened.bootstrap, path.encode()):
         click.echo(line)
 
 

@@ -10,8 +10,11 @@ References: ../shared/reference/oci-packaging.md §2.1; rafs-v6-format.md §11; 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import queue
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -54,6 +57,12 @@ class BlobWriter:
         self.file, self.path = temporary_file(directory, "blob")
         self.hash = hashlib.sha256()
         self.pos = 0
+        # Writing and hashing run on a thread of their own (both release the GIL), overlapping the reads and
+        # the compression; the order of the bytes is the order of the queue.
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=64)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._drain_loop, name="nydus-blob-writer", daemon=True)
+        self._thread.start()
         self.blob_index = blob_index
         self.chunk_size = chunk_size
         self.compressor = compressor
@@ -64,12 +73,33 @@ class BlobWriter:
         self.toc: list[_TocRecord] = []
         self._data_info: BlobInfo | None = None
 
-    def _write(self, data: bytes | memoryview) -> int:
+    def _drain_loop(self) -> None:
+        while True:
+            data = self._queue.get()
+            try:
+                if data is None:
+                    return
+                if self._error is None:
+                    self.file.write(data)
+                    self.hash.update(data)
+            except BaseException as exc:  # noqa: BLE001 - handed to the producer at the next sync
+                self._error = exc
+            finally:
+                self._queue.task_done()
+
+    def _write(self, data: bytes) -> int:
+        if self._error is not None:
+            raise self._error
         offset = self.pos
-        self.file.write(data)
-        self.hash.update(data)
+        self._queue.put(data)
         self.pos += len(data)
         return offset
+
+    def _sync(self) -> None:
+        """Wait until every queued byte is written and hashed."""
+        self._queue.join()
+        if self._error is not None:
+            raise self._error
 
     def _tail_header(self, name: str, size: int) -> bytes:
         header = blobmeta.encode_tar_header(name, size)
@@ -109,6 +139,7 @@ class BlobWriter:
             data_size = self.pos
             self._tail_header(blobmeta.TOC_ENTRY_BLOB_RAW, data_size)
             # its digest covers the chunk data and this header (everything hashed so far)
+            self._sync()
             self.toc.append(_TocRecord(blobmeta.TOC_ENTRY_BLOB_RAW, CompressAlgo.NONE, self.hash.copy().digest(), 0,
                                        data_size, self.uncompressed_size))
             ci_raw = b"".join(self.ci)
@@ -162,6 +193,7 @@ class BlobWriter:
         self._write(entries)
         header = self._tail_header(blobmeta.TOC_ENTRY_BLOB_TOC, len(entries))
         toc_digest = hashlib.sha256(entries + header).digest()
+        self._stop()
         self.file.flush()
         os.fsync(self.file.fileno())
         self.file.close()
@@ -171,7 +203,16 @@ class BlobWriter:
             toc_size=len(entries) + len(header), toc_digest=toc_digest,
         )
 
+    def _stop(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+
     def discard(self) -> None:
+        with contextlib.suppress(BaseException):
+            self._stop()
         if not self.file.closed:
             self.file.close()
         self.path.unlink(missing_ok=True)

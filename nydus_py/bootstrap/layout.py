@@ -33,8 +33,8 @@ from nydus_py.model import ChunkRef, FileKind, Inode, Tree
 
 BLOCK = erofs.EROFS_BLKSIZ
 SLOT = erofs.EROFS_SLOTSIZE
-DIRENT_SIZE = erofs.Dirent.sizeof()
-INODE_SIZE = erofs.InodeExtended.sizeof()  # nydus always writes extended inodes
+DIRENT_SIZE = erofs.DIRENT_SIZE
+INODE_SIZE = erofs.INODE_EXTENDED_SIZE  # nydus always writes extended inodes
 _PREFIX_OF_NAME = [(index, prefix) for index, prefix in erofs.XATTR_PREFIXES if index != erofs.XattrIndex.LUSTRE]
 _EXACT_PREFIXES = {erofs.XattrIndex.POSIX_ACL_ACCESS, erofs.XattrIndex.POSIX_ACL_DEFAULT}
 
@@ -96,6 +96,7 @@ class _Allocator:
     def __init__(self) -> None:
         self.cursor = BLOCK  # pre-shift coordinates: the root lands at 4096
         self.pool: list[deque[int]] = [deque() for _ in range(BLOCK // SLOT)]
+        self.nonempty = 0  # bit b set: pool[b] has an entry (finds the smallest fitting bucket at once)
         self.end = 0  # high-water mark of written bytes
 
     def align(self, alignment: int) -> None:
@@ -104,19 +105,26 @@ class _Allocator:
     def recycle(self, offset: int) -> None:
         """Remember the tail of `offset`'s block as free (append_available_block)."""
         if offset % BLOCK:
-            self.pool[(BLOCK - offset % BLOCK) // SLOT].append(offset - offset % BLOCK)
+            bucket = (BLOCK - offset % BLOCK) // SLOT
+            self.pool[bucket].append(offset - offset % BLOCK)
+            self.nonempty |= 1 << bucket
 
     def take_recycled(self, size: int) -> int:
-        """Offset of `size` bytes inside a recycled block, or 0 (allocate_available_block)."""
+        """Offset of `size` bytes inside a recycled block, or 0 (allocate_available_block): the smallest
+        bucket that fits, oldest block first."""
         if size >= BLOCK:
             return 0
         need = -(-size // SLOT)
-        for bucket in range(need, BLOCK // SLOT):
-            if self.pool[bucket]:
-                offset = self.pool[bucket].popleft() + BLOCK - bucket * SLOT
-                self.recycle(offset + need * SLOT)
-                return offset
-        return 0
+        fitting = self.nonempty >> need
+        if not fitting:
+            return 0
+        bucket = need + (fitting & -fitting).bit_length() - 1
+        queue = self.pool[bucket]
+        offset = queue.popleft() + BLOCK - bucket * SLOT
+        if not queue:
+            self.nonempty &= ~(1 << bucket)
+        self.recycle(offset + need * SLOT)
+        return offset
 
     def take(self, size: int) -> int:
         offset = self.cursor

@@ -224,7 +224,7 @@ class BootstrapParser:
     def raw_inode(self, nid: int) -> RawInode:
         offset = erofs.nid_to_offset(self.meta_blkaddr, nid)
         what = f"inode nid {nid}"
-        _check_range(self.data, offset, erofs.InodeCompact.sizeof(), what)
+        _check_range(self.data, offset, erofs.INODE_COMPACT_SIZE, what)
         i_format = int.from_bytes(self.data[offset : offset + 2], "little")
         extended, layout, unknown = erofs.split_i_format(i_format)
         if unknown:
@@ -326,7 +326,7 @@ class BootstrapParser:
         return out
 
     def _dirent_block(self, nid: int, at: int, length: int) -> list[tuple[bytes, int, int]]:
-        size = erofs.Dirent.sizeof()
+        size = erofs.DIRENT_SIZE
         if length < size:
             raise FormatError(f"dirent block of directory nid {nid} at {at:#x}: {length} bytes is too short")
         first = erofs.FAST_DIRENT.unpack_record(self.data, at)

@@ -211,7 +211,7 @@ def inode_regions(plan: InodePlan, chunk_size: int, positions: dict[int, int]) -
     what = f"inode nid {plan.nid}"
     regions = []
     if kind is FileKind.REG:
-        indexes_at = erofs.chunk_indexes_offset(plan.offset, erofs.InodeExtended.sizeof(), plan.xattr_size)
+        indexes_at = erofs.chunk_indexes_offset(plan.offset, erofs.INODE_EXTENDED_SIZE, plan.xattr_size)
         body += bytes(indexes_at - plan.offset - len(body)) + encode_chunk_indexes(inode.chunks, positions)
     elif data_blocks and plan.datalayout == erofs.DataLayout.FLAT_INLINE:
         body += data_blocks.pop()  # the tail block lives right after the inode

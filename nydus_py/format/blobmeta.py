@@ -109,7 +109,8 @@ ChunkInfoV1 = Struct(
         )
     ),
 )
-assert ChunkInfoV1.sizeof() == 16
+CHUNK_INFO_V1_SIZE = 16
+assert ChunkInfoV1.sizeof() == CHUNK_INFO_V1_SIZE
 
 ChunkInfoV2 = Struct(  # 24 B: batch, encrypted, zran and ref blobs
     "uncomp_info"
@@ -129,7 +130,8 @@ ChunkInfoV2 = Struct(  # 24 B: batch, encrypted, zran and ref blobs
     ),
     "data" / Int64ul,  # zran/batch: index << 32 | offset; else crc32c with HAS_CRC32
 )
-assert ChunkInfoV2.sizeof() == 24
+CHUNK_INFO_V2_SIZE = 24
+assert ChunkInfoV2.sizeof() == CHUNK_INFO_V2_SIZE
 
 TocEntry = Struct(  # 128 B, an array of them ends the blob, before the `rafs.blob.toc` tar header
     "flags" / IntEnumField(Int32ul, TocFlags),
@@ -227,7 +229,7 @@ def decode_chunk_info_v2_array(data: bytes | memoryview) -> list[tuple[int, int,
 
 
 def chunk_info_size(v2: bool) -> int:
-    return ChunkInfoV2.sizeof() if v2 else ChunkInfoV1.sizeof()
+    return CHUNK_INFO_V2_SIZE if v2 else CHUNK_INFO_V1_SIZE
 
 
 # --- tail tar headers ---------------------------------------------------------------------------

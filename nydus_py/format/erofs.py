@@ -150,7 +150,8 @@ InodeCompact = Struct(  # erofs_inode_compact (32 B); nydus never writes it
     "i_gid" / Int16ul,
     "i_reserved2" / Bytes(4),
 )
-assert InodeCompact.sizeof() == 32
+INODE_COMPACT_SIZE = 32
+assert InodeCompact.sizeof() == INODE_COMPACT_SIZE
 
 InodeExtended = Struct(  # erofs_inode_extended (64 B): what nydus always writes
     "i_format" / Int16ul,  # see InodeFormat
@@ -167,7 +168,8 @@ InodeExtended = Struct(  # erofs_inode_extended (64 B): what nydus always writes
     "i_nlink" / Int32ul,
     "i_reserved2" / Bytes(16),
 )
-assert InodeExtended.sizeof() == 64
+INODE_EXTENDED_SIZE = 64
+assert InodeExtended.sizeof() == INODE_EXTENDED_SIZE
 
 Dirent = Struct(  # erofs_dirent; nydus RafsV6Dirent (e_nid, e_nameoff, e_file_type)
     "nid" / Int64ul,  # inode offset = meta_blkaddr * block size + nid * 32
@@ -175,7 +177,8 @@ Dirent = Struct(  # erofs_dirent; nydus RafsV6Dirent (e_nid, e_nameoff, e_file_t
     "file_type" / IntEnumField(Int8ul, FileType),
     "reserved" / Int8ul,
 )
-assert Dirent.sizeof() == 12
+DIRENT_SIZE = 12
+assert Dirent.sizeof() == DIRENT_SIZE
 
 ChunkIndex = Struct(  # erofs_inode_chunk_index (1.5 names; newer: startblk_hi, device_id, startblk_lo)
     "advise" / Int16ul,  # nydus: c_blob_addr_lo = ci_index & 0xffff
@@ -268,7 +271,7 @@ def split_i_format(value: int) -> tuple[bool, int, int]:
 
 
 def inode_size(extended: bool) -> int:
-    return InodeExtended.sizeof() if extended else InodeCompact.sizeof()
+    return INODE_EXTENDED_SIZE if extended else INODE_COMPACT_SIZE
 
 
 def xattr_ibody_size(i_xattr_icount: int) -> int:
@@ -315,7 +318,7 @@ def decode_rdev(value: int) -> tuple[int, int]:
 
 def dirent_count(first_nameoff: int) -> int:
     """Number of dirents in a dirent block, from the nameoff of its first entry."""
-    return first_nameoff // Dirent.sizeof()
+    return first_nameoff // DIRENT_SIZE
 
 
 def blob_addr(blob_index: int, ci_index: int) -> tuple[int, int, int]:

@@ -1,0 +1,296 @@
+#!/usr/bin/env python3
+"""Benchmark nydus-py against peers on the same input, in the same run, alternating runs.
+
+Peers: `mkfs.erofs --chunksize=1048576 --blobdev=...` (C, erofs-utils; it does not even compress),
+`tar -cf - | gzip -6` (what a plain docker build layer costs), `tar -cf - | zstd -3 -T0`, and for tar.gz
+input `zcat | zstd -3 -T0`. Prints medians, nydus-py/peer ratios, peak RSS of each whole process tree and
+throughput. Corpora are generated here (no network): a distro-like rootfs, many small files, one big file,
+a stack of layers; or give a directory or a layer tar.gz.
+
+Usage: python3 tools/bench.py [--corpus rootfs,small,bigfile,layers,targz] [--scale F] [--runs N]
+                              [--source DIR] [--tar-gz FILE] [--workdir DIR] [--jobs N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PY = sys.executable
+WORDS = ("the quick brown fox jumps over lazy dog nydus rafs erofs chunk blob layer image container runtime "
+         "kernel mount overlay snapshot registry manifest config digest compress stream").split()
+
+
+# --- corpora ---------------------------------------------------------------------------------------------
+
+
+def _text(rng: random.Random, size: int) -> bytes:
+    out = []
+    n = 0
+    while n < size:
+        line = " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 14))) + "\n"
+        out.append(line)
+        n += len(line)
+    return "".join(out).encode()[:size]
+
+
+def _elf_like(rng: random.Random, size: int) -> bytes:
+    """Code-like data: random segments mixed with repeated tables and zero padding (compresses ~2x)."""
+    parts = []
+    n = 0
+    while n < size:
+        kind = rng.random()
+        length = rng.randint(512, 16384)
+        if kind < 0.45:
+            part = rng.randbytes(length)
+        elif kind < 0.75:
+            unit = rng.randbytes(rng.randint(4, 64))
+            part = (unit * (length // len(unit) + 1))[:length]
+        elif kind < 0.9:
+            part = bytes(length)
+        else:
+            part = _text(rng, length)
+        parts.append(part)
+        n += length
+    return b"".join(parts)[:size]
+
+
+def make_rootfs(root: Path, scale: float = 1.0, seed: int = 1) -> Path:
+    """A distro-like tree: ~200 MB and ~7k entries at scale 1."""
+    rng = random.Random(seed)
+    dirs = ["etc", "etc/default", "etc/ssl/certs", "usr/bin", "usr/sbin", "usr/lib/x86_64-linux-gnu",
+            "usr/lib/python3/dist-packages", "usr/share/doc", "usr/share/locale", "usr/share/man/man1",
+            "var/lib/dpkg/info", "var/cache/apt/archives", "opt/app/lib"]
+    for d in dirs:
+        (root / d).mkdir(parents=True, exist_ok=True)
+    counts = {"bin": int(300 * scale), "text": int(3600 * scale), "archive": int(40 * scale), "conf": int(2200 * scale)}
+    for i in range(counts["bin"]):
+        d = rng.choice(["usr/bin", "usr/sbin", "usr/lib/x86_64-linux-gnu", "opt/app/lib"])
+        (root / d / f"bin{i:05d}").write_bytes(_elf_like(rng, int(rng.lognormvariate(12.3, 0.9)) % (4 << 20) + 4096))
+    for i in range(counts["text"]):
+        d = root / rng.choice(["usr/share/doc", "usr/share/man/man1", "usr/lib/python3/dist-packages",
+                               "usr/share/locale"]) / f"pkg{i % 400:03d}"
+        d.mkdir(exist_ok=True)
+        (d / f"file{i:05d}.txt").write_bytes(_text(rng, rng.randint(200, 30000)))
+    for i in range(counts["archive"]):
+        (root / "var/cache/apt/archives" / f"pkg{i:03d}.deb").write_bytes(rng.randbytes(rng.randint(200_000, 2_000_000)))
+    for i in range(counts["conf"]):
+        d = rng.choice(["etc", "etc/default", "etc/ssl/certs", "var/lib/dpkg/info"])
+        (root / d / f"conf{i:05d}").write_bytes(_text(rng, rng.randint(20, 900)))
+    return root
+
+
+def make_small_files(root: Path, count: int) -> Path:
+    """`count` tiny files, 1000 per directory."""
+    for i in range(count):
+        d = root / f"d{i // 1000:04d}"
+        if i % 1000 == 0:
+            d.mkdir(parents=True)
+        (d / f"f{i % 1000:03d}").write_bytes(b"%d\n" % i)
+    return root
+
+
+def make_big_file(root: Path, size: int) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(7)
+    with open(root / "big.bin", "wb") as f:
+        written = 0
+        while written < size:
+            block = _elf_like(rng, min(8 << 20, size - written))
+            f.write(block)
+            written += len(block)
+    return root
+
+
+def make_layers(root: Path, layers: int, entries: int) -> list[Path]:
+    out = []
+    for k in range(layers):
+        layer = root / f"layer{k:02d}"
+        for i in range(entries):
+            d = layer / f"d{i // 500:03d}"
+            if i % 500 == 0:
+                d.mkdir(parents=True)
+            (d / f"f{(i + k * 7) % entries:05d}").write_bytes(b"layer %d entry %d\n" % (k, i))
+        out.append(layer)
+    return out
+
+
+def make_tar_gz(source: Path, out: Path) -> Path:
+    subprocess.run(f"tar -C {source} -cf - . | gzip -6 > {out}", shell=True, check=True)
+    return out
+
+
+# --- measuring -------------------------------------------------------------------------------------------
+
+
+def _tree_rss(pid: int) -> int:
+    """Resident bytes of a process and all its descendants (from /proc)."""
+    total = 0
+    stack = [pid]
+    while stack:
+        p = stack.pop()
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+                        break
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    stack += [int(c) for c in f.read().split()]
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+@dataclass
+class Measure:
+    seconds: list[float] = field(default_factory=list)
+    peak_rss: int = 0
+
+
+def run_measured(command: str, cwd: Path) -> tuple[float, int]:
+    started = time.perf_counter()
+    process = subprocess.Popen(["bash", "-c", command], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    peak = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, _tree_rss(process.pid))
+            time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    _, err = process.communicate()
+    elapsed = time.perf_counter() - started
+    done.set()
+    sampler.join()
+    if process.returncode != 0:
+        raise SystemExit(f"bench: {command!r} failed: {err.decode(errors='replace')[-500:]}")
+    return elapsed, peak
+
+
+def bench(name: str, commands: dict[str, str], work: Path, runs: int, data_bytes: int, entries: int) -> list[str]:
+    """Run each command `runs` times, alternating; return table rows."""
+    results = {tool: Measure() for tool in commands}
+    for _ in range(runs):
+        for tool, command in commands.items():
+            out = work / "out"
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir()
+            seconds, rss = run_measured(command.format(out=out), work)
+            results[tool].seconds.append(seconds)
+            results[tool].peak_rss = max(results[tool].peak_rss, rss)
+    ours = statistics.median(results["nydus-py"].seconds)
+    rows = []
+    for tool, m in results.items():
+        median = statistics.median(m.seconds)
+        ratio = ours / median if tool != "nydus-py" else 1.0
+        rate = data_bytes / median / (1 << 20)
+        rows.append(f"| {name} | {tool} | {median:.2f} | {ratio:.2f} | {m.peak_rss / (1 << 20):.0f} | {rate:.0f} | "
+                    f"{entries / median:.0f} |")
+    return rows
+
+
+def tree_size(path: Path) -> tuple[int, int]:
+    total = entries = 0
+    for p in path.rglob("*"):
+        entries += 1
+        if p.is_file() and not p.is_symlink():
+            total += p.stat().st_size
+    return total, entries
+
+
+def peers(source: Path, jobs: str) -> dict[str, str]:
+    build = f"{PY} -m nydus_py.cli build {source} -o {{out}}/img {jobs}"
+    out = {"nydus-py": build}
+    if shutil.which("mkfs.erofs"):
+        out["mkfs.erofs"] = f"mkfs.erofs --quiet --chunksize=1048576 --blobdev={{out}}/blob {{out}}/img {source}"
+    out["tar|gzip -6"] = f"tar -C {source} -cf - . | gzip -6 > {{out}}/l.tar.gz"
+    if shutil.which("zstd"):
+        out["tar|zstd -3 -T0"] = f"tar -C {source} -cf - . | zstd -q -3 -T0 > {{out}}/l.tar.zst"
+    return out
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpus", default="rootfs,small,bigfile,layers,targz")
+    parser.add_argument("--scale", type=float, default=1.0, help="corpus size factor (CI smoke: 0.01)")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--source", type=Path, help="benchmark this directory instead of the generated rootfs")
+    parser.add_argument("--tar-gz", type=Path, help="benchmark this layer tar.gz for the targz corpus")
+    parser.add_argument("--workdir", type=Path)
+    parser.add_argument("--jobs", default="", help="e.g. --jobs=1 for nydus-py")
+    args = parser.parse_args(argv)
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="nydus-py-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    jobs = f"--jobs {args.jobs}" if args.jobs else ""
+    env_root = Path(__file__).resolve().parent.parent
+    os.environ["PYTHONPATH"] = str(env_root) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    rows = ["| corpus | tool | median s | nydus-py / tool | peak RSS MiB | MiB/s | entries/s |",
+            "|---|---|---|---|---|---|---|"]
+    corpora = args.corpus.split(",")
+    try:
+        rootfs = args.source
+        if "rootfs" in corpora or "targz" in corpora:
+            if rootfs is None:
+                rootfs = make_rootfs(work / "rootfs", args.scale)
+        if "rootfs" in corpora:
+            size, entries = tree_size(rootfs)
+            print(f"rootfs: {size / 1e6:.0f} MB, {entries} entries", file=sys.stderr)
+            rows += bench("rootfs", peers(rootfs, jobs), work, args.runs, size, entries)
+            lz4 = {"nydus-py": peers(rootfs, jobs)["nydus-py"] + " --compressor lz4_block"}
+            if shutil.which("mkfs.erofs"):
+                lz4["mkfs.erofs"] = peers(rootfs, jobs)["mkfs.erofs"]
+            rows += bench("rootfs lz4_block", lz4, work, args.runs, size, entries)
+        if "small" in corpora:
+            small = make_small_files(work / "small", max(1000, int(1_000_000 * args.scale)))
+            size, entries = tree_size(small)
+            rows += bench("small files", {k: v for k, v in peers(small, jobs).items()
+                                          if k in ("nydus-py", "mkfs.erofs")}, work, args.runs, size, entries)
+        if "bigfile" in corpora:
+            big = make_big_file(work / "big", max(1 << 20, int((2 << 30) * args.scale)))
+            size, entries = tree_size(big)
+            rows += bench("2 GiB file", peers(big, jobs), work, args.runs, size, entries)
+        if "targz" in corpora:
+            tgz = args.tar_gz or make_tar_gz(rootfs, work / "layer.tar.gz")
+            size = tgz.stat().st_size
+            commands = {"nydus-py": f"{PY} -m nydus_py.cli build {tgz} -o {{out}}/img {jobs}"}
+            if shutil.which("zstd"):
+                commands["zcat|zstd -3 -T0"] = f"zcat {tgz} | zstd -q -3 -T0 > {{out}}/l.tar.zst"
+            rows += bench("tar.gz layer", commands, work, args.runs, size, 0)
+        if "layers" in corpora:
+            layers = make_layers(work / "layers", 20, max(100, int(20_000 * args.scale)))
+            commands = {"nydus-py": f"{PY} -m nydus_py.cli build {' '.join(map(str, layers))} -o {{out}}/img {jobs}"}
+            rows += bench("20 layers (build+merge)", commands, work, args.runs, 0, 20 * len(list(layers[0].rglob('*'))))
+            one = work / "layers-built"
+            blobs = []
+            for i, layer in enumerate(layers):
+                subprocess.run([PY, "-m", "nydus_py.cli", "build", str(layer), "-o", str(one / str(i)),
+                                "--output-json", str(one / f"{i}.json")], check=True, capture_output=True)
+                import json
+
+                blobs.append(json.loads((one / f"{i}.json").read_text())["layers"][0]["path"])
+            rows += bench("merge of 20 layers", {"nydus-py": f"{PY} -m nydus_py.cli merge {' '.join(blobs)} -o "
+                                                             "{out}/m"}, work, args.runs, 0, 0)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    print("\n".join(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
