@@ -192,7 +192,8 @@ def _build_layer(index: int, name: str, source: Source, workdir: Path, config: B
             for key, ref in layer.stored.items():
                 known.setdefault(key, ref)
     pipeline = ChunkPipeline(writer, chunk_size=config.chunk_size, compressor=config.compressor.algo,
-                             digester=config.digester.algo, workers=config.workers, known=known)
+                             digester=config.digester.algo, workers=config.workers, known=known,
+                             progress=config.progress)
     try:
         for file in source.files():
             pipeline.add(file)

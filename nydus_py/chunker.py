@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -57,7 +58,8 @@ class ChunkPipeline:
     """Feed files with `add()`, then call `finish()`; chunks go to `blob` and into each inode's list."""
 
     def __init__(self, blob: BlobWriter, *, chunk_size: int, compressor: CompressAlgo, digester: DigestAlgo,
-                 workers: int, known: dict[tuple[bytes, int], ChunkRef] | None = None) -> None:
+                 workers: int, known: dict[tuple[bytes, int], ChunkRef] | None = None,
+                 progress: Callable[[int], None] | None = None) -> None:
         self.blob = blob
         self.chunk_size = chunk_size
         self.compressor = compressor
@@ -72,6 +74,7 @@ class ChunkPipeline:
         self._batch_bytes = 0
         self._pending: deque[tuple[list[_Piece], Future[list[_Done]] | list[_Done]]] = deque()
         self.stats = ChunkStats()
+        self.progress = progress
 
     # --- producer side -----------------------------------------------------------------------------
 
@@ -87,6 +90,8 @@ class ChunkPipeline:
                 if self._batch_bytes >= BATCH_BYTES or len(self._batch) >= BATCH_PIECES:
                     self._submit()
             self.stats.bytes_in += file.inode.size
+            if self.progress is not None:
+                self.progress(file.inode.size)
         finally:
             file.close()
 

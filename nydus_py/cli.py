@@ -6,11 +6,13 @@ its job (bad options, unreadable or malformed input, I/O failure); 3 an unexpect
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -128,12 +130,61 @@ def _registry_options(fn):  # type: ignore[no-untyped-def]
     return fn
 
 
+class ProgressBar:
+    """Files and bytes done, rate and ETA, redrawn on stderr at most 10 times a second (TTYs only)."""
+
+    def __init__(self, total_bytes: int | None) -> None:
+        self.total = total_bytes
+        self.files = 0
+        self.bytes = 0
+        self.started = time.monotonic()
+        self.drawn = 0.0
+
+    def __call__(self, size: int) -> None:
+        self.files += 1
+        self.bytes += size
+        now = time.monotonic()
+        if now - self.drawn >= 0.1:
+            self.drawn = now
+            self.draw(now)
+
+    def draw(self, now: float) -> None:
+        elapsed = max(now - self.started, 1e-6)
+        rate = self.bytes / elapsed
+        line = f"{self.files} files, {self.bytes / (1 << 20):.0f} MiB, {rate / (1 << 20):.0f} MiB/s"
+        if self.total:
+            done = min(self.bytes / self.total, 1.0)
+            eta = (self.total - self.bytes) / rate if rate else 0.0
+            bar = "#" * int(done * 20)
+            line = f"[{bar:<20}] {done * 100:3.0f}% {line}, ETA {eta:.0f}s"
+        click.echo(f"\r{line}\x1b[K", nl=False, err=True)
+
+    def close(self) -> None:
+        if self.drawn:
+            click.echo("\r\x1b[K", nl=False, err=True)
+
+
+def _progress(quiet: bool, output_json: Path | None, layers: list[str] | None = None) -> ProgressBar | None:
+    """A progress bar for long builds on a terminal; never with --quiet, --output-json or no TTY."""
+    if quiet or output_json is not None or not sys.stderr.isatty():
+        return None
+    total = 0
+    for layer in layers or []:
+        if layer != "-" and os.path.isdir(layer):  # a quick estimate, for the ETA
+            for dirpath, _, files in os.walk(layer):
+                for name in files:
+                    with contextlib.suppress(OSError):
+                        total += os.lstat(os.path.join(dirpath, name)).st_size
+    return ProgressBar(total or None)
+
+
 def _build_config(compressor: str, digester: str, chunk_size: int, jobs: int, whiteout_spec: str,
-                  overlay_xattr_ns: str, cross_layer_dedup: bool, prefetch: tuple[bytes, ...]) -> BuildConfig:
+                  overlay_xattr_ns: str, cross_layer_dedup: bool, prefetch: tuple[bytes, ...],
+                  progress: ProgressBar | None = None) -> BuildConfig:
     return BuildConfig(compressor=Compressor(compressor), digester=Digester(digester), chunk_size=chunk_size,
                        jobs=jobs, whiteout_spec=WhiteoutSpec(whiteout_spec),
                        overlay_xattr_ns=XattrNamespace(overlay_xattr_ns), prefetch_patterns=prefetch,
-                       cross_layer_dedup=cross_layer_dedup)
+                       cross_layer_dedup=cross_layer_dedup, progress=progress)
 
 
 def _write_json(path: Path | None, doc: dict) -> None:  # type: ignore[type-arg]
@@ -173,6 +224,7 @@ def _build_options(fn):  # type: ignore[no-untyped-def]
                      help="xattr namespace of the overlayfs mount an upper directory comes from (user: userxattr)."),
         click.option("--cross-layer-dedup", is_flag=True,
                      help="Reference chunks already stored in lower layers' blobs (layers stop being self-contained)."),
+        click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
     ]):
         fn = option(fn)
     return fn
@@ -190,14 +242,27 @@ def _build_options(fn):  # type: ignore[no-untyped-def]
 def build(layers: tuple[str, ...], outdir: Path, compressor: str, digester: str, chunk_size: int, jobs: int,
           whiteout_spec: str, overlay_xattr_ns: str, cross_layer_dedup: bool, extra_bootstrap: Path | None,
           output_json: Path | None, prefetch_patterns: str | None, no_prefetch: bool, config_file: Path | None,
-          platform: str | None, tag: str | None, creds: str | None, plain_http: bool, insecure: bool) -> None:
+          platform: str | None, tag: str | None, creds: str | None, plain_http: bool, insecure: bool,
+          quiet: bool) -> None:
     """Build LAYERS (lowest first) into one blob per layer and a merged RAFS v6 bootstrap in OUTDIR.
 
     Each layer is a directory, an overlayfs upper directory, or an OCI layer tar (plain, gzip or zstd;
     '-' reads stdin). OUTDIR may be docker://REGISTRY/REPO:TAG to push the image instead.
     """
+    progress = _progress(quiet, output_json, list(layers))
     config = _build_config(compressor, digester, chunk_size, jobs, whiteout_spec, overlay_xattr_ns,
-                           cross_layer_dedup, _prefetch(prefetch_patterns, no_prefetch))
+                           cross_layer_dedup, _prefetch(prefetch_patterns, no_prefetch), progress)
+    try:
+        _build(layers, outdir, config, extra_bootstrap, output_json, config_file, platform, tag, creds, plain_http,
+               insecure)
+    finally:
+        if progress is not None:
+            progress.close()
+
+
+def _build(layers: tuple[str, ...], outdir: Path, config: BuildConfig, extra_bootstrap: Path | None,
+           output_json: Path | None, config_file: Path | None, platform: str | None, tag: str | None,
+           creds: str | None, plain_http: bool, insecure: bool) -> None:
     image = ImageOptions(config_file=config_file, platform=platform, tag=tag)
     target = os.fspath(outdir)
     if not target.startswith("docker:/"):
@@ -230,17 +295,22 @@ def build(layers: tuple[str, ...], outdir: Path, compressor: str, digester: str,
 def convert(source: str, target: str, compressor: str, digester: str, chunk_size: int, jobs: int,
             whiteout_spec: str, overlay_xattr_ns: str, cross_layer_dedup: bool, output_json: Path | None,
             prefetch_patterns: str | None, no_prefetch: bool, platforms: tuple[str, ...], docker_media_types: bool,
-            merge_platform: bool, creds: str | None, plain_http: bool, insecure: bool) -> None:
+            merge_platform: bool, creds: str | None, plain_http: bool, insecure: bool, quiet: bool) -> None:
     """Convert an image into a Nydus image.
 
     SOURCE is oci:DIR[:TAG], oci-archive:FILE[:TAG] (docker buildx --output type=oci), docker-archive:FILE
     (docker save) or docker://REGISTRY/REPO[:TAG|@DIGEST]; TARGET is oci:DIR[:TAG] or docker://REGISTRY/REPO[:TAG].
     """
+    progress = _progress(quiet, output_json)
     config = _build_config(compressor, digester, chunk_size, jobs, whiteout_spec, overlay_xattr_ns,
-                           cross_layer_dedup, _prefetch(prefetch_patterns, no_prefetch))
+                           cross_layer_dedup, _prefetch(prefetch_patterns, no_prefetch), progress)
     opts = ConvertOptions(platforms=platforms, docker_types=docker_media_types, merge_platform=merge_platform)
     registry = RegistryOptions(creds=creds, plain_http=plain_http, insecure=insecure)
-    result = convert_image(source, target, config, opts, registry)
+    try:
+        result = convert_image(source, target, config, opts, registry)
+    finally:
+        if progress is not None:
+            progress.close()
     _write_json(output_json, result.to_json())
     if result.already_nydus:
         click.echo(f"{source}: already a Nydus image; nothing converted")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import enum
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from nydus_py.errors import UsageError
 from nydus_py.format.rafs import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, CompressAlgo, DigestAlgo
@@ -58,6 +59,7 @@ class BuildConfig:
     overlay_xattr_ns: XattrNamespace = XattrNamespace.TRUSTED
     prefetch_patterns: tuple[bytes, ...] = (b"/",)  # paths the merged bootstrap prefetches; "/" = all (BuildKit)
     cross_layer_dedup: bool = False
+    progress: Callable[[int], None] | None = field(default=None, compare=False)  # called with each file's bytes
 
     def __post_init__(self) -> None:
         check_chunk_size(self.chunk_size)

@@ -84,47 +84,51 @@ def read_layer(path: Path, blob_dir: Path | None, blobs: dict[str, tuple[int, Bl
     except OSError as exc:
         raise UsageError(f"{path}: cannot read layer: {exc.strerror}") from exc
     own: str | None = None
-    if is_bootstrap(head):
-        boot = read_bootstrap(path.read_bytes())
-        located: dict[str, Path] = {}
-        for info in boot.blobs:
-            if info.blob_id == BLOB_ID_PLACEHOLDER:
+    located: dict[str, Path] = {}
+
+    def register(table: list[BlobInfo]) -> dict[int, int]:
+        """Give every blob of this layer its key in `blobs` (found files, final table entries). In a layer
+        blob, the placeholder id (or, from older builders, a table of one) names the blob itself."""
+        mapping = {}
+        for info in table:
+            blob_id = info.blob_id
+            if own is not None and (blob_id == BLOB_ID_PLACEHOLDER or len(table) == 1):
+                blob_id = own
+            elif blob_id == BLOB_ID_PLACEHOLDER:
                 raise UsageError(f"{path}: bootstrap names its blob by a placeholder; merge the layer blob instead")
-            candidates = [d / info.blob_id for d in ([blob_dir, blob_dir / "blobs" / "sha256"] if blob_dir else [])]
-            found = next((c for c in candidates if c.is_file()), None)
-            if found is None:
-                raise UsageError(f"{path}: blob {info.blob_id} not found (give --blob-dir)")
-            located[info.blob_id] = found
+            if blob_id not in blobs:
+                blob_path = located.get(blob_id) or _find_blob(path, blob_id, blob_dir)
+                blobs[blob_id] = (len(blobs), final_blob_info(info, blob_path, blob_id), blob_path)
+            mapping[info.blob_index] = blobs[blob_id][0]
+        return mapping
+
+    if is_bootstrap(head):
+        boot = read_bootstrap(path.read_bytes(), register)
     else:
         with BlobReader(path) as reader:
             data = reader.inline_bootstrap()
         if data is None or not is_bootstrap(data):
             raise FormatError(f"{path}: neither a bootstrap nor a layer blob with an inline bootstrap")
-        boot = read_bootstrap(data)
         own = file_sha256(path)
-        located = {own: path}
-        for info in boot.blobs:
-            if info.blob_id not in (BLOB_ID_PLACEHOLDER, own):
-                found = next((c for c in ([blob_dir / info.blob_id] if blob_dir else []) + [path.parent / info.blob_id]
-                              if c.is_file()), None)
-                if found is None:
-                    raise UsageError(f"{path}: lower blob {info.blob_id} not found (give --blob-dir)")
-                located[info.blob_id] = found
-    mapping = {}
-    for info in boot.blobs:
-        blob_id = own if info.blob_id == BLOB_ID_PLACEHOLDER else info.blob_id
-        if blob_id not in blobs:
-            blob_path = located[blob_id]
-            blobs[blob_id] = (len(blobs), final_blob_info(info, blob_path, blob_id), blob_path)
-        mapping[info.blob_index] = blobs[blob_id][0]
-    relabel(boot.tree, mapping)
+        located[own] = path
+        boot = read_bootstrap(data, register)
     return MergeInput(tree=boot.tree, own_blob=own)
 
 
-def relabel(tree: Tree, mapping: dict[int, int]) -> None:
+def _find_blob(layer: Path, blob_id: str, blob_dir: Path | None) -> Path:
+    """A blob a layer references: in --blob-dir (flat or an OCI blobs/sha256/), or beside the layer."""
+    folders = ([blob_dir, blob_dir / "blobs" / "sha256"] if blob_dir else []) + [layer.parent]
+    for folder in folders:
+        candidate = folder / blob_id
+        if candidate.is_file():
+            return candidate
+    raise UsageError(f"{layer}: blob {blob_id} not found (give --blob-dir)")
+
+
+def relabel(tree: Tree, mapping: dict[int, int]) -> None:  # for trees read without read_bootstrap(relabel=)
     """Rewrite every chunk's blob_index through `mapping` (in place; each inode once)."""
     done: set[int] = set()
     for inode in walk_bfs(tree):
         if inode.chunks and id(inode) not in done:
             done.add(id(inode))
-            inode.chunks = [replace(c, blob_index=mapping[c.blob_index]) for c in inode.chunks]
+            inode.chunks = [c._replace(blob_index=mapping[c.blob_index]) for c in inode.chunks]

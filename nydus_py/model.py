@@ -10,6 +10,7 @@ import enum
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 
 class FileKind(enum.Enum):
@@ -45,9 +46,12 @@ _IFMT_OF_KIND = {
 _KIND_OF_IFMT = {v: k for k, v in _IFMT_OF_KIND.items()}
 
 
-@dataclass(frozen=True, slots=True)
-class ChunkRef:
-    """One chunk of a file: where its bytes live in a blob and in that blob's device image."""
+class ChunkRef(NamedTuple):
+    """One chunk of a file: where its bytes live in a blob and in that blob's device image.
+
+    A NamedTuple rather than a frozen dataclass: images hold millions of them, and a tuple is made (and
+    `_replace`d) several times faster.
+    """
 
     blob_index: int  # index in the image's blob table
     ci_index: int  # index in the blob's chunk info array

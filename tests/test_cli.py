@@ -166,3 +166,36 @@ def test_copy_between_layouts(capsys: pytest.CaptureFixture[str], tmp_path: Path
     assert json.loads((tmp_path / "b" / "index.json").read_text())["manifests"][0]["digest"] == index_a
     status, _, err = run(capsys, "copy", "somewhere", f"oci:{tmp_path / 'c'}")
     assert status == 2 and "copy reads" in err
+
+
+def test_progress_bar_only_on_a_terminal(tmp_path: Path) -> None:
+    import os as _os
+    import pty
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(50):
+        (src / f"f{i}").write_bytes(b"x" * 100000)
+    outputs = {}
+    for name, extra in (("tty", []), ("quiet", ["--quiet"])):
+        master, slave = pty.openpty()
+        done = subprocess.run([sys.executable, "-m", "nydus_py.cli", "build", str(src), "-o", str(tmp_path / name),
+                               *extra], stderr=slave, stdout=subprocess.DEVNULL, timeout=60)
+        _os.close(slave)
+        chunks = []
+        while True:
+            try:
+                data = _os.read(master, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+        _os.close(master)
+        assert done.returncode == 0
+        outputs[name] = b"".join(chunks)
+    assert b"files, " in outputs["tty"] and b"MiB/s" in outputs["tty"] and b"ETA" in outputs["tty"]
+    assert outputs["quiet"] == b""
+    piped = subprocess.run([sys.executable, "-m", "nydus_py.cli", "build", str(src), "-o", str(tmp_path / "p")],
+                           capture_output=True, timeout=60)
+    assert piped.stderr == b""  # not a terminal: no progress

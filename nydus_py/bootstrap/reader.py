@@ -8,6 +8,7 @@ References: ../shared/reference/rafs-v6-format.md §13.2 (reader recipe), §3-§
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from nydus_py.errors import FormatError, UnsupportedError
@@ -39,8 +40,13 @@ def xattr_name(index: int, suffix: bytes) -> bytes:
     return prefix + suffix
 
 
-def read_bootstrap(data: bytes) -> Bootstrap:
-    """Decode a whole bootstrap (RAFS v6, or a plain uncompressed EROFS image with chunked files)."""
+def read_bootstrap(data: bytes, relabel: Callable[[list[BlobInfo]], dict[int, int]] | None = None) -> Bootstrap:
+    """Decode a whole bootstrap (RAFS v6, or a plain uncompressed EROFS image with chunked files).
+
+    `relabel`, given the blob table, maps its indexes to other blob keys: every chunk of the tree then carries
+    the mapped key (a merge needs one numbering across layers; doing it here costs one tuple per distinct chunk
+    instead of one per chunk reference).
+    """
     data = bytes(data)
     sb = parse(erofs.SuperBlock, data, what="superblock", offset=erofs.EROFS_SUPER_OFFSET)
     if sb.blkszbits != erofs.EROFS_BLKSIZ_BITS:
@@ -57,8 +63,13 @@ def read_bootstrap(data: bytes) -> Bootstrap:
         raise FormatError(f"extended superblock s_chunk_size={chunk_size:#x} at 0x494: "
                           "must be a power of two from 4 KiB to 16 MiB")
     chunk_table = _read_chunk_table(data, ext) if ext is not None else []
+    if relabel is not None:
+        mapping = relabel(blobs)
+        chunk_table = [c._replace(blob_index=mapping[c.blob_index]) if c.blob_index in mapping else c
+                       for c in chunk_table]
     prefetch = _read_prefetch_table(data, ext) if ext is not None else []
-    walker = BootstrapParser(data, sb.meta_blkaddr, chunk_size, chunk_table if is_rafs else None)
+    walker = BootstrapParser(data, sb.meta_blkaddr, chunk_size, chunk_table if is_rafs else None,
+                             {v: k for k, v in mapping.items()} if relabel is not None else None)
     tree = walker.read(sb.root_nid)
     return Bootstrap(
         size=len(data),
@@ -143,16 +154,11 @@ def _read_chunk_table(data: bytes, ext: object) -> list[ChunkRef]:
     if size % entry:
         raise FormatError(f"extended superblock s_chunk_table_size={size} at 0x4a0: not a multiple of {entry}")
     _check_range(data, offset, size, "chunk table")
-    out = []
-    for (block_id, blob_index, flags, csize, usize, coff, uoff, foff, index, crc) in rafs.FAST_CHUNK_INFO.iter_unpack(
-        data[offset : offset + size]
-    ):
-        out.append(ChunkRef(
-            blob_index=blob_index, ci_index=index, uncompressed_offset=uoff, uncompressed_size=usize,
-            compressed_offset=coff, compressed_size=csize, compressed=bool(flags & rafs.ChunkFlags.COMPRESSED),
-            digest=block_id, crc32=crc if flags & rafs.ChunkFlags.HAS_CRC32 else None, file_offset=foff,
-        ))
-    return out
+    compressed_bit, crc_bit = int(rafs.ChunkFlags.COMPRESSED), int(rafs.ChunkFlags.HAS_CRC32)  # ints: fast
+    return [ChunkRef(blob_index, index, uoff, usize, coff, csize, bool(flags & compressed_bit), block_id,
+                     crc if flags & crc_bit else None, foff)
+            for (block_id, blob_index, flags, csize, usize, coff, uoff, foff, index, crc)
+            in rafs.FAST_CHUNK_INFO.iter_unpack(data[offset : offset + size])]
 
 
 def _read_prefetch_table(data: bytes, ext: object) -> list[int]:
@@ -185,12 +191,16 @@ class RawInode:
 class BootstrapParser:
     """Reads inodes and directories starting at the root nid, iteratively (no recursion limit)."""
 
-    def __init__(self, data: bytes, meta_blkaddr: int, chunk_size: int, chunk_table: list[ChunkRef] | None) -> None:
-        """`chunk_table` None: a plain EROFS image, whose chunks are known only by their index."""
+    def __init__(self, data: bytes, meta_blkaddr: int, chunk_size: int, chunk_table: list[ChunkRef] | None,
+                 original_index: dict[int, int] | None = None) -> None:
+        """`chunk_table` None: a plain EROFS image, whose chunks are known only by their index.
+        `original_index` maps relabelled blob keys of the chunk table back to the on-disk blob indexes."""
         self.data = data
         self.meta_blkaddr = meta_blkaddr
         self.chunk_size = chunk_size
-        self.chunks = None if chunk_table is None else {(c.blob_index, c.ci_index): c for c in chunk_table}
+        back = original_index or {}
+        self.chunks = None if chunk_table is None else {
+            (back.get(c.blob_index, c.blob_index), c.ci_index): c for c in chunk_table}
         self.files: dict[int, Inode] = {}  # nid -> inode, so hardlinks share one Inode
 
     def read(self, root_nid: int) -> Tree:
