@@ -88,6 +88,11 @@ def read_bootstrap(data: bytes, relabel: Callable[[list[BlobInfo]], dict[int, in
     )
 
 
+def _signed64(value: int) -> int:
+    """The kernel reads i_mtime as a signed 64-bit time."""
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
 def _valid_chunk_size(size: int) -> bool:
     return rafs.MIN_CHUNK_SIZE <= size <= rafs.MAX_CHUNK_SIZE and size & (size - 1) == 0
 
@@ -259,7 +264,7 @@ class BootstrapParser:
             mode=rec.i_mode,  # type: ignore[attr-defined]
             uid=rec.i_uid,  # type: ignore[attr-defined]
             gid=rec.i_gid,  # type: ignore[attr-defined]
-            mtime=rec.i_mtime if raw.extended else 0,  # type: ignore[attr-defined]
+            mtime=_signed64(rec.i_mtime) if raw.extended else 0,  # type: ignore[attr-defined]
             mtime_nsec=rec.i_mtime_nsec if raw.extended else 0,  # type: ignore[attr-defined]
             size=rec.i_size,  # type: ignore[attr-defined]
             xattrs=self.xattrs(raw),

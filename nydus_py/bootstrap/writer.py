@@ -15,6 +15,7 @@ from nydus_py.bootstrap.reader import file_type_of
 from nydus_py.image import BlobInfo
 from nydus_py.model import ChunkRef, FileKind
 
+MASK64 = (1 << 64) - 1  # i_mtime is read as a signed 64-bit time by the kernel: negative mtimes wrap
 _EXT_INCOMPAT = erofs.FeatureIncompat.CHUNKED_FILE | erofs.FeatureIncompat.DEVICE_TABLE  # nydusd requires both
 
 
@@ -205,7 +206,7 @@ def inode_regions(plan: InodePlan, chunk_size: int, positions: dict[int, int]) -
         i_u = 0
     record = erofs.FAST_INODE_EXTENDED.pack(
         erofs.i_format(plan.datalayout), erofs.xattr_icount(plan.xattr_size), inode.mode, 0, plan.size, i_u,
-        plan.ino, inode.uid, inode.gid, inode.mtime, inode.mtime_nsec, plan.nlink, b"",
+        plan.ino, inode.uid, inode.gid, inode.mtime & MASK64, inode.mtime_nsec, plan.nlink, b"",
     )
     body = record + encode_xattrs(plan)
     what = f"inode nid {plan.nid}"

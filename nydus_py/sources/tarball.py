@@ -94,6 +94,29 @@ class TarFile:
         self.stream.close()
 
 
+class _Counting(io.RawIOBase):
+    """Counts the bytes read through it."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        super().__init__()
+        self._stream = stream
+        self.total = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self._stream.read(len(buffer))
+        buffer[: len(data)] = data
+        self.total += len(data)
+        return len(data)
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(size)
+        self.total += len(data)
+        return data
+
+
 class TarSource:
     """Read one layer tar; `files()` builds `tree` as it goes and yields regular files in entry order."""
 
@@ -118,8 +141,9 @@ class TarSource:
         return FormatError(where + what)
 
     def files(self) -> Iterator[TarFile]:
+        counted = _Counting(self.stream)
         try:
-            archive = tarfile.open(fileobj=self.stream, mode="r|", errors="surrogateescape")
+            archive = tarfile.open(fileobj=counted, mode="r|", errors="surrogateescape")
         except _STREAM_ERRORS as exc:
             if isinstance(exc, tarfile.ReadError) and "empty file" in str(exc):
                 self._finish()
@@ -136,10 +160,23 @@ class TarSource:
                 content = self._add(member, archive)
                 if content is not None:
                     yield content
+            self._check_end(archive, counted)
         finally:
             archive.close()
             self.stream.close()
         self._finish()
+
+    def _check_end(self, archive: tarfile.TarFile, counted: _Counting) -> None:
+        """Read the stream to its end (a compressed stream checks its CRC or checksum only there) and refuse
+        an archive that stopped without its end-of-archive block: Python's tarfile takes a truncated header
+        for the end."""
+        try:
+            while counted.read(1 << 20):
+                pass
+        except _STREAM_ERRORS as exc:
+            raise self._fail(f"corrupt layer stream after the last entry ({exc})") from None
+        if counted.total % tarfile.BLOCKSIZE or archive.offset >= counted.total:
+            raise self._fail(f"truncated tar stream ({counted.total} bytes, no end-of-archive block)")
 
     def _finish(self) -> None:
         for inode in self._dirs.values():
@@ -236,6 +273,8 @@ class TarSource:
         return None
 
     def _link(self, member: tarfile.TarInfo, parent: Inode, path: bytes, name: bytes) -> None:
+        if _escapes(_bytes(member.linkname)):
+            raise self._fail("hardlink target escapes the root with '..'", member.name)
         target_path = posixpath.normpath(b"/" + _bytes(member.linkname)).lstrip(b"/")
         if target_path == path:
             raise self._fail("hardlink to itself", member.name)
@@ -268,6 +307,9 @@ class TarSource:
                 raise self._fail(f"unsupported tar entry type {member.type!r}", member.name)
         kind = kind or FileKind.REG
         seconds, nsec = _mtime(member)
+        for what, value in (("uid", member.uid), ("gid", member.gid)):
+            if not 0 <= value <= 0xFFFFFFFF:
+                raise self._fail(f"{what} {value} does not fit in 32 bits (RAFS stores 32-bit owners)", member.name)
         inode = Inode(kind=kind, mode=kind.ifmt | (member.mode & 0o7777), uid=member.uid, gid=member.gid,
                       mtime=seconds, mtime_nsec=nsec, xattrs=self._xattrs(member))
         if kind is FileKind.REG:
