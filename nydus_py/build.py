@@ -29,7 +29,7 @@ from nydus_py.chunker import ChunkPipeline, ChunkStats
 from nydus_py.config import BuildConfig, WhiteoutSpec
 from nydus_py.errors import FormatError, UnsupportedError, UsageError
 from nydus_py.format import oci
-from nydus_py.fsutil import atomic_output
+from nydus_py.fsutil import atomic_output, fsync_dir
 from nydus_py.image import BlobInfo
 from nydus_py.format.blobmeta import BlobFeatures
 from nydus_py.merge import MergeInput, bootstrap_bytes, read_layer, relabel
@@ -191,23 +191,27 @@ def _build_layer(index: int, name: str, source: Source, workdir: Path, config: B
         for layer in lower:
             for key, ref in layer.stored.items():
                 known.setdefault(key, ref)
-    pipeline = ChunkPipeline(writer, chunk_size=config.chunk_size, compressor=config.compressor.algo,
-                             digester=config.digester.algo, workers=config.workers, known=known,
-                             progress=config.progress)
     try:
-        for file in source.files():
-            pipeline.add(file)
-        pipeline.finish()
-    finally:
-        pipeline.close()
-    for stat_name in ("files", "chunks", "stored", "dedup_hits", "hole_chunks", "bytes_in", "bytes_stored"):
-        setattr(stats, stat_name, getattr(stats, stat_name) + getattr(pipeline.stats, stat_name))
-    data_info = writer.finish_data()
-    infos = {i: layer.info for i, layer in enumerate(lower)}
-    infos[index] = data_info
-    inline, _ = bootstrap_bytes(source.tree, infos, chunk_size=config.chunk_size, compressor=config.compressor.algo,
-                                digester=config.digester.algo)
-    info = writer.finish(inline)
+        pipeline = ChunkPipeline(writer, chunk_size=config.chunk_size, compressor=config.compressor.algo,
+                                 digester=config.digester.algo, workers=config.workers, known=known,
+                                 progress=config.progress)
+        try:
+            for file in source.files():
+                pipeline.add(file)
+            pipeline.finish()
+        finally:
+            pipeline.close()
+        for stat_name in ("files", "chunks", "stored", "dedup_hits", "hole_chunks", "bytes_in", "bytes_stored"):
+            setattr(stats, stat_name, getattr(stats, stat_name) + getattr(pipeline.stats, stat_name))
+        data_info = writer.finish_data()
+        infos = {i: layer.info for i, layer in enumerate(lower)}
+        infos[index] = data_info
+        inline, _ = bootstrap_bytes(source.tree, infos, chunk_size=config.chunk_size, compressor=config.compressor.algo,
+                                    digester=config.digester.algo)
+        info = writer.finish(inline)
+    except BaseException:
+        writer.discard()  # close and remove the temporary blob (and stop its writer thread)
+        raise
     own = {k: v for k, v in pipeline.stored.items() if v.blob_index == index}
     return BuiltLayer(name=name, tree=source.tree, info=info, stored=own, path=writer.path)
 
@@ -329,6 +333,8 @@ def build_image(layers: list[str], outdir: str | os.PathLike[str], config: Build
         writer.write_index([manifest])
         if extra_bootstrap is not None:
             write_bootstrap_file(Path(extra_bootstrap), built.bootstrap)
+        fsync_dir(writer.blobs)
+        fsync_dir(out)
     finished = time.perf_counter()
     return BuildResult(bootstrap=out / "bootstrap", blobs=[outputs[k] for k in built.keys], layers=outputs,
                        entries=sum(1 for _ in built.merged.walk()), stats=built.stats, manifest=manifest, layout=out,

@@ -449,7 +449,8 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(f"nydus-py: {exc}", err=True)
         return EXIT_FAILED
     except OSError as exc:
-        click.echo(f"nydus-py: {exc.filename or ''}: {exc.strerror or exc}", err=True)
+        where = f"{os.fsdecode(exc.filename)}: " if exc.filename else ""
+        click.echo(f"nydus-py: {where}{exc.strerror or exc}", err=True)
         return EXIT_FAILED
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, never a traceback
         if debug:

@@ -8,6 +8,7 @@ every name checked, so nothing is ever written outside the target.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import stat
@@ -100,6 +101,7 @@ class _Unpacker:
     root_fd: int
     links: dict[int, bytes] = field(default_factory=dict)  # id(inode) -> path (relative to root) of its first link
     count: int = 0
+    skipped_xattrs: int = 0  # user.* xattrs of special files and symlinks, which Linux cannot hold
 
     def write_file(self, dir_fd: int, name: bytes, inode: Inode) -> None:
         fd = os.open(name, _OPEN_NEW, 0o600, dir_fd=dir_fd)
@@ -135,10 +137,17 @@ class _Unpacker:
         if inode.kind is not FileKind.SYMLINK:
             os.chmod(target, stat.S_IMODE(inode.mode), **kwargs)
         for key, value in inode.xattrs.items():
-            if name is None:
-                os.setxattr(dir_fd, key, value)
-            else:  # the entry itself, not what a symlink points to
-                os.setxattr(b"/proc/self/fd/%d/%s" % (dir_fd, name), key, value, follow_symlinks=False)
+            try:
+                if name is None:
+                    os.setxattr(dir_fd, key, value)
+                else:  # the entry itself, not what a symlink points to
+                    os.setxattr(b"/proc/self/fd/%d/%s" % (dir_fd, name), key, value, follow_symlinks=False)
+            except OSError as exc:
+                # Linux keeps user.* xattrs only on files and directories: an image may hold them elsewhere
+                if not (exc.errno == errno.EPERM and key.startswith(b"user.") and inode.kind not in (
+                        FileKind.REG, FileKind.DIR)):
+                    raise
+                self.skipped_xattrs += 1
         mtime = inode.mtime * 1_000_000_000 + inode.mtime_nsec
         os.utime(target, ns=(mtime, mtime), **kwargs)
         self.count += 1

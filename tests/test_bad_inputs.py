@@ -30,8 +30,23 @@ def test_bad_input(case: Case, tmp_path: Path, capsys: pytest.CaptureFixture[str
     tree = read_bootstrap((out / "bootstrap").read_bytes()).tree
     assert case.check is not None and case.check(tree)
     assert main(["check", str(out)]) == 0
+    if case.name not in ("directory with 100k entries", "10k-deep nesting"):  # cheap cases: unpack works too
+        assert main(["unpack", str(out), "-o", str(tmp_path / "unpacked")]) == 0, capsys.readouterr().err
 
 
 def test_corpus_size() -> None:
     assert len(CASES) >= 40
     assert len({c.name for c in CASES}) == len(CASES)
+
+
+def test_fuzz_pipeline_briefly() -> None:
+    """tools/fuzz.py for a few hundred generated layers (it runs for as long as asked; here a fixed seed)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "fuzz.py"), "--seconds", "120", "--examples", "300",
+                           "--seed", "2026"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "300 cases" in done.stdout and "0 failures" in done.stdout

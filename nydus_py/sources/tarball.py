@@ -317,6 +317,9 @@ class TarSource:
         elif kind is FileKind.SYMLINK:
             inode.symlink_target = _bytes(member.linkname)
             inode.size = len(inode.symlink_target)
+            if not 0 < inode.size < 4096 or b"\0" in inode.symlink_target:  # what Linux can hold (PATH_MAX)
+                raise self._fail(f"symlink target of {inode.size} bytes: must be 1 to 4095 bytes without NUL",
+                                 member.name)
         elif kind in (FileKind.CHR, FileKind.BLK):
             inode.rdev = os.makedev(member.devmajor, member.devminor)
         return inode
