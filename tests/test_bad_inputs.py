@@ -3,7 +3,6 @@ OUTDIR, no traceback) or builds exactly the tree it should."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest

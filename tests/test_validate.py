@@ -3,7 +3,6 @@ catches each rule broken on purpose, so that passing means something."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 

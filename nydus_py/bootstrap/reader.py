@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from nydus_py.errors import FormatError, UnsupportedError
-from nydus_py.format import blobmeta, erofs, parse, rafs
+from nydus_py.format import erofs, parse, rafs
 from nydus_py.image import BlobInfo, Bootstrap, DeviceSlot
 from nydus_py.model import ChunkRef, Entry, FileKind, Inode, Tree
 

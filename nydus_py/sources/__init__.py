@@ -19,11 +19,3 @@ class FileContent(Protocol):
         ...
 
     def close(self) -> None: ...
-
-
-class LayerSource(Protocol):
-    """A layer input: `files()` builds `tree` as it goes and yields regular files in data order."""
-
-    tree: object
-
-    def files(self) -> Iterator[FileContent]: ...
