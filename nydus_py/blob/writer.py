@@ -28,6 +28,7 @@ from nydus_py.image import BlobInfo
 from nydus_py.model import ChunkRef
 
 BLOCK = 4096
+WRITE_BATCH = 1 << 20  # bytes gathered before they go to the writer thread
 _TOC_FLAGS = {CompressAlgo.NONE: blobmeta.TocFlags.COMPRESSION_NONE, CompressAlgo.ZSTD: blobmeta.TocFlags.COMPRESSION_ZSTD}
 # What a blob built like `nydus-image create --blob-inline-meta --features blob-toc` declares.
 BASE_FEATURES = (BlobFeatures.ALIGNED | BlobFeatures.INLINED_FS_META | BlobFeatures.HAS_TAR_HEADER
@@ -60,6 +61,8 @@ class BlobWriter:
         # Writing and hashing run on a thread of their own (both release the GIL), overlapping the reads and
         # the compression; the order of the bytes is the order of the queue.
         self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=64)
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._drain_loop, name="nydus-blob-writer", daemon=True)
         self._thread.start()
@@ -88,15 +91,26 @@ class BlobWriter:
                 self._queue.task_done()
 
     def _write(self, data: bytes) -> int:
+        """Queue `data` at the end of the blob; small pieces are gathered first (a queue hand-off per tiny
+        chunk would cost more than writing it)."""
         if self._error is not None:
             raise self._error
         offset = self.pos
-        self._queue.put(data)
+        self._pending.append(data)
+        self._pending_bytes += len(data)
         self.pos += len(data)
+        if self._pending_bytes >= WRITE_BATCH:
+            self._flush_pending()
         return offset
+
+    def _flush_pending(self) -> None:
+        if self._pending:
+            self._queue.put(b"".join(self._pending) if len(self._pending) > 1 else self._pending[0])
+            self._pending, self._pending_bytes = [], 0
 
     def _sync(self) -> None:
         """Wait until every queued byte is written and hashed."""
+        self._flush_pending()
         self._queue.join()
         if self._error is not None:
             raise self._error
@@ -205,6 +219,7 @@ class BlobWriter:
 
     def _stop(self) -> None:
         if self._thread.is_alive():
+            self._flush_pending()
             self._queue.put(None)
             self._thread.join()
         if self._error is not None:

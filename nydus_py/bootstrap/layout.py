@@ -137,6 +137,8 @@ class _Allocator:
 
 def xattr_plans(inode: Inode, where: bytes) -> list[XattrPlan]:
     """Inline xattr entries, sorted by name (nydus writes HashMap order; we want reproducible bytes)."""
+    if not inode.xattrs:
+        return []
     out = []
     for name in sorted(inode.xattrs):
         value = inode.xattrs[name]

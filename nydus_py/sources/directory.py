@@ -249,6 +249,8 @@ class DirectorySource:
         target: int | bytes = dir_fd if name is None else b"/proc/self/fd/%d/%s" % (dir_fd, name)
         try:
             names = os.listxattr(target, follow_symlinks=False) if name else os.listxattr(dir_fd)
+            if not names:
+                return {}
             return {os.fsencode(x): os.getxattr(target, x, follow_symlinks=False) if name else os.getxattr(dir_fd, x)
                     for x in sorted(names)}
         except OSError as exc:
