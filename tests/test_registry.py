@@ -248,3 +248,18 @@ def test_reference_parsing() -> None:
     assert (ref.registry, ref.repository, ref.tag) == ("localhost:5000", "a/b", "t")
     ref = parse_reference("docker://r.example/x@sha256:" + "a" * 64)
     assert ref.digest == "sha256:" + "a" * 64 and ref.ref == ref.digest
+
+
+def test_chunked_uploads_and_cross_repository_mounts(open_registry: str, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blobs over the chunk size go up in PATCH chunks; with --merge-platform the original layers are mounted
+    from the source repository instead of uploaded again."""
+    monkeypatch.setattr("nydus_py.oci.registry.CHUNK_UPLOAD_SIZE", 64 << 10)
+    host = open_registry
+    status, raw = convert(f"docker://{host}/src:{TAG}", f"docker://{host}/merged:{TAG}", "--merge-platform")
+    doc = json.loads(raw)
+    assert status == 0 and doc["push"]["mounted"] >= 3 and doc["push"]["uploaded"] > 0
+    assert main(["copy", f"docker://{host}/merged:{TAG}", f"oci:{tmp_path / 'pulled'}:{TAG}", "--plain-http"]) == 0
+    assert main(["check", f"oci:{tmp_path / 'pulled'}:{TAG}"]) == 0
+    layers = [p for p in (tmp_path / "pulled" / "blobs" / "sha256").iterdir() if p.stat().st_size > 64 << 10]
+    assert layers  # at least one blob really crossed the chunk size
