@@ -22,7 +22,7 @@ from nydus_py import compress
 from nydus_py.blob.reader import BlobReader
 from nydus_py.digests import chunk_digest
 from nydus_py.errors import FormatError, UsageError
-from nydus_py.fsutil import atomic_output
+from nydus_py.fsutil import atomic_output, raise_fd_limit
 from nydus_py.format.rafs import MAX_CHUNK_SIZE, CompressAlgo
 from nydus_py.locate import OpenedImage
 from nydus_py.model import ChunkRef, FileKind, Inode
@@ -157,6 +157,7 @@ def unpack_to_directory(opened: OpenedImage, target: Path) -> int:
     """Recreate the image's tree in `target` (which must not exist, or be empty); returns entries written."""
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise UsageError(f"{target}: unpack target exists and is not an empty directory")
+    raise_fd_limit()  # one descriptor per directory level is open while unpacking
     try:
         target.mkdir(parents=True, exist_ok=True)
         root_fd = os.open(target, _OPEN_DIR)

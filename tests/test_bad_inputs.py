@@ -29,7 +29,7 @@ def test_bad_input(case: Case, tmp_path: Path, capsys: pytest.CaptureFixture[str
     tree = read_bootstrap((out / "bootstrap").read_bytes()).tree
     assert case.check is not None and case.check(tree)
     assert main(["check", str(out)]) == 0
-    if case.name not in ("directory with 100k entries", "10k-deep nesting"):  # cheap cases: unpack works too
+    if case.name != "directory with 100k entries":  # unpack works too (the 100k case only costs time)
         assert main(["unpack", str(out), "-o", str(tmp_path / "unpacked")]) == 0, capsys.readouterr().err
 
 

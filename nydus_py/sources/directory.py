@@ -16,10 +16,8 @@ says the directory holds xattr whiteouts). Both become OCI markers in the tree (
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
-import resource
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,6 +25,7 @@ from pathlib import Path
 
 from nydus_py.config import WhiteoutSpec, XattrNamespace
 from nydus_py.errors import FormatError, UnsupportedError, UsageError
+from nydus_py.fsutil import raise_fd_limit
 from nydus_py.model import OPAQUE_MARKER, WHITEOUT_PREFIX, Entry, FileKind, Inode, Tree, is_marker, new_marker
 
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -80,14 +79,6 @@ class _Frame:
     subdirs: list[tuple[bytes, Inode, tuple[int, int]]] = field(default_factory=list)
 
 
-def _raise_fd_limit() -> None:
-    """Deep trees keep one descriptor per level open: allow as many as the hard limit does."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
 class DirectorySource:
     """Scan a directory; `files()` builds `tree` as it goes and yields regular files in data order."""
 
@@ -114,7 +105,7 @@ class DirectorySource:
         return FormatError(f"{self._where(path)}: {exc.strerror or exc}")
 
     def files(self) -> Iterator[DirFile]:
-        _raise_fd_limit()
+        raise_fd_limit()
         try:
             root_fd = os.open(self.root_path, _OPEN_DIR & ~os.O_NOFOLLOW)
         except OSError as exc:
