@@ -432,6 +432,8 @@ def umount(mountpoint: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: run the CLI and map every failure to the project's exit statuses."""
     args = sys.argv[1:] if argv is None else argv
+    if not args:
+        args = ["--help"]
     debug = "--debug" in args
     # Images are millions of small objects without cycles: the default collector thresholds would rescan them
     # over and over (25% of a small-file build). Collect far less often; cycles are still collected.
