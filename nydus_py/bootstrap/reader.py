@@ -237,28 +237,32 @@ class BootstrapParser:
         return Tree(root=root)
 
     def raw_inode(self, nid: int) -> RawInode:
+        # the range checks are written out: this runs once per inode of every layer being merged
+        data = self.data
         offset = erofs.nid_to_offset(self.meta_blkaddr, nid)
-        what = f"inode nid {nid}"
-        _check_range(self.data, offset, erofs.INODE_COMPACT_SIZE, what)
-        i_format = int.from_bytes(self.data[offset : offset + 2], "little")
+        if offset < 0 or offset + erofs.INODE_COMPACT_SIZE > len(data):
+            _check_range(data, offset, erofs.INODE_COMPACT_SIZE, f"inode nid {nid}")
+        i_format = data[offset] | data[offset + 1] << 8
         extended, layout, unknown = erofs.split_i_format(i_format)
         if unknown:
-            raise FormatError(f"{what} at {offset:#x}: i_format={i_format:#x} has unknown bits")
+            raise FormatError(f"inode nid {nid} at {offset:#x}: i_format={i_format:#x} has unknown bits")
         codec = erofs.FAST_INODE_EXTENDED if extended else erofs.FAST_INODE_COMPACT
-        _check_range(self.data, offset, codec.size, what)
-        record = codec.unpack_record(self.data, offset)
+        if offset + codec.size > len(data):
+            _check_range(data, offset, codec.size, f"inode nid {nid}")
+        record = codec.unpack_record(data, offset)
         xattr_size = erofs.xattr_ibody_size(record.i_xattr_icount)
-        _check_range(self.data, offset + codec.size, xattr_size, f"{what} xattrs")
+        if offset + codec.size + xattr_size > len(data):
+            _check_range(data, offset + codec.size, xattr_size, f"inode nid {nid} xattrs")
         return RawInode(nid=nid, offset=offset, extended=extended, datalayout=layout, record=record,
                         xattr_size=xattr_size)
 
     def make_inode(self, raw: RawInode) -> Inode:
         rec = raw.record
-        what = f"inode nid {raw.nid} at {raw.offset:#x}"
         try:
             kind = FileKind.from_mode(rec.i_mode)  # type: ignore[attr-defined]
         except ValueError:
-            raise FormatError(f"{what}: i_mode={rec.i_mode:#o} has no valid file type") from None  # type: ignore[attr-defined]
+            raise FormatError(f"inode nid {raw.nid} at {raw.offset:#x}: i_mode={rec.i_mode:#o} has no valid "  # type: ignore[attr-defined]
+                              "file type") from None
         inode = Inode(
             kind=kind,
             mode=rec.i_mode,  # type: ignore[attr-defined]
@@ -372,13 +376,12 @@ class BootstrapParser:
         chunk_size = self.chunk_size or (1 << erofs.chunkbits_of(rec.i_u))  # type: ignore[attr-defined]
         count = (size + chunk_size - 1) // chunk_size
         start = erofs.chunk_indexes_offset(raw.offset, erofs.inode_size(raw.extended), raw.xattr_size)
-        _check_range(self.data, start, count * erofs.EROFS_CHUNK_INDEX_SIZE, f"chunk indexes of inode nid {raw.nid}")
-        out = []
-        for k in range(count):
-            at = start + 8 * k
-            lo, device_id, hi, blkaddr = erofs.FAST_CHUNK_ADDR.unpack_from(self.data, at)
-            out.append((at, *erofs.split_blob_addr(lo, device_id, hi), blkaddr))
-        return out
+        end = start + count * erofs.EROFS_CHUNK_INDEX_SIZE
+        if end > len(self.data):
+            _check_range(self.data, start, end - start, f"chunk indexes of inode nid {raw.nid}")
+        split = erofs.split_blob_addr
+        return [(start + 8 * k, *split(lo, device_id, hi), blkaddr) for k, (lo, device_id, hi, blkaddr)
+                in enumerate(erofs.FAST_CHUNK_ADDR.iter_unpack(self.data[start:end]))]
 
     def chunk_refs(self, raw: RawInode) -> list[ChunkRef]:
         size = raw.record.i_size  # type: ignore[attr-defined]
