@@ -7,18 +7,11 @@ filesystem-specific and are not compared.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 from pathlib import Path
 
-
-def _content(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
+from nydus_py.fsutil import file_sha256
 
 
 def _xattrs(path: Path) -> dict[str, bytes]:
@@ -44,7 +37,7 @@ def snapshot(root: Path, *, mtime: bool = True, xattrs: bool = True, setid: bool
             if mtime:
                 attrs += [st.st_mtime_ns]
             if kind == stat.S_IFREG:
-                attrs += [st.st_size, _content(Path(os.fsdecode(full)))]
+                attrs += [st.st_size, file_sha256(Path(os.fsdecode(full)))]
                 if hardlinks:
                     by_inode.setdefault((st.st_dev, st.st_ino), []).append(rel)
             elif kind == stat.S_IFLNK:

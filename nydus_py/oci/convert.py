@@ -11,7 +11,6 @@ References: ../shared/reference/oci-packaging.md §1.3-§1.5.
 from __future__ import annotations
 
 import copy
-import hashlib
 import shutil
 import tempfile
 import time
@@ -123,18 +122,9 @@ def _convert_one(image: SourceImage, writer: LayoutWriter, work: Path, config: B
 def _copy_source_image(image: SourceImage, writer: LayoutWriter) -> Descriptor:
     """The original manifest for a merged index: its layers copied, an empty gzip layer put first."""
     for layer in image.layers:
-        target = writer.blobs / layer.hex
-        if not target.is_file():
-            tmp = writer.blobs / f".{layer.hex}.tmp"
-            digest = hashlib.sha256()
-            with image.open_blob(layer.digest) as src, open(tmp, "wb") as dst:
-                while block := src.read(1 << 20):
-                    digest.update(block)
-                    dst.write(block)
-            if digest.hexdigest() != layer.hex:
-                tmp.unlink()
-                raise UsageError(f"layer {layer.digest}: content does not match its digest")
-            tmp.rename(target)
+        if not (writer.blobs / layer.hex).is_file():
+            with image.open_blob(layer.digest) as src:
+                writer.put_stream(src, layer.digest, "layer")
     empty = writer.put_bytes(gzip_bytes(bytes(1024)), oci.OCI_LAYER_GZIP,
                              annotations={oci.NYDUS_EMPTY_LAYER_ANNOTATION: "true"})
     config = copy.deepcopy(image.config)

@@ -8,7 +8,6 @@ cross-repository mounts when the registry offers them, then manifests by digest 
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 from nydus_py.errors import FormatError, UsageError
 from nydus_py.format import oci
 from nydus_py.oci import layout
-from nydus_py.oci.layout import Descriptor, Json, SourceImage, digest_hex
+from nydus_py.oci.layout import Descriptor, Json, SourceImage, digest_hex, parse_json
 from nydus_py.oci.registry import Reference, RegistryClient, parse_creds, parse_reference
 
 MAX_CONFIG = 64 << 20
@@ -47,21 +46,11 @@ def open_source(reference: str, platforms: list[str] | None = None,
     return layout.open_source(reference, platforms)
 
 
-def _json_doc(data: bytes, where: str) -> Json:
-    try:
-        doc = json.loads(data)
-    except ValueError as exc:
-        raise FormatError(f"{where}: not valid JSON ({exc})") from None
-    if not isinstance(doc, dict):
-        raise FormatError(f"{where}: not a JSON object")
-    return doc
-
-
 def registry_images(client: RegistryClient, ref: Reference) -> list[SourceImage]:
     """One SourceImage per platform of `ref` (its layers streamed from the registry when opened)."""
     repo = ref.repository
     data, media_type, digest = client.get_manifest(repo, ref.ref)
-    doc = _json_doc(data, f"{ref}")
+    doc = parse_json(data, f"{ref}")
     top = Descriptor(doc.get("mediaType") or media_type, digest, len(data))
     if (doc.get("mediaType") or media_type) in oci.INDEX_TYPES or "manifests" in doc:
         images = []
@@ -70,7 +59,7 @@ def registry_images(client: RegistryClient, ref: Reference) -> list[SourceImage]
             if desc.platform and desc.platform.get("os") == "unknown":
                 continue
             child_data, child_type, _ = client.get_manifest(repo, desc.digest)
-            images.append(_registry_image(client, repo, _json_doc(child_data, desc.digest),
+            images.append(_registry_image(client, repo, parse_json(child_data, desc.digest),
                                           Descriptor(desc.media_type or child_type, desc.digest, desc.size,
                                                      platform=desc.platform, artifact_type=desc.artifact_type)))
         return images
@@ -84,7 +73,7 @@ def _registry_image(client: RegistryClient, repo: str, manifest: Json, desc: Des
     with client.open_blob(repo, config_desc.digest) as f:
         config_bytes = f.read()
     layers = [Descriptor.from_json(layer, desc.digest) for layer in manifest.get("layers") or []]
-    config = _json_doc(config_bytes, config_desc.digest)
+    config = parse_json(config_bytes, config_desc.digest)
     platform = desc.platform or {"architecture": config.get("architecture", ""), "os": config.get("os", "")}
     return SourceImage(manifest=manifest, manifest_descriptor=desc, config_bytes=config_bytes, layers=layers,
                        open_blob=lambda d: client.open_blob(repo, d), platform=platform)
@@ -118,7 +107,7 @@ def _push(root: Path, desc: Descriptor, repo: str, client: RegistryClient, mount
     if depth > 4:
         raise FormatError(f"{root}: indexes nested too deeply")
     path = root / "blobs" / "sha256" / desc.hex
-    doc = _json_doc(path.read_bytes(), desc.digest)
+    doc = parse_json(path.read_bytes(), desc.digest)
     if desc.media_type in oci.INDEX_TYPES or "manifests" in doc:
         for child in doc.get("manifests") or []:
             _push(root, Descriptor.from_json(child, desc.digest), repo, client, mount_from, stats, depth + 1)
@@ -182,7 +171,7 @@ def copy_image(source: str, target: str, registry: RegistryOptions | None = None
 
 
 def _layout_top(root: Path, tag: str | None) -> Descriptor:
-    index = _json_doc((root / oci.INDEX_FILE).read_bytes() if (root / oci.INDEX_FILE).is_file() else b"x",
+    index = parse_json((root / oci.INDEX_FILE).read_bytes() if (root / oci.INDEX_FILE).is_file() else b"x",
                       f"{root}/index.json")
     found = [d for d in index.get("manifests") or [] if tag is None or d.get("annotations", {}).get(oci.REF_NAME) == tag]
     if len(found) != 1:
@@ -194,7 +183,7 @@ def _pull(client: RegistryClient, repo: str, ref: str, writer: layout.LayoutWrit
     if depth > 4:
         raise FormatError(f"{client.registry}/{repo}: indexes nested too deeply")
     data, media_type, digest = client.get_manifest(repo, ref)
-    doc = _json_doc(data, digest)
+    doc = parse_json(data, digest)
     desc = writer.put_bytes(data, doc.get("mediaType") or media_type)
     if desc.media_type in oci.INDEX_TYPES or "manifests" in doc:
         for child in doc.get("manifests") or []:
@@ -202,21 +191,16 @@ def _pull(client: RegistryClient, repo: str, ref: str, writer: layout.LayoutWrit
         return desc
     for blob in [doc["config"], *(doc.get("layers") or [])]:
         blob_desc = Descriptor.from_json(blob, digest)
-        target = writer.blobs / digest_hex(blob_desc.digest)
-        if target.is_file():
-            continue
-        tmp = writer.blobs / f".{blob_desc.hex}.tmp"
-        with client.open_blob(repo, blob_desc.digest) as src, open(tmp, "wb") as dst:
-            while block := src.read(1 << 20):
-                dst.write(block)
-        tmp.rename(target)
+        if not (writer.blobs / digest_hex(blob_desc.digest)).is_file():
+            with client.open_blob(repo, blob_desc.digest) as src:
+                writer.put_stream(src, blob_desc.digest, f"{client.registry}/{repo}: blob")
     return desc
 
 
 def _copy_blobs(root: Path, desc: Descriptor, out: layout.LayoutWriter, depth: int) -> None:
     path = root / "blobs" / "sha256" / desc.hex
     out.put_file(path, desc.hex)
-    doc = _json_doc(path.read_bytes(), desc.digest)
+    doc = parse_json(path.read_bytes(), desc.digest)
     for child in doc.get("manifests") or []:
         _copy_blobs(root, Descriptor.from_json(child, desc.digest), out, depth + 1)
     for blob in ([doc["config"]] if "config" in doc else []) + (doc.get("layers") or []):

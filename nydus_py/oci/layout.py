@@ -106,10 +106,10 @@ class SourceImage:
 
     @property
     def config(self) -> Json:
-        return _json(self.config_bytes, "image config")
+        return parse_json(self.config_bytes, "image config")
 
 
-def _json(data: bytes, where: str) -> Json:
+def parse_json(data: bytes, where: str) -> Json:
     try:
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -131,7 +131,7 @@ class BlobSource:
         data = self._read(digest)
         if hashlib.sha256(data).hexdigest() != digest_hex(digest):
             raise FormatError(f"{self.name}: {what} {digest} does not match its digest")
-        return _json(data, f"{self.name}: {what} {digest}"), data
+        return parse_json(data, f"{self.name}: {what} {digest}"), data
 
 
 def _layout_source(root: Path) -> BlobSource:
@@ -197,13 +197,13 @@ def open_source(reference: str, platforms: list[str] | None = None) -> list[Sour
         if not (root / oci.INDEX_FILE).is_file():
             raise UsageError(f"{path}: not an OCI image layout (no index.json)")
         store = _layout_source(root)
-        index = _json((root / oci.INDEX_FILE).read_bytes(), f"{path}/index.json")
+        index = parse_json((root / oci.INDEX_FILE).read_bytes(), f"{path}/index.json")
         return _resolve_index(index, tag, store, platforms)
     if reference.startswith("oci-archive:"):
         path, tag = split_reference(reference, "oci-archive")
         archive = _open_archive(path)
         store = _archive_source(archive, path, lambda d: f"blobs/sha256/{digest_hex(d)}" if d.startswith("sha256:") else d)
-        index = _json(store._read(oci.INDEX_FILE), f"{path}: index.json")
+        index = parse_json(store._read(oci.INDEX_FILE), f"{path}: index.json")
         return _resolve_index(index, tag, store, platforms)
     if reference.startswith("docker-archive:"):
         path, tag = split_reference(reference, "docker-archive")
@@ -256,7 +256,7 @@ def _resolve(desc: Descriptor, store: BlobSource, platforms: list[str] | None, d
     config_desc = Descriptor.from_json(doc.get("config") or {}, f"{store.name}: manifest {desc.digest}")
     _, config_bytes = store.read_json(config_desc.digest, "config")
     layers = [Descriptor.from_json(layer, f"{store.name}: manifest {desc.digest}") for layer in doc.get("layers") or []]
-    config = _json(config_bytes, "config")
+    config = parse_json(config_bytes, "config")
     platform = desc.platform or {"architecture": config.get("architecture", ""), "os": config.get("os", "")}
     if isinstance(config.get("variant"), str) and "variant" not in platform:
         platform = {**platform, "variant": config["variant"]}
@@ -283,7 +283,7 @@ def _docker_archive(path: str, tag: str | None) -> list[SourceImage]:
     for name in entry.get("Layers") or []:
         member = archive.getmember(name)
         layers.append(Descriptor(media_type=oci.DOCKER_LAYER_TAR, digest=name, size=member.size))
-    config = _json(config_bytes, f"{path}: {entry['Config']}")
+    config = parse_json(config_bytes, f"{path}: {entry['Config']}")
     manifest = {"schemaVersion": 2, "mediaType": oci.DOCKER_MANIFEST, "config": {
         "mediaType": oci.DOCKER_CONFIG, "digest": "sha256:" + hashlib.sha256(config_bytes).hexdigest(),
         "size": len(config_bytes)}, "layers": []}
@@ -317,6 +317,20 @@ class LayoutWriter:
 
     def put_json(self, doc: Json, media_type: str, **extra: Any) -> Descriptor:
         return self.put_bytes(dumps(doc), media_type, **extra)
+
+    def put_stream(self, stream: BinaryIO, digest: str, what: str) -> Path:
+        """Copy a blob from a stream (unless it is there), checking it against `digest`; atomic."""
+        target = self.blobs / digest_hex(digest)
+        if target.is_file():
+            return target
+        check = hashlib.sha256()
+        with atomic_output(target) as out:
+            while block := stream.read(1 << 20):
+                check.update(block)
+                out.write(block)
+            if "sha256:" + check.hexdigest() != digest:
+                raise FormatError(f"{what} {digest}: content does not match its digest")
+        return target
 
     def put_file(self, path: Path, digest_hex_: str) -> Path:
         """Place a blob file already named by its digest (a hardlink when possible)."""
