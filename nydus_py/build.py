@@ -33,7 +33,7 @@ from nydus_py.fsutil import atomic_output, fsync_dir
 from nydus_py.image import BlobInfo
 from nydus_py.format.blobmeta import BlobFeatures
 from nydus_py.merge import MergeInput, bootstrap_bytes, read_layer, relabel
-from nydus_py.model import ChunkRef, Tree, is_marker
+from nydus_py.model import ChunkRef, Tree, is_marker, new_directory
 from nydus_py.oci.layout import Descriptor, Json, LayoutWriter, parse_platform
 from nydus_py.oci.package import LayerBlob, write_nydus_image
 from nydus_py.sources.directory import DirectorySource
@@ -240,11 +240,12 @@ def build_layers(sources: Iterable[tuple[str, Source | ReusedLayer]], work: Path
         built.append(_build_layer(index, name, source, work, config, built, stats))
         if layered and config.whiteout_spec is WhiteoutSpec.NONE:
             _refuse_real_markers(source.tree, name)
-    if not built:
-        raise UsageError("no layers given")
     data_done = time.perf_counter()
-    merged = overlay.merge_layers([layer.tree for layer in built],
-                                  whiteouts=config.whiteout_spec is not WhiteoutSpec.NONE)
+    if built:
+        merged = overlay.merge_layers([layer.tree for layer in built],
+                                      whiteouts=config.whiteout_spec is not WhiteoutSpec.NONE)
+    else:  # an image with `"layers": []`: an empty root and no blobs, as nydus-image builds an empty directory
+        merged = Tree(root=new_directory())
     plain, keys = bootstrap_bytes(merged, {i: layer.info for i, layer in enumerate(built)},
                                   chunk_size=config.chunk_size, compressor=config.compressor.algo,
                                   digester=config.digester.algo, prefetch=config.prefetch_patterns)
@@ -353,25 +354,24 @@ def merge_images(inputs: list[str | os.PathLike[str]], outdir: str | os.PathLike
     registry: dict[str, tuple[int, BlobInfo, Path]] = {}
     layers: list[MergeInput] = [read_layer(Path(p), Path(blob_dir) if blob_dir else None, registry) for p in inputs]
     infos = {key: info for key, info, _ in registry.values()}
-    sizes = {info.chunk_size for info in infos.values()}
+    # a blob without chunks has no chunk size of its own to disagree with
+    sizes = {info.chunk_size for info in infos.values() if info.chunk_count}
     if len(sizes) > 1:
         raise UsageError(f"layers use different chunk sizes ({', '.join(hex(s) for s in sorted(sizes))}): cannot merge")
-    # compressor and digester flags come from the last layer's own blob, as nydus-image merge takes them
-    last = next((registry[layer.own_blob][1] for layer in reversed(layers) if layer.own_blob), None)
+    # compressor and digester flags come from the last layer's bootstrap, as nydus-image merge takes them
     with staging(out):
         merged = overlay.merge_layers([layer.tree for layer in layers])
         plain, keys = bootstrap_bytes(merged, infos, chunk_size=sizes.pop() if sizes else config.chunk_size,
-                                      compressor=last.compressor if last else config.compressor.algo,
-                                      digester=last.digester if last else config.digester.algo,
+                                      compressor=layers[-1].compressor, digester=layers[-1].digester,
                                       prefetch=config.prefetch_patterns)
         writer = LayoutWriter(out)
         writer.prepare()
         published = {key: BlobOutput(info=info, path=writer.put_file(path, info.blob_id), referenced=key in keys)
                      for key, info, path in registry.values()}
+        outputs = [published[registry[layer.own_blob][0]] for layer in layers if layer.own_blob is not None]
         write_bootstrap_file(out / "bootstrap", plain)
         if extra_bootstrap is not None:
             write_bootstrap_file(Path(extra_bootstrap), plain)
-    outputs = [published[registry[layer.own_blob][0]] for layer in layers if layer.own_blob is not None]
     return BuildResult(bootstrap=out / "bootstrap", blobs=[published[k] for k in keys], layers=outputs,
                        entries=sum(1 for _ in merged.walk()), stats=ChunkStats(),
                        timings={"total": time.perf_counter() - started})

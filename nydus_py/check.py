@@ -13,13 +13,13 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nydus_py.blob.reader import BlobReader, ChunkInfo, TocItem
+from nydus_py.blob.reader import BlobReader, ChunkInfo, TocItem, blob_id_digests
 from nydus_py.bootstrap.reader import BootstrapParser, RawInode, file_type_of, read_bootstrap
 from nydus_py.digests import chunk_digest
 from nydus_py.errors import FormatError, NydusError, UnsupportedError
 from nydus_py.format import blobmeta, erofs
 from nydus_py.format.blobmeta import BLOB_ID_PLACEHOLDER, BlobFeatures
-from nydus_py.image import BlobInfo, Bootstrap
+from nydus_py.image import BlobInfo, Bootstrap, is_blob_digest
 from nydus_py.locate import OpenedImage, is_bootstrap, open_images
 from nydus_py.oci.nydus import manifest_defects
 from nydus_py.model import FileKind
@@ -92,6 +92,10 @@ def check_image(opened: OpenedImage) -> CheckReport:
         report.defects.append(_defect_of(exc, "bootstrap"))
     _check_chunk_table(boot, report)
     for info in boot.blobs:
+        if info.blob_id != BLOB_ID_PLACEHOLDER and not is_blob_digest(info.blob_id):
+            report.defects.append(Defect(f"blob table entry {info.blob_index}", 0, f"blob id {info.blob_id!r} is "
+                                         "not 64 lowercase hex digits: no blob file, cache entry or URL can have it"))
+            continue
         path = opened.blob_path(info)
         if path is None:
             report.notes.append(f"blob {info.blob_id} not found: its data was not checked")
@@ -235,7 +239,7 @@ def _check_blob(path: Path, info: BlobInfo, boot: Bootstrap, report: CheckReport
                                              f"{info.compressed_size}"))
             _check_blob_meta(blob, info, boot, report, name)
             _check_toc(blob, info, report, name)
-            _check_blob_id(path, blob, info, report, name)
+            _check_blob_id(path, info, report, name)
     except NydusError as exc:
         report.defects.append(Defect(name, 0, str(exc)))
     report.blobs_checked += 1
@@ -317,24 +321,11 @@ def _check_image_blob_entry(blob: BlobReader, item: TocItem, report: CheckReport
         report.defects.append(Defect(f"{name} TOC entry 'image.blob'", 0, "sha256 does not match the chunk data"))
 
 
-def _check_blob_id(path: Path, blob: BlobReader, info: BlobInfo, report: CheckReport, name: str) -> None:
+def _check_blob_id(path: Path, info: BlobInfo, report: CheckReport, name: str) -> None:
     """Blob id = sha256 of the file (ours, nydus-snapshotter), or nydus-image's hash that skips the digest array."""
     if info.blob_id == BLOB_ID_PLACEHOLDER:
         return
-    whole = hashlib.sha256()
-    skip = blob.section(blobmeta.TOC_ENTRY_BLOB_DIGEST)
-    nydus = hashlib.sha256()
-    with open(path, "rb") as f:
-        offset = 0
-        while block := f.read(1 << 20):
-            whole.update(block)
-            if skip is None:
-                nydus.update(block)
-            else:
-                lo, hi = skip.offset - offset, skip.offset + skip.size - offset
-                nydus.update(block[: max(0, min(lo, len(block)))] + block[max(0, hi) :])
-            offset += len(block)
-    if info.blob_id not in (whole.hexdigest(), nydus.hexdigest()) and not _older_inline(info):
+    if info.blob_id not in blob_id_digests(path) and not _older_inline(info):
         report.defects.append(Defect(name, 0, "blob id is not the sha256 of the blob"))
 
 

@@ -313,6 +313,8 @@ def convert(source: str, target: str, compressor: str, digester: str, chunk_size
         if progress is not None:
             progress.close()
     _write_json(output_json, result.to_json())
+    for warning in result.warnings:
+        click.echo(f"nydus-py: warning: {warning}", err=True)
     if result.already_nydus:
         click.echo(f"{source}: already a Nydus image; nothing converted")
         return
@@ -414,10 +416,14 @@ def unpack(image: Path, target: Path, blob_dir: Path | None) -> None:
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="Where device images are kept "
               "(default: $XDG_CACHE_HOME/nydus-py).")
 @click.option("--blob-dir", type=click.Path(path_type=Path), help="Where the blobs of a bare bootstrap are.")
-def mount(image: Path, mountpoint: Path, cache_dir: Path | None, blob_dir: Path | None) -> None:
-    """Mount IMAGE read-only with the kernel's EROFS driver (no nydusd; needs root)."""
+@click.option("--no-check", is_flag=True, help="Skip the structural checks of the bootstrap before mount(2). "
+              "Dangerous: the kernel then parses metadata nobody checked (only for images you trust).")
+def mount(image: Path, mountpoint: Path, cache_dir: Path | None, blob_dir: Path | None, no_check: bool) -> None:
+    """Mount IMAGE read-only with the kernel's EROFS driver (no nydusd; needs root). The bootstrap must pass
+    the structural checks of `check` first, and each blob file must hash to its id."""
     require_root()
-    devices = mount_image(open_image(image, blob_dir), mountpoint, cache_dir or default_cache_dir())
+    devices = mount_image(open_image(image, blob_dir), mountpoint, cache_dir or default_cache_dir(),
+                          check=not no_check)
     click.echo(f"{mountpoint}: mounted ({len(devices)} device images)")
 
 

@@ -1,6 +1,7 @@
-"""`nydus-py mount`: an image used without nydusd. Each blob is expanded into the device image the kernel
-reads (cached per blob id, verified once, reused), and the bootstrap is mounted file-backed with one
-`device=` per slot."""
+"""`nydus-py mount`: an image used without nydusd. The bootstrap first passes the structural checks of `check`
+(the kernel is a hard place to find a parser bug); each blob's file must hash to its id; it is then expanded
+into the device image the kernel reads (every chunk checked against its digest), cached under a name derived
+from what was verified, and reused; the bootstrap is mounted file-backed with one `device=` per slot."""
 
 from __future__ import annotations
 
@@ -9,12 +10,16 @@ import os
 from pathlib import Path
 
 from nydus_py.blob.device import expand_blob
-from nydus_py.errors import UsageError
+from nydus_py.blob.reader import blob_id_digests
+from nydus_py.check import check_bootstrap_bytes
+from nydus_py.errors import FormatError, UsageError
+from nydus_py.format.blobmeta import BLOB_ID_PLACEHOLDER
 from nydus_py.fsutil import atomic_output
+from nydus_py.image import BlobInfo, is_blob_digest
 from nydus_py.kmount import mount_erofs
 from nydus_py.locate import OpenedImage
 
-VERIFIED_SUFFIX = ".verified"
+DEVICE_SUFFIX = ".device"
 
 
 def default_cache_dir() -> Path:
@@ -22,29 +27,53 @@ def default_cache_dir() -> Path:
     return Path(base) / "nydus-py"
 
 
-def prepare_devices(opened: OpenedImage, cache_dir: Path) -> tuple[Path, list[Path]]:
-    """(bootstrap file, one device image per device slot) in `cache_dir`, expanding blobs not cached yet.
+def require_sound_bootstrap(opened: OpenedImage) -> None:
+    """Refuse a bootstrap in which `check` finds any structural defect (FormatError: exit 2)."""
+    defects = check_bootstrap_bytes(opened.bootstrap_bytes).defects
+    if defects:
+        more = f" and {len(defects) - 1} more ('nydus-py check' lists them)" if len(defects) > 1 else ""
+        raise FormatError(f"{opened.source}: not mounted, the bootstrap is malformed: {defects[0]}{more}")
 
-    A device image is trusted again only if its `.verified` stamp (written after every chunk was checked
-    against its digest) names the same size.
-    """
+
+def verified_blob(opened: OpenedImage, info: BlobInfo) -> tuple[Path, str]:
+    """The blob file of `info` and its sha256, after checking that the file is the blob its id names."""
+    if info.blob_id != BLOB_ID_PLACEHOLDER and not is_blob_digest(info.blob_id):
+        raise FormatError(f"{opened.source}: blob id {info.blob_id!r} is not 64 lowercase hex digits: it cannot "
+                          "name a file")
+    blob = opened.blob_path(info)
+    if blob is None:
+        raise UsageError(f"{opened.source}: blob {info.blob_id} not found (give --blob-dir)")
+    whole, nydus_rule = blob_id_digests(blob)
+    if info.blob_id != BLOB_ID_PLACEHOLDER and info.blob_id not in (whole, nydus_rule):
+        raise FormatError(f"{blob}: the file does not hash to blob id {info.blob_id}")
+    return blob, whole
+
+
+def cache_key(file_sha256: str, info: BlobInfo, digests: dict[int, bytes]) -> str:
+    """A device image is named by everything that made it: the blob file's content, the blob table entry that
+    located its chunks, and the digests that verified them. No entry made from one blob serves another."""
+    made_of = hashlib.sha256(file_sha256.encode())
+    for value in (info.compressor, info.digester, info.ci_compressor, info.ci_offset, info.ci_compressed_size,
+                  info.ci_uncompressed_size, info.chunk_count, info.uncompressed_size, int(info.features)):
+        made_of.update(b"%d\0" % int(value))
+    for ci_index in sorted(digests):
+        made_of.update(b"%d:" % ci_index + digests[ci_index])
+    return made_of.hexdigest()
+
+
+def prepare_devices(opened: OpenedImage, cache_dir: Path) -> tuple[Path, list[Path]]:
+    """(bootstrap file, one device image per device slot) in `cache_dir`, expanding blobs not cached yet."""
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"{cache_dir}: cannot create the cache directory: {exc.strerror}") from exc
     devices = []
     for info in opened.bootstrap.blobs:
-        device = cache_dir / f"{info.blob_id}.device"
-        stamp = device.with_name(device.name + VERIFIED_SUFFIX)
-        fresh = device.is_file() and stamp.is_file() and stamp.read_text().strip() == str(info.uncompressed_size)
-        if not fresh:
-            blob = opened.blob_path(info)
-            if blob is None:
-                raise UsageError(f"blob {info.blob_id} not found (give --blob-dir)")
-            by_ci = {c.ci_index: c.digest for c in opened.bootstrap.chunk_table if c.blob_index == info.blob_index}
+        blob, file_sha256 = verified_blob(opened, info)
+        by_ci = {c.ci_index: c.digest for c in opened.bootstrap.chunk_table if c.blob_index == info.blob_index}
+        device = cache_dir / (cache_key(file_sha256, info, by_ci) + DEVICE_SUFFIX)
+        if not device.is_file():  # written only by a complete, verified expansion (atomic rename)
             expand_blob(blob, info, device, by_ci)
-            with atomic_output(stamp) as f:
-                f.write(str(info.uncompressed_size).encode())
         devices.append(device)
     bootstrap = opened.bootstrap_file
     if bootstrap is None:  # the kernel needs the bootstrap as a file of its own
@@ -60,11 +89,14 @@ def require_root() -> None:
         raise UsageError("mounting needs root (the kernel's mount(2))")
 
 
-def mount_image(opened: OpenedImage, mountpoint: Path, cache_dir: Path) -> list[Path]:
-    """Mount IMAGE read-only at `mountpoint` through the kernel's EROFS driver; returns the device images."""
+def mount_image(opened: OpenedImage, mountpoint: Path, cache_dir: Path, *, check: bool = True) -> list[Path]:
+    """Mount IMAGE read-only at `mountpoint` through the kernel's EROFS driver; returns the device images.
+    `check=False` hands the bootstrap to the kernel without the structural checks."""
     require_root()
     if not mountpoint.is_dir():
         raise UsageError(f"{mountpoint}: mount point is not a directory")
+    if check:
+        require_sound_bootstrap(opened)
     bootstrap, devices = prepare_devices(opened, cache_dir)
     mount_erofs(bootstrap, devices, mountpoint)
     return devices

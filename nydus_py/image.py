@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from nydus_py.format.blobmeta import BlobFeatures
 from nydus_py.format.rafs import CipherAlgo, CompressAlgo, DigestAlgo, SuperFlags
 from nydus_py.model import ChunkRef, Tree
+
+
+_BLOB_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
+def is_blob_digest(blob_id: str) -> bool:
+    """May this blob id name a file, a cache entry or a URL? Only 64 lowercase hex digits (a sha256): nydusd
+    accepts any 64-byte id, but an id from an image becomes a path only when it cannot leave its directory."""
+    return _BLOB_DIGEST.fullmatch(blob_id) is not None
 
 
 @dataclass(frozen=True, slots=True)

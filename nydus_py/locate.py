@@ -3,7 +3,9 @@ bootstrap, or a nydus-py output directory."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from nydus_py.errors import FormatError, UsageError
 from nydus_py.format import erofs
 from nydus_py.format.blobmeta import BLOB_ID_PLACEHOLDER
 from nydus_py.fsutil import file_sha256
-from nydus_py.image import BlobInfo, Bootstrap
+from nydus_py.image import BlobInfo, Bootstrap, is_blob_digest
 from nydus_py.oci.nydus import NydusImage, open_nydus_images
 
 MAX_BOOTSTRAP_SIZE = 1 << 32
@@ -64,9 +66,9 @@ def _from_layout(nydus: NydusImage) -> OpenedImage:
     opened = OpenedImage(source=source, bootstrap=read_bootstrap(nydus.bootstrap), bootstrap_bytes=nydus.bootstrap,
                          oci_image=nydus)
     for info in opened.bootstrap.blobs:
-        path = nydus.blob_path(info.blob_id)
-        if path.is_file():
-            opened.blob_paths[info.blob_id] = path
+        found = find_blob_file([nydus.layout / "blobs" / "sha256"], info.blob_id)
+        if found is not None:
+            opened.blob_paths[info.blob_id] = found
     return opened
 
 
@@ -93,12 +95,23 @@ def open_image(image: str | os.PathLike[str], blob_dir: str | os.PathLike[str] |
         search.insert(0, Path(blob_dir))
         search.insert(1, Path(blob_dir) / "blobs" / "sha256")
     for info in opened.bootstrap.blobs:
-        for folder in search:
-            candidate = folder / info.blob_id
-            if info.blob_id and candidate.is_file():
-                opened.blob_paths[info.blob_id] = candidate
-                break
+        found = find_blob_file(search, info.blob_id)
+        if found is not None:
+            opened.blob_paths[info.blob_id] = found
     return opened
+
+
+def find_blob_file(folders: list[Path], blob_id: str) -> Path | None:
+    """The regular file named `blob_id` in the first of `folders` that has one; only an id of 64 lowercase hex
+    digits is ever used as a name (an image's other ids, `../x` among them, find nothing)."""
+    if not is_blob_digest(blob_id):
+        return None
+    for folder in folders:
+        candidate = folder / blob_id
+        with contextlib.suppress(OSError):
+            if stat.S_ISREG(os.lstat(candidate).st_mode):  # a symlink is not followed out of the folder
+                return candidate
+    return None
 
 
 def _open_file(path: Path) -> OpenedImage:

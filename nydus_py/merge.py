@@ -19,8 +19,8 @@ from nydus_py.errors import FormatError, UnsupportedError, UsageError
 from nydus_py.format import rafs
 from nydus_py.format.rafs import CompressAlgo, DigestAlgo
 from nydus_py.format.blobmeta import BLOB_ID_PLACEHOLDER, BlobFeatures
-from nydus_py.image import BlobInfo
-from nydus_py.locate import file_sha256, is_bootstrap
+from nydus_py.image import BlobInfo, Bootstrap, is_blob_digest
+from nydus_py.locate import file_sha256, find_blob_file, is_bootstrap
 from nydus_py.model import Inode, Tree
 
 
@@ -61,12 +61,18 @@ def bootstrap_bytes(tree: Tree, blobs: dict[int, BlobInfo], *, chunk_size: int, 
 
 def final_blob_info(info: BlobInfo, path: Path, blob_id: str) -> BlobInfo:
     """The blob table entry a merged bootstrap records: real id, file size, TOC size and digest."""
+    size, toc_digest, toc_size = _file_facts(path)
+    return replace(info, blob_id=blob_id, compressed_size=size, toc_digest=toc_digest, toc_size=toc_size,
+                   features=info.features & ~BlobFeatures.INLINED_FS_META)
+
+
+def _file_facts(path: Path) -> tuple[int, bytes, int]:
+    """A blob file's size, TOC digest and TOC size (zeros without a TOC)."""
     with BlobReader(path) as blob:
         toc = blob.toc_digest()
         size = blob.size
     toc_digest, toc_size = toc if toc is not None else (bytes(32), 0)
-    return replace(info, blob_id=blob_id, compressed_size=size, toc_digest=toc_digest, toc_size=toc_size,
-                   features=info.features & ~BlobFeatures.INLINED_FS_META)
+    return size, toc_digest, toc_size
 
 
 @dataclass(slots=True)
@@ -75,6 +81,18 @@ class MergeInput:
 
     tree: Tree
     own_blob: str | None  # blob id of the layer's own blob (None for a bootstrap without one)
+    compressor: CompressAlgo  # the layer bootstrap's superblock flags
+    digester: DigestAlgo
+
+
+def dataless_blob_info(path: Path, blob_id: str, boot: Bootstrap) -> BlobInfo:
+    """What we know of a layer blob that holds no chunk (deletions, metadata, empty files only): its
+    bootstrap's blob table has no entry for it, so it is described by its file, TOC and superblock flags."""
+    size, toc_digest, toc_size = _file_facts(path)
+    return BlobInfo(blob_id=blob_id, blob_index=0, chunk_size=boot.chunk_size, chunk_count=0,
+                    compressor=boot.compressor, digester=boot.digester, features=BlobFeatures(0),
+                    compressed_size=size, uncompressed_size=0, ci_compressor=CompressAlgo.NONE, ci_offset=0,
+                    ci_compressed_size=0, ci_uncompressed_size=0, toc_size=toc_size, toc_digest=toc_digest)
 
 
 def read_layer(path: Path, blob_dir: Path | None, blobs: dict[str, tuple[int, BlobInfo, Path]]) -> MergeInput:
@@ -112,17 +130,20 @@ def read_layer(path: Path, blob_dir: Path | None, blobs: dict[str, tuple[int, Bl
         own = file_sha256(path)
         located[own] = path
         boot = read_bootstrap(data, register)
-    return MergeInput(tree=boot.tree, own_blob=own)
+        if own not in blobs:  # a layer without data still has its blob, a layer of the image
+            blobs[own] = (len(blobs), dataless_blob_info(path, own, boot), path)
+    return MergeInput(tree=boot.tree, own_blob=own, compressor=boot.compressor, digester=boot.digester)
 
 
 def _find_blob(layer: Path, blob_id: str, blob_dir: Path | None) -> Path:
     """A blob a layer references: in --blob-dir (flat or an OCI blobs/sha256/), or beside the layer."""
     folders = ([blob_dir, blob_dir / "blobs" / "sha256"] if blob_dir else []) + [layer.parent]
-    for folder in folders:
-        candidate = folder / blob_id
-        if candidate.is_file():
-            return candidate
-    raise UsageError(f"{layer}: blob {blob_id} not found (give --blob-dir)")
+    if not is_blob_digest(blob_id):
+        raise FormatError(f"{layer}: blob id {blob_id!r} is not 64 lowercase hex digits: it cannot name a file")
+    found = find_blob_file(folders, blob_id)
+    if found is None:
+        raise UsageError(f"{layer}: blob {blob_id} not found (give --blob-dir)")
+    return found
 
 
 def relabel(tree: Tree, mapping: dict[int, int]) -> None:  # for trees read without read_bootstrap(relabel=)

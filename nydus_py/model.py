@@ -155,6 +155,12 @@ def is_marker(name: bytes) -> bool:
     return name.startswith(WHITEOUT_PREFIX)
 
 
+def is_void_whiteout(name: bytes) -> bool:
+    """A whiteout of an empty name, '.' or '..' (`.wh.`, `.wh..`, `.wh...`): the OCI image spec forbids these
+    names and containerd refuses them; read as markers they would hide nothing, or a parent."""
+    return is_marker(name) and name[len(WHITEOUT_PREFIX) :] in (b"", b".", b"..")
+
+
 def new_marker() -> Inode:
     """The inode of a whiteout marker: an empty regular file, as OCI layer tars carry them."""
     return Inode(kind=FileKind.REG, mode=stat.S_IFREG | 0o644)

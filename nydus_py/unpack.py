@@ -8,11 +8,14 @@ every name checked, so nothing is ever written outside the target.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import os
+import shutil
 import stat
 import tarfile
+import tempfile
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -113,13 +116,13 @@ class _Unpacker:
             os.close(fd)
 
     def make(self, dir_fd: int, name: bytes, path: bytes, inode: Inode) -> None:
+        first = self.links.get(id(inode))  # hardlinks of every type: one inode, as in the image
+        if first is not None:
+            os.link(first, name, src_dir_fd=self.root_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+            return
+        self.links[id(inode)] = path
         kind = inode.kind
         if kind is FileKind.REG:
-            first = self.links.get(id(inode))
-            if first is not None:
-                os.link(first, name, src_dir_fd=self.root_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
-                return
-            self.links[id(inode)] = path
             self.write_file(dir_fd, name, inode)
         elif kind is FileKind.SYMLINK:
             os.symlink(inode.symlink_target, name, dir_fd=dir_fd)
@@ -154,15 +157,40 @@ class _Unpacker:
 
 
 def unpack_to_directory(opened: OpenedImage, target: Path) -> int:
-    """Recreate the image's tree in `target` (which must not exist, or be empty); returns entries written."""
+    """Recreate the image's tree as `target` (which must not exist, or be empty); returns entries written.
+
+    The tree is built in a new hidden directory beside `target` and renamed to it when complete, so `target`
+    never holds a partial tree; after a failure nothing we made is left (missing parents we made included)."""
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise UsageError(f"{target}: unpack target exists and is not an empty directory")
     raise_fd_limit()  # one descriptor per directory level is open while unpacking
+    made_parents = [p for p in reversed(target.absolute().parents) if not p.exists()]
     try:
-        target.mkdir(parents=True, exist_ok=True)
-        root_fd = os.open(target, _OPEN_DIR)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".nydus-py", dir=target.parent))
     except OSError as exc:
         raise UsageError(f"{target}: cannot create unpack target: {exc.strerror}") from exc
+    try:
+        count = _unpack_into(opened, staging, target)
+        os.replace(staging, target)  # rename(2) also replaces an empty directory
+    except OSError as exc:
+        _remove_made(staging, made_parents)
+        raise UsageError(f"{target}: cannot write: {exc.strerror}") from exc
+    except BaseException:
+        _remove_made(staging, made_parents)
+        raise
+    return count
+
+
+def _remove_made(staging: Path, made_parents: list[Path]) -> None:
+    shutil.rmtree(staging, ignore_errors=True)  # ours alone; rmtree never follows a symlink out of it
+    for parent in reversed(made_parents):
+        with contextlib.suppress(OSError):
+            parent.rmdir()
+
+
+def _unpack_into(opened: OpenedImage, staging: Path, target: Path) -> int:
+    root_fd = os.open(staging, _OPEN_DIR)
     chunks = ChunkReader(opened)
     unpacker = _Unpacker(chunks=chunks, root_fd=root_fd)
     # (directory inode, its fd, its path, iterator over its entries); attributes set when it is finished
@@ -261,6 +289,23 @@ def _sparse_member(info: tarfile.TarInfo, chunks: ChunkReader, inode: Inode) -> 
     return _ChunkStream(iter([block, *(chunks.read(c) for _, c in chunks.extents(inode))]))
 
 
+def _first_link(info: tarfile.TarInfo, inode: Inode, chunks: ChunkReader) -> _ChunkStream | None:
+    """Make `info` the member of a non-directory's first link: its type and what it holds (a regular
+    file's data stream, returned)."""
+    if inode.kind is FileKind.REG:
+        info.size = inode.size
+        holes = any(chunks.is_hole(c) for c in inode.chunks)
+        return _sparse_member(info, chunks, inode) if holes else _ChunkStream(chunks.read(c) for c in inode.chunks)
+    if inode.kind is FileKind.SYMLINK:
+        info.type, info.linkname = tarfile.SYMTYPE, _pax_text(inode.symlink_target)
+    elif inode.kind in (FileKind.CHR, FileKind.BLK):
+        info.type = tarfile.CHRTYPE if inode.kind is FileKind.CHR else tarfile.BLKTYPE
+        info.devmajor, info.devminor = os.major(inode.rdev), os.minor(inode.rdev)
+    else:
+        info.type = tarfile.FIFOTYPE
+    return None
+
+
 def unpack_to_tar(opened: OpenedImage, target: Path) -> int:
     """Write the image's tree as a PAX tar (written atomically); returns entries written."""
     chunks = ChunkReader(opened)
@@ -277,25 +322,13 @@ def unpack_to_tar(opened: OpenedImage, target: Path) -> int:
                 data = None
                 if inode.kind is FileKind.DIR:
                     info.type = tarfile.DIRTYPE
-                elif inode.kind is FileKind.REG:
-                    first = links.get(id(inode))
-                    if first is not None:
-                        info.type, info.linkname = tarfile.LNKTYPE, first
-                    else:
-                        links[id(inode)] = info.name
-                        info.size = inode.size
-                        holes = any(chunks.is_hole(c) for c in inode.chunks)
-                        data = (_sparse_member(info, chunks, inode) if holes else
-                                _ChunkStream(chunks.read(c) for c in inode.chunks))
-                elif inode.kind is FileKind.SYMLINK:
-                    info.type, info.linkname = tarfile.SYMTYPE, _pax_text(inode.symlink_target)
-                elif inode.kind in (FileKind.CHR, FileKind.BLK):
-                    info.type = tarfile.CHRTYPE if inode.kind is FileKind.CHR else tarfile.BLKTYPE
-                    info.devmajor, info.devminor = os.major(inode.rdev), os.minor(inode.rdev)
-                elif inode.kind is FileKind.FIFO:
-                    info.type = tarfile.FIFOTYPE
-                else:
+                elif inode.kind is FileKind.SOCK:
                     continue  # sockets have no tar representation (OCI layers drop them too)
+                elif id(inode) in links:  # a hardlink of any type: `tar x` links it to the first
+                    info.type, info.linkname = tarfile.LNKTYPE, links[id(inode)]
+                else:
+                    links[id(inode)] = info.name
+                    data = _first_link(info, inode, chunks)
                 tar.addfile(info, io.BufferedReader(data) if data is not None else None)
                 count += 1
     except OSError as exc:

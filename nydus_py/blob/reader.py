@@ -349,3 +349,22 @@ def read_blob_meta_cache(path: str | os.PathLike[str]) -> tuple[CiHeader, list[C
     if header.features & (BlobFeatures.ENCRYPTED):
         raise UnsupportedError(f"{name}: encrypted chunk info is not supported")
     return header, decode_chunk_infos(data[:offset], header, name)
+
+
+def blob_id_digests(path: str | os.PathLike[str]) -> tuple[str, str]:
+    """The two names a blob file may have: the sha256 of the whole file (ours, nydus-snapshotter's), and
+    nydus-image's own (`-D` naming), which skips the chunk digest array; read once, 1 MiB at a time."""
+    with BlobReader(path) as blob:
+        skip = blob.section(blobmeta.TOC_ENTRY_BLOB_DIGEST)
+    whole, nydus = hashlib.sha256(), hashlib.sha256()
+    with open(path, "rb") as f:
+        offset = 0
+        while block := f.read(1 << 20):
+            whole.update(block)
+            if skip is None:
+                nydus.update(block)
+            else:
+                lo, hi = skip.offset - offset, skip.offset + skip.size - offset
+                nydus.update(block[: max(0, min(lo, len(block)))] + block[max(0, hi) :])
+            offset += len(block)
+    return whole.hexdigest(), nydus.hexdigest()

@@ -25,9 +25,10 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from nydus_py.errors import InternalError, UnsupportedError
+from nydus_py.errors import FormatError, InternalError, UnsupportedError
 from nydus_py.format import erofs, rafs
 from nydus_py.format.blobmeta import BlobFeatures
+from nydus_py.format.posix_acl import acl_xattrs_problem
 from nydus_py.image import BlobInfo
 from nydus_py.model import ChunkRef, FileKind, Inode, Tree
 
@@ -139,6 +140,9 @@ def xattr_plans(inode: Inode, where: bytes) -> list[XattrPlan]:
     """Inline xattr entries, sorted by name (nydus writes HashMap order; we want reproducible bytes)."""
     if not inode.xattrs:
         return []
+    problem = acl_xattrs_problem(inode.xattrs)  # sources check too; this holds it for merged foreign layers
+    if problem is not None:
+        raise FormatError(f"{where.decode(errors='replace')}: {problem}")
     out = []
     for name in sorted(inode.xattrs):
         value = inode.xattrs[name]
@@ -268,7 +272,8 @@ class _Planner:
             subdirs = []
             for entry in plan.inode.entries:
                 child_path = path + b"/" + entry.name
-                shared = self.plans.get(id(entry.inode)) if entry.inode.kind is FileKind.REG else None
+                # hardlinks of every non-directory type share one nid (nydus-image today: regular files only)
+                shared = self.plans.get(id(entry.inode)) if not entry.inode.is_dir else None
                 if shared is not None:
                     self.next_ino += 1  # the link still takes a number; its inode is the first link's
                     shared.nlink += 1

@@ -29,8 +29,26 @@ NYDUS_BLOB = "application/vnd.oci.image.layer.nydus.blob.v1"
 NYDUS_CONFIG = "application/vnd.nydus.image.config.v1+json"  # the Nydus manifest's config in a merged index
 NYDUS_MANIFEST_ARTIFACT = "application/vnd.nydus.image.manifest.v1+json"  # artifactType in a merged index
 
+DOCKER_LAYER_ZSTD = "application/vnd.docker.image.rootfs.diff.tar.zstd"
+
 INDEX_TYPES = (OCI_INDEX, DOCKER_MANIFEST_LIST)
 MANIFEST_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
+
+# layer media types that carry a tar (plain, gzip or zstd: the tar source detects which by content).
+# Non-distributable (OCI, deprecated in image-spec 1.1 but still written) and foreign (Docker) layers are
+# tars too; registries are merely asked not to upload them.
+RESTRICTED_LAYER_TYPES = frozenset({
+    "application/vnd.oci.image.layer.nondistributable.v1.tar",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+    "application/vnd.docker.image.rootfs.foreign.diff.tar",
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+})
+TAR_LAYER_TYPES = frozenset({OCI_LAYER_TAR, OCI_LAYER_GZIP, OCI_LAYER_ZSTD, DOCKER_LAYER_TAR, DOCKER_LAYER_GZIP,
+                             DOCKER_LAYER_ZSTD}) | RESTRICTED_LAYER_TYPES
+
+# what a descriptor added to a manifest carries, by the manifest's media type family: (config, gzip layer)
+FAMILY_TYPES = {OCI_MANIFEST: (OCI_CONFIG, OCI_LAYER_GZIP), DOCKER_MANIFEST: (DOCKER_CONFIG, DOCKER_LAYER_GZIP)}
 
 # annotations (containerd copies containerd.io/snapshot/* into snapshot labels)
 NYDUS_BLOB_ANNOTATION = "containerd.io/snapshot/nydus-blob"

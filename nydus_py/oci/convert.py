@@ -10,11 +10,12 @@ References: ../shared/reference/oci-packaging.md §1.3-§1.5.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -34,14 +35,11 @@ from nydus_py.errors import NydusError, UnsupportedError, UsageError
 from nydus_py.format import oci
 from nydus_py.oci.images import PushStats, RegistryOptions, open_source, push_layout, registry_images
 from nydus_py.oci.layout import Descriptor, LayoutWriter, SourceImage, platform_text, split_reference
+from nydus_py.oci.nydus import is_nydus_image
+from nydus_py.oci.platforms import platform_of
 from nydus_py.oci.registry import Reference, RegistryClient, RemoteBlob, parse_reference
-from nydus_py.oci.package import gzip_bytes, write_nydus_image
+from nydus_py.oci.package import gzip_bytes, history_per_layer, write_nydus_image
 from nydus_py.sources.tarball import TarSource
-
-_LAYER_TYPES = {oci.OCI_LAYER_TAR, oci.OCI_LAYER_GZIP, oci.OCI_LAYER_ZSTD, oci.DOCKER_LAYER_GZIP, oci.DOCKER_LAYER_TAR,
-                "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
-                "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"}
-
 
 @dataclass(frozen=True, slots=True)
 class ConvertOptions:
@@ -60,6 +58,7 @@ class ConvertResult:
     reused_layers: int = 0  # layers whose Nydus blob was already in the target repository
     reused_bytes: int = 0  # source layer bytes not downloaded or converted because of that
     push: PushStats | None = None
+    warnings: list[str] = field(default_factory=list)  # one line each, for the CLI to print
 
     def to_json(self) -> dict[str, Any]:
         docs = []
@@ -70,17 +69,13 @@ class ConvertResult:
         out: dict[str, Any] = docs[0] if len(docs) == 1 else {"platforms": docs}
         out.update({"layout": str(self.layout) if self.layout else None,
                     "manifest": self.top.to_json() if self.top else None, "already_nydus": self.already_nydus,
-                    "reused": {"layers": self.reused_layers, "source_bytes": self.reused_bytes}})
+                    "reused": {"layers": self.reused_layers, "source_bytes": self.reused_bytes},
+                    "warnings": list(self.warnings)})
         if self.push is not None:
             out["push"] = {"uploaded": self.push.uploaded, "uploaded_bytes": self.push.uploaded_bytes,
                            "existing": self.push.existing, "existing_bytes": self.push.existing_bytes,
                            "mounted": self.push.mounted}
         return out
-
-
-def is_nydus(image: SourceImage) -> bool:
-    layers = image.manifest.get("layers") or []
-    return bool(layers) and oci.NYDUS_BOOTSTRAP_ANNOTATION in (layers[-1].get("annotations") or {})
 
 
 def build_fingerprint(config: BuildConfig) -> str:
@@ -89,23 +84,33 @@ def build_fingerprint(config: BuildConfig) -> str:
             f"{config.overlay_xattr_ns.value}")
 
 
-def _layer_sources(image: SourceImage, config: BuildConfig,
-                   reusable: dict[str, ReusedLayer]) -> Iterator[tuple[str, Source | ReusedLayer]]:
+def _restricted_layer(layer: Descriptor) -> bool:
+    """Whether `layer` is non-distributable (OCI) or foreign (Docker); a media type that carries no tar
+    cannot be converted."""
+    if layer.media_type and layer.media_type not in oci.TAR_LAYER_TYPES:
+        raise UnsupportedError(f"layer {layer.digest}: media type {layer.media_type} cannot be converted")
+    return layer.media_type in oci.RESTRICTED_LAYER_TYPES
+
+
+def _layer_sources(image: SourceImage, config: BuildConfig, reusable: dict[str, ReusedLayer],
+                   warn: Callable[[str], None]) -> Iterator[tuple[str, Source | ReusedLayer]]:
     for layer in image.layers:
+        restricted = _restricted_layer(layer)
         if layer.digest in reusable:
             yield layer.digest, reusable[layer.digest]
             continue
-        if layer.media_type and layer.media_type not in _LAYER_TYPES:
-            raise UnsupportedError(f"layer {layer.digest}: media type {layer.media_type} cannot be converted")
+        if restricted:
+            warn(f"layer {layer.digest} is non-distributable ({layer.media_type}); its Nydus blob is an ordinary "
+                 "layer, pushed wherever the image goes")
         yield layer.digest, TarSource(image.open_blob(layer.digest), f"layer {layer.digest}",
                                       whiteout_spec=config.whiteout_spec, overlay_ns=config.overlay_xattr_ns)
 
 
 def _convert_one(image: SourceImage, writer: LayoutWriter, work: Path, config: BuildConfig, opts: ConvertOptions,
-                 bootstrap_path: Path, *, config_media_type: str | None = None,
+                 bootstrap_path: Path, warn: Callable[[str], None], *, config_media_type: str | None = None,
                  reusable: dict[str, ReusedLayer] | None = None) -> tuple[Descriptor, BuildResult]:
     started = time.perf_counter()
-    built = build_layers(_layer_sources(image, config, reusable or {}), work, config, layered=True)
+    built = build_layers(_layer_sources(image, config, reusable or {}, warn), work, config, layered=True)
     for layer, source in zip(built.layers, image.layers, strict=True):
         layer.source_digest = source.digest
     outputs = publish_layers(built, writer)
@@ -120,20 +125,26 @@ def _convert_one(image: SourceImage, writer: LayoutWriter, work: Path, config: B
 
 
 def _copy_source_image(image: SourceImage, writer: LayoutWriter) -> Descriptor:
-    """The original manifest for a merged index: its layers copied, an empty gzip layer put first."""
+    """The original manifest for a merged index: its layers copied, an empty gzip layer put first. What is
+    added or rewritten keeps the manifest's media type family (Docker types in a Docker manifest), and the
+    config keeps one non-empty history entry per layer."""
     for layer in image.layers:
         if not (writer.blobs / layer.hex).is_file():
             with image.open_blob(layer.digest) as src:
                 writer.put_stream(src, layer.digest, "layer")
-    empty = writer.put_bytes(gzip_bytes(bytes(1024)), oci.OCI_LAYER_GZIP,
+    manifest = copy.deepcopy(image.manifest)
+    manifest["mediaType"] = manifest.get("mediaType") or image.manifest_descriptor.media_type or oci.OCI_MANIFEST
+    if manifest["mediaType"] not in oci.FAMILY_TYPES:
+        raise UnsupportedError(f"manifest {image.manifest_descriptor.digest}: media type {manifest['mediaType']} "
+                               "cannot be rewritten for --merge-platform")
+    config_type, layer_type = oci.FAMILY_TYPES[manifest["mediaType"]]
+    empty = writer.put_bytes(gzip_bytes(bytes(1024)), layer_type,
                              annotations={oci.NYDUS_EMPTY_LAYER_ANNOTATION: "true"})
     config = copy.deepcopy(image.config)
     rootfs = config.setdefault("rootfs", {"type": "layers", "diff_ids": []})
     rootfs["diff_ids"] = [oci.EMPTY_LAYER_DIFF_ID, *rootfs.get("diff_ids", [])]
-    config["history"] = [dict(oci.HISTORY_EMPTY_LAYER), *(config.get("history") or [])]
-    config_desc = writer.put_json(config, oci.OCI_CONFIG)
-    manifest = copy.deepcopy(image.manifest)
-    manifest["mediaType"] = manifest.get("mediaType", oci.OCI_MANIFEST)
+    config["history"] = [dict(oci.HISTORY_EMPTY_LAYER), *history_per_layer(config.get("history"), len(image.layers))]
+    config_desc = writer.put_json(config, (manifest.get("config") or {}).get("mediaType") or config_type)
     manifest["config"] = config_desc.to_json()
     manifest["layers"] = [empty.to_json(), *manifest.get("layers", [])]
     annotations = dict(manifest.get("annotations") or {})
@@ -176,7 +187,7 @@ def _reusable_layers(target: _Target, image: SourceImage, config: BuildConfig) -
         return {}
     try:
         existing = [i for i in registry_images(client, replace(target.registry, digest=None))
-                    if platform_text(i.platform) == platform_text(image.platform)]
+                    if platform_of(i.platform) == platform_of(image.platform)]
     except NydusError:
         return {}
     out: dict[str, ReusedLayer] = {}
@@ -207,15 +218,23 @@ def convert(source: str, target: str, config: BuildConfig, opts: ConvertOptions,
             shutil.rmtree(destination.layout.parent, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def _about(source: str, platform: str) -> Iterator[None]:
+    """An error while converting one platform of SOURCE names the image and the platform (an index can hold
+    many images, and several can fail alike)."""
+    try:
+        yield
+    except NydusError as exc:
+        raise type(exc)(f"{source} ({platform}): {exc}") from exc
+
+
 def _convert(source: str, target: _Target, config: BuildConfig, opts: ConvertOptions,
              registry: RegistryOptions) -> ConvertResult:
     images = open_source(source, list(opts.platforms) or None, registry)
     out = target.layout
     writer = LayoutWriter(out)
-    if all(is_nydus(image) for image in images):
+    if any(is_nydus_image(image) for image in images):  # a Nydus image, or an index that holds Nydus manifests
         return ConvertResult(layout=out, tag=target.tag, top=None, already_nydus=True)
-    if any(is_nydus(image) for image in images):
-        raise UnsupportedError(f"{source}: mixes Nydus and plain manifests")
     result = ConvertResult(layout=out, tag=target.tag, top=None)
     with staging(out) as work:
         writer.prepare()
@@ -223,10 +242,13 @@ def _convert(source: str, target: _Target, config: BuildConfig, opts: ConvertOpt
         for image in images:
             name = platform_text(image.platform)
             bootstrap = out / ("bootstrap" if len(images) == 1 else f"bootstrap.{name.replace('/', '-')}")
-            config_type = oci.NYDUS_CONFIG if opts.merge_platform else None
-            reusable = _reusable_layers(target, image, config)
-            manifest, built = _convert_one(image, writer, work, config, opts, bootstrap, config_media_type=config_type,
-                                           reusable=reusable)
+            # a Nydus config type marks the Nydus manifests of a merged index, but stays out of Docker manifests
+            config_type = oci.NYDUS_CONFIG if opts.merge_platform and not opts.docker_types else None
+            with _about(source, name):
+                reusable = _reusable_layers(target, image, config)
+                manifest, built = _convert_one(image, writer, work, config, opts, bootstrap,
+                                               lambda m, n=name: result.warnings.append(f"{source} ({n}): {m}"),
+                                               config_media_type=config_type, reusable=reusable)
             result.reused_layers += len(reusable)
             result.reused_bytes += sum(layer.size for layer in image.layers if layer.digest in reusable)
             result.platforms.append((name, built))
@@ -236,7 +258,10 @@ def _convert(source: str, target: _Target, config: BuildConfig, opts: ConvertOpt
             shutil.rmtree(work, ignore_errors=True)
             work.mkdir()
         if opts.merge_platform:
-            originals = [_copy_source_image(image, writer) for image in images]
+            originals = []
+            for image in images:
+                with _about(source, platform_text(image.platform)):
+                    originals.append(_copy_source_image(image, writer))
             top = writer.put_json({"schemaVersion": 2, "manifests": [d.to_json() for d in [*originals, *entries]]},
                                   oci.OCI_INDEX)
         elif len(entries) == 1:

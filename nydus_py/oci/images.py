@@ -16,6 +16,7 @@ from nydus_py.errors import FormatError, UsageError
 from nydus_py.format import oci
 from nydus_py.oci import layout
 from nydus_py.oci.layout import Descriptor, Json, SourceImage, digest_hex, parse_json
+from nydus_py.oci.platforms import image_platform, select_platforms
 from nydus_py.oci.registry import Reference, RegistryClient, parse_creds, parse_reference
 
 MAX_CONFIG = 64 << 20
@@ -37,12 +38,7 @@ def open_source(reference: str, platforms: list[str] | None = None,
     if reference.startswith("docker://"):
         ref = parse_reference(reference)
         client = (registry or RegistryOptions()).client(ref.registry)
-        images = registry_images(client, ref)
-        if platforms:
-            images = [i for i in images if layout.platform_text(i.platform) in platforms]
-            if not images:
-                raise UsageError(f"{ref}: no image for platform {', '.join(platforms)}")
-        return images
+        return select_platforms(registry_images(client, ref), platforms, str(ref))
     return layout.open_source(reference, platforms)
 
 
@@ -74,9 +70,8 @@ def _registry_image(client: RegistryClient, repo: str, manifest: Json, desc: Des
         config_bytes = f.read()
     layers = [Descriptor.from_json(layer, desc.digest) for layer in manifest.get("layers") or []]
     config = parse_json(config_bytes, config_desc.digest)
-    platform = desc.platform or {"architecture": config.get("architecture", ""), "os": config.get("os", "")}
     return SourceImage(manifest=manifest, manifest_descriptor=desc, config_bytes=config_bytes, layers=layers,
-                       open_blob=lambda d: client.open_blob(repo, d), platform=platform)
+                       open_blob=lambda d: client.open_blob(repo, d), platform=image_platform(desc.platform, config))
 
 
 # --- pushing a layout -------------------------------------------------------------------------------------

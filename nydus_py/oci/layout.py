@@ -21,6 +21,9 @@ from typing import Any, BinaryIO
 from nydus_py.errors import FormatError, UsageError
 from nydus_py.format import oci
 from nydus_py.fsutil import atomic_output
+from nydus_py.oci.platforms import parse_platform as parse_platform  # re-exported
+from nydus_py.oci.platforms import platform_text as platform_text  # re-exported
+from nydus_py.oci.platforms import image_platform, select_platforms
 
 Json = dict[str, Any]
 MAX_JSON = 64 << 20  # manifests, indexes and configs larger than this are refused
@@ -64,25 +67,6 @@ def digest_hex(digest: str) -> str:
     if algo != "sha256" or len(hexpart) != 64 or hexpart.strip("0123456789abcdef"):
         raise FormatError(f"{digest!r} is not a sha256 digest")
     return hexpart
-
-
-def platform_text(platform: Json | None) -> str:
-    if not platform:
-        return "unknown"
-    parts = [platform.get("os", ""), platform.get("architecture", "")]
-    if platform.get("variant"):
-        parts.append(platform["variant"])
-    return "/".join(parts)
-
-
-def parse_platform(text: str) -> Json:
-    parts = text.split("/")
-    if len(parts) not in (2, 3) or not all(parts):
-        raise UsageError(f"--platform {text!r}: use OS/ARCH or OS/ARCH/VARIANT (e.g. linux/amd64)")
-    out: Json = {"architecture": parts[1], "os": parts[0]}
-    if len(parts) == 3:
-        out["variant"] = parts[2]
-    return out
 
 
 def dumps(doc: Json) -> bytes:
@@ -207,7 +191,7 @@ def open_source(reference: str, platforms: list[str] | None = None) -> list[Sour
         return _resolve_index(index, tag, store, platforms)
     if reference.startswith("docker-archive:"):
         path, tag = split_reference(reference, "docker-archive")
-        return _docker_archive(path, tag)
+        return select_platforms(_docker_archive(path, tag), platforms, path)
     raise UsageError(f"{reference}: use oci:DIR[:TAG], oci-archive:FILE[:TAG] or docker-archive:FILE")
 
 
@@ -233,11 +217,7 @@ def _resolve_index(index: Json, tag: str | None, store: BlobSource, platforms: l
     images = []
     for desc in manifests:
         images += _resolve(desc, store, platforms, depth=0)
-    if platforms:
-        images = [i for i in images if platform_text(i.platform) in platforms]
-        if not images:
-            raise UsageError(f"{store.name}: no image for platform {', '.join(platforms)}")
-    return images
+    return select_platforms(images, platforms, store.name)
 
 
 def _resolve(desc: Descriptor, store: BlobSource, platforms: list[str] | None, depth: int) -> list[SourceImage]:
@@ -257,11 +237,8 @@ def _resolve(desc: Descriptor, store: BlobSource, platforms: list[str] | None, d
     _, config_bytes = store.read_json(config_desc.digest, "config")
     layers = [Descriptor.from_json(layer, f"{store.name}: manifest {desc.digest}") for layer in doc.get("layers") or []]
     config = parse_json(config_bytes, "config")
-    platform = desc.platform or {"architecture": config.get("architecture", ""), "os": config.get("os", "")}
-    if isinstance(config.get("variant"), str) and "variant" not in platform:
-        platform = {**platform, "variant": config["variant"]}
     return [SourceImage(manifest=doc, manifest_descriptor=desc, config_bytes=config_bytes, layers=layers,
-                        open_blob=store.open, platform=platform)]
+                        open_blob=store.open, platform=image_platform(desc.platform, config))]
 
 
 def _docker_archive(path: str, tag: str | None) -> list[SourceImage]:
@@ -289,9 +266,8 @@ def _docker_archive(path: str, tag: str | None) -> list[SourceImage]:
         "size": len(config_bytes)}, "layers": []}
     raw = dumps(manifest)
     desc = Descriptor(oci.DOCKER_MANIFEST, "sha256:" + hashlib.sha256(raw).hexdigest(), len(raw))
-    platform = {"architecture": config.get("architecture", ""), "os": config.get("os", "")}
     return [SourceImage(manifest=manifest, manifest_descriptor=desc, config_bytes=config_bytes, layers=layers,
-                        open_blob=store.open, platform=platform)]
+                        open_blob=store.open, platform=image_platform(None, config))]
 
 
 # --- target -------------------------------------------------------------------------------------------

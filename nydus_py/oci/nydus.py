@@ -37,9 +37,6 @@ class NydusImage:
     def name(self) -> str:
         return platform_text(self.source.platform)
 
-    def blob_path(self, blob_id: str) -> Path:
-        return self.layout / "blobs" / "sha256" / blob_id
-
 
 def read_bootstrap_layer(image: SourceImage) -> tuple[bytes, str]:
     """(image/image.boot, sha256 of the uncompressed tar) from the manifest's last layer."""
@@ -72,7 +69,7 @@ def read_bootstrap_layer(image: SourceImage) -> tuple[bytes, str]:
 
 def open_nydus_images(reference: str, platforms: list[str] | None = None) -> list[NydusImage]:
     """Every Nydus manifest of `oci:DIR[:TAG]` (the plain manifests of a merged index are skipped)."""
-    images = [i for i in open_source(reference, platforms) if _has_bootstrap_layer(i)]
+    images = [i for i in open_source(reference, platforms) if has_bootstrap_layer(i)]
     if not images:
         raise FormatError(f"{reference}: no Nydus image (no manifest ends with a nydus-bootstrap layer)")
     layout = Path(split_reference(reference, "oci")[0])
@@ -83,8 +80,16 @@ def open_nydus_images(reference: str, platforms: list[str] | None = None) -> lis
     return out
 
 
-def _has_bootstrap_layer(image: SourceImage) -> bool:
+def has_bootstrap_layer(image: SourceImage) -> bool:
     return bool(image.layers) and oci.NYDUS_BOOTSTRAP_ANNOTATION in image.layers[-1].annotations
+
+
+def is_nydus_image(image: SourceImage) -> bool:
+    """A Nydus manifest: it ends with a nydus-bootstrap layer, or its index entry says it is one (our
+    `artifactType`, or nydusify's `platform.os.features: ["nydus.remoteimage.v1"]`)."""
+    features = (image.platform or {}).get("os.features") or []
+    return (has_bootstrap_layer(image) or image.manifest_descriptor.artifact_type == oci.NYDUS_MANIFEST_ARTIFACT
+            or oci.NYDUS_OS_FEATURE in features)
 
 
 def manifest_defects(image: NydusImage, blob_ids: list[str]) -> list[Defect]:

@@ -71,12 +71,17 @@ def patched_config(base: Json, blobs: list[LayerBlob], bootstrap_diff_id: str,
     history gains entries for layers it lacks and one for the bootstrap layer."""
     config = copy.deepcopy(base)
     config["rootfs"] = {"type": "layers", "diff_ids": [f"sha256:{b.blob_id}" for b in blobs] + [bootstrap_diff_id]}
-    history = list(config.get("history") or []) if layer_history is None else list(layer_history)
-    missing = len(blobs) - sum(1 for h in history if not h.get("empty_layer"))
-    history += [{"created_by": "nydus-py build"} for _ in range(max(0, missing))]
-    history.append(dict(oci.HISTORY_BOOTSTRAP))
-    config["history"] = history
+    history = history_per_layer(config.get("history") if layer_history is None else layer_history, len(blobs))
+    config["history"] = [*history, dict(oci.HISTORY_BOOTSTRAP)]
     return config
+
+
+def history_per_layer(history: list[Json] | None, layers: int) -> list[Json]:
+    """`history` with an entry added for each layer it lacks, so that it has one non-empty entry per layer
+    (image-spec config.md: the non-empty entries correspond to the layers, in order)."""
+    out = list(history or [])
+    missing = layers - sum(1 for h in out if not h.get("empty_layer"))
+    return out + [{"created_by": "nydus-py build"} for _ in range(max(0, missing))]
 
 
 def write_nydus_image(writer: LayoutWriter, blobs: list[LayerBlob], bootstrap: bytes, base_config: Json, *,
@@ -86,17 +91,18 @@ def write_nydus_image(writer: LayoutWriter, blobs: list[LayerBlob], bootstrap: b
     metas = [(b.blob_id, blob_meta_cache(b.path or b.remote)) for b in blobs if b.has_data]  # type: ignore[arg-type]
     tar = bootstrap_tar(bootstrap, metas)
     diff_id = "sha256:" + hashlib.sha256(tar).hexdigest()
-    layer_type = oci.DOCKER_LAYER_GZIP if docker_types else oci.OCI_LAYER_GZIP
+    manifest_type = oci.DOCKER_MANIFEST if docker_types else oci.OCI_MANIFEST
+    family_config_type, layer_type = oci.FAMILY_TYPES[manifest_type]
     boot_desc = writer.put_bytes(gzip_bytes(tar), layer_type, annotations={
         oci.NYDUS_BOOTSTRAP_ANNOTATION: "true", oci.NYDUS_FS_VERSION_ANNOTATION: oci.FS_VERSION})
     config = patched_config(base_config, blobs, diff_id, layer_history)
-    config_type = config_media_type or (oci.DOCKER_CONFIG if docker_types else oci.OCI_CONFIG)
+    config_type = config_media_type or family_config_type
     config_desc = writer.put_json(config, config_type)
     layers = [Descriptor(oci.NYDUS_BLOB, f"sha256:{b.blob_id}", b.size,
                          annotations={oci.NYDUS_BLOB_ANNOTATION: "true", **b.annotations}) for b in blobs]
     manifest = {
         "schemaVersion": 2,
-        "mediaType": oci.DOCKER_MANIFEST if docker_types else oci.OCI_MANIFEST,
+        "mediaType": manifest_type,
         "config": config_desc.to_json(),
         "layers": [layer.to_json() for layer in [*layers, boot_desc]],
     }

@@ -5,7 +5,7 @@ The walk is iterative and works on directory file descriptors (openat with O_NOF
 limit, no path-length limit, a symlink is recorded and never followed, fifos, sockets and devices are
 recorded and never opened. Names are sorted bytewise; files are handed out in nydus build order
 (directories depth first, each directory's files in name order), so data order never depends on
-`readdir` order. Hardlinks (same st_dev, st_ino) of regular files share one Inode.
+`readdir` order. Hardlinks (same st_dev, st_ino) of every non-directory type share one Inode.
 
 Overlayfs upper directories (whiteout spec `overlayfs`): a char device 0:0, or a file with
 `<ns>.overlay.whiteout`, is a removal; `<ns>.overlay.opaque` = "y" makes a directory opaque ("x" only
@@ -25,8 +25,10 @@ from pathlib import Path
 
 from nydus_py.config import WhiteoutSpec, XattrNamespace
 from nydus_py.errors import FormatError, UnsupportedError, UsageError
+from nydus_py.format.posix_acl import acl_xattrs_problem
 from nydus_py.fsutil import raise_fd_limit
-from nydus_py.model import OPAQUE_MARKER, WHITEOUT_PREFIX, Entry, FileKind, Inode, Tree, is_marker, new_marker
+from nydus_py.model import OPAQUE_MARKER, WHITEOUT_PREFIX, Entry, FileKind, Inode, Tree, is_marker, \
+    is_void_whiteout, new_marker
 
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _OPEN_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
@@ -165,7 +167,10 @@ class DirectorySource:
             if self.spec is WhiteoutSpec.OVERLAYFS and kind is FileKind.CHR and st.st_rdev == 0:
                 entries.append(Entry(name=WHITEOUT_PREFIX + name, inode=new_marker()))
                 continue
-            inode = self._hardlinks.get((st.st_dev, st.st_ino)) if kind is FileKind.REG else None
+            if self.spec is WhiteoutSpec.OCI and is_void_whiteout(name):
+                raise FormatError(f"{self._where(path)}: a whiteout must name an entry, not '', '.' or '..' "
+                                  "(OCI image spec)")
+            inode = self._hardlinks.get((st.st_dev, st.st_ino)) if kind is not FileKind.DIR else None
             is_new = inode is None
             if inode is None:
                 inode = self._inode(st, path, frame.fd, name)
@@ -173,7 +178,7 @@ class DirectorySource:
                     self._xattr_whiteouts.discard(id(inode))  # the inode is dropped: its id may be reused
                     entries.append(Entry(name=WHITEOUT_PREFIX + name, inode=new_marker()))
                     continue
-                if kind is FileKind.REG and st.st_nlink > 1:
+                if kind is not FileKind.DIR and st.st_nlink > 1:  # every type: one inode, as in the source
                     self._hardlinks[(st.st_dev, st.st_ino)] = inode
             entries.append(Entry(name=name, inode=inode))
             if kind is FileKind.DIR:
@@ -242,9 +247,13 @@ class DirectorySource:
             names = os.listxattr(target, follow_symlinks=False) if name else os.listxattr(dir_fd)
             if not names:
                 return {}
-            return {os.fsencode(x): os.getxattr(target, x, follow_symlinks=False) if name else os.getxattr(dir_fd, x)
-                    for x in sorted(names)}
+            xattrs = {os.fsencode(x): os.getxattr(target, x, follow_symlinks=False) if name else os.getxattr(dir_fd, x)
+                      for x in sorted(names)}
         except OSError as exc:
             if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
                 return {}
             raise self._error(path, exc) from exc
+        problem = acl_xattrs_problem(xattrs)
+        if problem is not None:  # local filesystems check ACLs when they are set; FUSE ones need not
+            raise FormatError(f"{self._where(path)}: {problem}")
+        return xattrs

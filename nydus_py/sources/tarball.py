@@ -4,10 +4,12 @@ in entry order (nothing is spooled to disk).
 Names: a leading "/" or "./" is dropped (absolute names are relative to the root, as containerd takes
 them); a name that escapes the root with "..", contains NUL or has a component over 255 bytes is an
 error; a later entry replaces an earlier one of the same name (directories keep their children, as
-extraction would); an entry below a symlink or a file is an error (we never write through a symlink).
-Hardlinks must name an earlier entry of the same layer that is not a directory. PAX records (long
-names, `SCHILY.xattr.*` with binary values, fractional mtimes), GNU long names and GNU sparse members
-are understood; parents that have no entry of their own are created as 0755 root directories.
+extraction would); an entry below a symlink or a file is an error (we never write through a symlink),
+except a whiteout or opaque marker, which is redundant there and dropped; a whiteout of '', '.' or '..'
+is an error. Hardlinks must name an earlier entry of the same layer that is not a directory; they share
+its inode, whatever its type. PAX records (long names, `SCHILY.xattr.*` with binary values, fractional
+mtimes), GNU long names and GNU sparse members are understood; parents that have no entry of their own
+are created as 0755 root directories. ACL xattrs must be what the kernel accepts.
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ import pyzstd
 
 from nydus_py.config import WhiteoutSpec, XattrNamespace
 from nydus_py.errors import FormatError, UsageError
-from nydus_py.model import OPAQUE_MARKER, WHITEOUT_PREFIX, Entry, FileKind, Inode, Tree, is_marker, new_directory, \
-    new_marker
+from nydus_py.format.posix_acl import acl_xattrs_problem
+from nydus_py.model import OPAQUE_MARKER, WHITEOUT_PREFIX, Entry, FileKind, Inode, Tree, is_marker, \
+    is_void_whiteout, new_directory, new_marker
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -236,16 +239,19 @@ class TarSource:
                 inode.entries = []
                 self._copy_attrs(self.tree.root, inode)
             return None
-        parent = self._parent(path, member.name)
         name = posixpath.basename(path)
-        if self.spec is WhiteoutSpec.OCI and is_marker(name):
+        whiteout = self._is_whiteout(name, inode, member.name)
+        if whiteout and self._below_non_directory(path):
+            return None  # redundant: the same layer's non-directory already hides the lower tree (DESIGN.md)
+        parent = self._parent(path, member.name)
+        if whiteout and self.spec is WhiteoutSpec.OCI:
             self._remove(parent, path, name)
             self._children[id(parent)][name] = Entry(name=name, inode=new_marker())
             return None
         if member.islnk():
             return self._link(member, parent, path, name)
         kind = inode.kind
-        if self.spec is WhiteoutSpec.OVERLAYFS and kind is FileKind.CHR and inode.rdev == 0:
+        if whiteout:  # overlayfs: a char device 0:0
             marker = WHITEOUT_PREFIX + name
             self._children[id(parent)][marker] = Entry(name=marker, inode=new_marker())
             return None
@@ -272,6 +278,23 @@ class TarSource:
                            extents=extents)
         return None
 
+    def _is_whiteout(self, name: bytes, inode: Inode, member: str) -> bool:
+        """Whether the entry is a whiteout or opaque marker under the layer's spec: `.wh.*` (OCI; one of an
+        empty name, '.' or '..' is an error) or a char device 0:0 (overlayfs)."""
+        if self.spec is WhiteoutSpec.OCI:
+            if is_void_whiteout(name):
+                raise self._fail("a whiteout must name an entry, not '', '.' or '..' (OCI image spec)", member)
+            return is_marker(name)
+        return self.spec is WhiteoutSpec.OVERLAYFS and inode.kind is FileKind.CHR and inode.rdev == 0
+
+    def _below_non_directory(self, path: bytes) -> bool:
+        """Whether an ancestor of `path` is a non-directory entry of this layer (umoci writes the old
+        children's whiteouts below a directory it turned into a file)."""
+        child, parent = path, posixpath.dirname(path)
+        while parent not in self._dirs:
+            child, parent = parent, posixpath.dirname(parent)
+        return child != path and posixpath.basename(child) in self._children[id(self._dirs[parent])]
+
     def _link(self, member: tarfile.TarInfo, parent: Inode, path: bytes, name: bytes) -> None:
         if _escapes(_bytes(member.linkname)):
             raise self._fail("hardlink target escapes the root with '..'", member.name)
@@ -284,11 +307,7 @@ class TarSource:
         if target is None:
             raise self._fail(f"hardlink to {member.linkname!r}, which is not an earlier entry of this layer",
                              member.name)
-        if target.kind is not FileKind.REG:  # RAFS links only regular files: others get their own inode
-            target = Inode(kind=target.kind, mode=target.mode, uid=target.uid, gid=target.gid, mtime=target.mtime,
-                           mtime_nsec=target.mtime_nsec, size=target.size, rdev=target.rdev,
-                           xattrs=dict(target.xattrs), symlink_target=target.symlink_target)
-        self._remove(parent, path, name)
+        self._remove(parent, path, name)  # every type shares its inode, as `tar x` links it (DESIGN.md)
         self._children[id(parent)][name] = Entry(name=name, inode=target)
         self._files[path] = target
         return None
@@ -310,7 +329,9 @@ class TarSource:
         for what, value in (("uid", member.uid), ("gid", member.gid)):
             if not 0 <= value <= 0xFFFFFFFF:
                 raise self._fail(f"{what} {value} does not fit in 32 bits (RAFS stores 32-bit owners)", member.name)
-        inode = Inode(kind=kind, mode=kind.ifmt | (member.mode & 0o7777), uid=member.uid, gid=member.gid,
+        # Linux symlinks are always 0777 (tar x, containerd and overlayfs show them so), whatever the tar says
+        perms = 0o777 if kind is FileKind.SYMLINK else member.mode & 0o7777
+        inode = Inode(kind=kind, mode=kind.ifmt | perms, uid=member.uid, gid=member.gid,
                       mtime=seconds, mtime_nsec=nsec, xattrs=self._xattrs(member))
         if kind is FileKind.REG:
             inode.size = member.size
@@ -336,6 +357,9 @@ class TarSource:
             if out.get(self.overlay_prefix + b"opaque") == b"y":
                 self._opaque = True
             out = {k: v for k, v in out.items() if not k.startswith(self.overlay_prefix)}
+        problem = acl_xattrs_problem(out)
+        if problem is not None:
+            raise self._fail(problem, member.name)
         return dict(sorted(out.items()))
 
 

@@ -18,7 +18,7 @@ import pytest
 import construct
 from construct import Construct, Container, SizeofError
 
-from nydus_py.format import blobmeta, erofs, rafs
+from nydus_py.format import blobmeta, erofs, posix_acl, rafs
 from tests.conftest import V1_BLOB, V1_BOOT, V2_BLOB, V3_META, golden_bytes, need_nydus_fixtures
 
 # Struct name -> the test functions that hold its golden round trips (checked by tests/test_meta.py).
@@ -291,6 +291,8 @@ FAST_CODECS = [
     (rafs.Blob, rafs.FAST_BLOB),
     (rafs.ChunkInfo, rafs.FAST_CHUNK_INFO),
     (blobmeta.TocEntry, blobmeta.FAST_TOC_ENTRY),
+    (posix_acl.PosixAclXattrHeader, posix_acl.FAST_POSIX_ACL_XATTR_HEADER),
+    (posix_acl.PosixAclXattrEntry, posix_acl.FAST_POSIX_ACL_XATTR_ENTRY),
 ]
 
 
@@ -329,6 +331,44 @@ def test_chunk_info_v1_codec_matches_declaration() -> None:
         })
         assert fast == decl
         assert blobmeta.decode_chunk_info_v1_array(fast) == [(uoff, usize, coff, csize)]
+
+
+# Debian acl 2.3.1 on Linux 6.18, a 0644 file and a directory:
+#   setfacl -m u:1000:rx,g:100:r,m:rwx f; getfattr -e hex -n system.posix_acl_access f
+#   setfacl -d -m u::rwx,g::r-x,o::-,u:4242:rw d; getfattr -e hex -n system.posix_acl_default d
+ACL_ACCESS_GOLDEN = bytes.fromhex("0200000001000600ffffffff02000500e803000004000400ffffffff080004006400000010000700ffffffff"
+                                  "20000400ffffffff")
+ACL_DEFAULT_GOLDEN = bytes.fromhex("0200000001000700ffffffff020006009210000004000500ffffffff10000700ffffffff"
+                                   "20000000ffffffff")
+
+
+@covers("PosixAclXattrHeader", "PosixAclXattrEntry")
+def test_posix_acl_xattr(tmp_path: Path) -> None:
+    """ACL xattr values as setfacl makes the kernel store them: header and entries round trip, the rule
+    check accepts them, and setfacl still writes these bytes."""
+    import shutil
+    import subprocess
+
+    from nydus_py.format.posix_acl import AclTag
+
+    assert_roundtrip(posix_acl.PosixAclXattrHeader, ACL_ACCESS_GOLDEN[:4], {"a_version": 2})
+    entries = [plain(assert_roundtrip(posix_acl.PosixAclXattrEntry, ACL_ACCESS_GOLDEN[at : at + 8]))
+               for at in range(4, len(ACL_ACCESS_GOLDEN), 8)]
+    undefined = posix_acl.ACL_UNDEFINED_ID
+    assert [(e["e_tag"], e["e_perm"], e["e_id"]) for e in entries] == [
+        (AclTag.USER_OBJ, 6, undefined), (AclTag.USER, 5, 1000), (AclTag.GROUP_OBJ, 4, undefined),
+        (AclTag.GROUP, 4, 100), (AclTag.MASK, 7, undefined), (AclTag.OTHER, 4, undefined)]
+    assert posix_acl.acl_problem(ACL_ACCESS_GOLDEN) is None
+    assert posix_acl.acl_problem(ACL_DEFAULT_GOLDEN) is None
+    setfacl = shutil.which("setfacl")
+    if setfacl is not None:  # the bytes are still what the tool makes (CI installs acl)
+        (tmp_path / "f").touch()
+        os.chmod(tmp_path / "f", 0o644)
+        (tmp_path / "d").mkdir()
+        subprocess.run([setfacl, "-m", "u:1000:rx,g:100:r,m:rwx", str(tmp_path / "f")], check=True)
+        subprocess.run([setfacl, "-d", "-m", "u::rwx,g::r-x,o::-,u:4242:rw", str(tmp_path / "d")], check=True)
+        assert os.getxattr(tmp_path / "f", "system.posix_acl_access") == ACL_ACCESS_GOLDEN
+        assert os.getxattr(tmp_path / "d", "system.posix_acl_default") == ACL_DEFAULT_GOLDEN
 
 
 @covers("UstarHeader")
