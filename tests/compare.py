@@ -19,9 +19,9 @@ def _xattrs(path: Path) -> dict[str, bytes]:
             for name in os.listxattr(path, follow_symlinks=False)}
 
 
-def snapshot(root: Path, *, mtime: bool = True, xattrs: bool = True, setid: bool = True,
+def snapshot(root: Path, *, mtime: bool = True, mtime_ns: bool = True, xattrs: bool = True, setid: bool = True,
              hardlinks: bool = True) -> tuple[dict[bytes, tuple], list]:
-    """{relative path: attributes} and the hardlink groups of a tree."""
+    """{relative path: attributes} and the hardlink groups of a tree (`mtime_ns=False`: whole seconds)."""
     entries: dict[bytes, tuple] = {}
     by_inode: dict[tuple[int, int], list[bytes]] = {}
     root_b = os.fsencode(root)
@@ -35,7 +35,7 @@ def snapshot(root: Path, *, mtime: bool = True, xattrs: bool = True, setid: bool
             if xattrs:
                 attrs.append(sorted(_xattrs(Path(os.fsdecode(full))).items()))
             if mtime:
-                attrs += [st.st_mtime_ns]
+                attrs += [st.st_mtime_ns if mtime_ns else int(st.st_mtime)]
             if kind == stat.S_IFREG:
                 attrs += [st.st_size, file_sha256(Path(os.fsdecode(full)))]
                 if hardlinks:

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Benchmark nydus-py against peers on the same input, in the same run, alternating runs.
 
-Peers: `mkfs.erofs --chunksize=1048576 --blobdev=...` (C, erofs-utils; it does not even compress),
+Peers: `nydus-image create` 2.2 (Rust; same compressor, digester and chunk size, `--blob-inline-meta
+--features blob-toc`; found on PATH or where tools/install-nydus-stack.sh puts it), `nydus-image merge` for the
+merge corpus, `mkfs.erofs --chunksize=1048576 --blobdev=...` (C, erofs-utils; it does not even compress),
 `tar -cf - | gzip -6` (what a plain docker build layer costs), `tar -cf - | zstd -3 -T0`, and for tar.gz
 input `zcat | zstd -3 -T0`. Prints medians, nydus-py/peer ratios, peak RSS of each whole process tree and
 throughput. Corpora are generated here (no network): a distro-like rootfs, many small files, one big file,
@@ -204,6 +206,14 @@ def bench(name: str, commands: dict[str, str], work: Path, runs: int, data_bytes
     return rows
 
 
+def extract_inline_bootstrap(blob: Path, out: Path) -> Path:
+    from nydus_py.blob.reader import BlobReader
+
+    with BlobReader(blob) as reader:
+        out.write_bytes(reader.inline_bootstrap() or b"")
+    return out
+
+
 def tree_size(path: Path) -> tuple[int, int]:
     total = entries = 0
     for p in path.rglob("*"):
@@ -213,9 +223,26 @@ def tree_size(path: Path) -> tuple[int, int]:
     return total, entries
 
 
+def nydus_image() -> str | None:
+    """nydus-image 2.2 on PATH, else where tools/install-nydus-stack.sh installs it."""
+    cache = Path(os.environ.get("NYDUS_PY_TOOLS", "/var/cache/nydus-py-tools"))
+    found = shutil.which("nydus-image") or next((str(p) for p in sorted(cache.glob("*/bin/nydus-image"))), None)
+    return found
+
+
+def nydus_image_create(source: Path, kind: str = "dir-rafs", compressor: str = "zstd") -> dict[str, str]:
+    """The nydus-image peer with nydus-py's defaults (zstd, blake3, 1 MiB chunks, inline meta with a TOC)."""
+    tool = nydus_image()
+    if tool is None:
+        return {}
+    return {"nydus-image create": f"{tool} create --log-level warn --fs-version 6 -t {kind} --blob-inline-meta "
+                                  f"--features blob-toc --compressor {compressor} --digester blake3 "
+                                  f"--chunk-size 0x100000 -D {{out}} {source}"}
+
+
 def peers(source: Path, jobs: str) -> dict[str, str]:
     build = f"{PY} -m nydus_py.cli build {source} -o {{out}}/img {jobs}"
-    out = {"nydus-py": build}
+    out = {"nydus-py": build, **nydus_image_create(source)}
     if shutil.which("mkfs.erofs"):
         out["mkfs.erofs"] = f"mkfs.erofs --quiet --chunksize=1048576 --blobdev={{out}}/blob {{out}}/img {source}"
     out["tar|gzip -6"] = f"tar -C {source} -cf - . | gzip -6 > {{out}}/l.tar.gz"
@@ -251,7 +278,8 @@ def main(argv: list[str]) -> int:
             size, entries = tree_size(rootfs)
             print(f"rootfs: {size / 1e6:.0f} MB, {entries} entries", file=sys.stderr)
             rows += bench("rootfs", peers(rootfs, jobs), work, args.runs, size, entries)
-            lz4 = {"nydus-py": peers(rootfs, jobs)["nydus-py"] + " --compressor lz4_block"}
+            lz4 = {"nydus-py": peers(rootfs, jobs)["nydus-py"] + " --compressor lz4_block",
+                   **nydus_image_create(rootfs, compressor="lz4_block")}
             if shutil.which("mkfs.erofs"):
                 lz4["mkfs.erofs"] = peers(rootfs, jobs)["mkfs.erofs"]
             rows += bench("rootfs lz4_block", lz4, work, args.runs, size, entries)
@@ -259,7 +287,8 @@ def main(argv: list[str]) -> int:
             small = make_small_files(work / "small", max(1000, int(1_000_000 * args.scale)))
             size, entries = tree_size(small)
             rows += bench("small files", {k: v for k, v in peers(small, jobs).items()
-                                          if k in ("nydus-py", "mkfs.erofs")}, work, args.runs, size, entries)
+                                          if k in ("nydus-py", "nydus-image create", "mkfs.erofs")},
+                          work, args.runs, size, entries)
         if "bigfile" in corpora:
             big = make_big_file(work / "big", max(1 << 20, int((2 << 30) * args.scale)))
             size, entries = tree_size(big)
@@ -267,7 +296,8 @@ def main(argv: list[str]) -> int:
         if "targz" in corpora:
             tgz = args.tar_gz or make_tar_gz(rootfs, work / "layer.tar.gz")
             size = tgz.stat().st_size
-            commands = {"nydus-py": f"{PY} -m nydus_py.cli build {tgz} -o {{out}}/img {jobs}"}
+            commands = {"nydus-py": f"{PY} -m nydus_py.cli build {tgz} -o {{out}}/img {jobs}",
+                        **nydus_image_create(tgz, kind="targz-rafs")}
             if shutil.which("zstd"):
                 commands["zcat|zstd -3 -T0"] = f"zcat {tgz} | zstd -q -3 -T0 > {{out}}/l.tar.zst"
             rows += bench("tar.gz layer", commands, work, args.runs, size, 0)
@@ -283,8 +313,12 @@ def main(argv: list[str]) -> int:
                 import json
 
                 blobs.append(json.loads((one / f"{i}.json").read_text())["layers"][0]["path"])
-            rows += bench("merge of 20 layers", {"nydus-py": f"{PY} -m nydus_py.cli merge {' '.join(blobs)} -o "
-                                                             "{out}/m"}, work, args.runs, 0, 0)
+            commands = {"nydus-py": f"{PY} -m nydus_py.cli merge {' '.join(blobs)} -o {{out}}/m"}
+            if nydus_image():  # the same layers' inline bootstraps, named by blob id as the snapshotter names them
+                boots = [extract_inline_bootstrap(Path(b), one / Path(b).name) for b in blobs]
+                commands["nydus-image merge"] = (f"{nydus_image()} merge --log-level warn --bootstrap {{out}}/m "
+                                                 f"{' '.join(map(str, boots))}")
+            rows += bench("merge of 20 layers", commands, work, args.runs, 0, 0)
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
