@@ -149,3 +149,74 @@ def test_unpack_never_leaves_a_partial_tree(tmp_path: Path, capsys: pytest.Captu
     assert list(parent.iterdir()) == []
     assert main(["unpack", doc["bootstrap"], "-o", str(tmp_path / "missing" / "parents" / "new")]) == 2
     assert not (tmp_path / "missing").exists()
+
+
+def with_dirent_nid(bootstrap: bytes, directory: bytes, name: bytes, nid: int) -> bytes:
+    """The bootstrap with the dirent `name` of `directory` pointing at inode `nid`."""
+    from nydus_py.bootstrap.reader import BootstrapParser
+
+    data = bytearray(bootstrap)
+    sb = parse(erofs.SuperBlock, data, what="superblock", offset=erofs.EROFS_SUPER_OFFSET)
+    ext = parse(rafs.SuperBlockExt, data, what="extended superblock", offset=rafs.EXT_SUPER_OFFSET)
+    parser = BootstrapParser(bytes(data), sb.meta_blkaddr, ext.s_chunk_size, None)
+    dir_nid = sb.root_nid
+    for part in directory.strip(b"/").split(b"/"):
+        dir_nid = next(n for entry, n, _ in parser.dirents(parser.raw_inode(dir_nid)) if entry == part)
+    for at, length in parser.data_blocks(parser.raw_inode(dir_nid)):
+        for i in range(erofs.dirent_count(parse(erofs.Dirent, data, what="dirent", offset=at).nameoff)):
+            dirent = parse(erofs.Dirent, data, what="dirent", offset=at + i * erofs.DIRENT_SIZE)
+            if [e for e, n, _ in parser.dirents(parser.raw_inode(dir_nid)) if n == dirent.nid] == [name]:
+                dirent.nid = nid
+                data[at + i * erofs.DIRENT_SIZE : at + (i + 1) * erofs.DIRENT_SIZE] = erofs.Dirent.build(dirent)
+                return bytes(data)
+    raise AssertionError(f"no dirent {name!r} in {directory!r}")
+
+
+def with_inode_count(bootstrap: bytes, count: int) -> bytes:
+    data = bytearray(bootstrap)
+    sb = parse(erofs.SuperBlock, data, what="superblock", offset=erofs.EROFS_SUPER_OFFSET)
+    sb.inos = count
+    data[erofs.EROFS_SUPER_OFFSET : erofs.EROFS_SUPER_OFFSET + erofs.SuperBlock.sizeof()] = erofs.SuperBlock.build(sb)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("hostile", ["cycle", "inode-count"])
+def test_bounded_work_on_hostile_metadata(tmp_path: Path, hostile: str) -> None:
+    """A directory graph with a cycle, or a superblock claiming 2^32-1 inodes: every read-side command ends
+    at once with a clean status, whatever the counts claim."""
+    import subprocess
+    import sys
+    import time
+
+    need_mount()
+    src = tmp_path / "src"
+    (src / "d" / "e").mkdir(parents=True)
+    (src / "d" / "e" / "f").write_bytes(b"f")
+    assert main(["build", str(src), "-o", str(tmp_path / "img"), "--quiet"]) == 0
+    data = (tmp_path / "img" / "bootstrap").read_bytes()
+    if hostile == "cycle":
+        root_nid = parse(erofs.SuperBlock, data, what="superblock", offset=erofs.EROFS_SUPER_OFFSET).root_nid
+        data = with_dirent_nid(data, b"/d", b"e", root_nid)
+    else:
+        data = with_inode_count(data, 0xFFFF_FFFF)
+    boot = tmp_path / "img" / "hostile.boot"
+    boot.write_bytes(data)
+    blobs = str(tmp_path / "img" / "blobs" / "sha256")
+    (tmp_path / "mnt").mkdir()
+    commands = {"check": ["check", str(boot), "--blob-dir", blobs],
+                "inspect": ["inspect", str(boot), "--blob-dir", blobs],
+                "unpack": ["unpack", str(boot), "--blob-dir", blobs, "-o", str(tmp_path / "u.tar")],
+                "mount": ["mount", str(boot), str(tmp_path / "mnt"), "--blob-dir", blobs, "--cache-dir",
+                          str(tmp_path / "cache")]}
+    for name, args in commands.items():
+        started = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", "nydus_py.cli", *args], capture_output=True, text=True,
+                              timeout=60)
+        assert time.monotonic() - started < 30, name
+        if hostile == "cycle":
+            assert done.returncode == (1 if name == "check" else 2), (name, done.stderr)
+            assert done.stderr.count("\n") == (0 if name == "check" else 1), (name, done.stderr)
+        else:
+            assert done.returncode in (0, 1, 2) and "Traceback" not in done.stderr, (name, done.stderr)
+        if name == "mount" and done.returncode == 0:
+            assert main(["umount", str(tmp_path / "mnt")]) == 0

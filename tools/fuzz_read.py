@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Mutation fuzzing of the read side: mutated bootstraps and blobs through `check` and `inspect`.
+"""Mutation fuzzing of the read side: mutated bootstraps and blobs through `check`, `inspect` and everything
+`mount` does before mount(2) (the structural pre-check, blob verification and device-image expansion).
 
 Every run must end in exit 0, 1 or 2 (never 3, our bug), with a one-line message on stderr for exit 2,
 within a time bound, with bounded memory. Seeds: the real nydus fixtures (when ../shared is there) and a
@@ -83,21 +84,41 @@ def mutate(data: bytes, rng: random.Random) -> bytes:
     return bytes(buf)
 
 
+def premount(image: Path, blob_dir: Path) -> int:
+    """What `nydus-py mount` does before mount(2), as an exit status: 0 ready to mount, 2 refused, 3 our bug."""
+    from nydus_py.devices import prepare_devices, require_sound_bootstrap
+    from nydus_py.errors import NydusError
+    from nydus_py.locate import open_image
+
+    try:
+        opened = open_image(image, blob_dir)
+        require_sound_bootstrap(opened)
+        prepare_devices(opened, blob_dir / "cache")
+    except NydusError as exc:
+        print(f"nydus-py: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 (the fuzzer's job is to find these)
+        print(f"nydus-py: internal error: {exc!r}", file=sys.stderr)
+        return 3
+    return 0
+
+
 def run_case(files: dict[str, bytes], case_dir: Path, max_seconds: float) -> list[str]:
-    """Problems found running check and inspect on one mutated image."""
+    """Problems found running check, inspect and mount's preparation on one mutated image."""
     shutil.rmtree(case_dir, ignore_errors=True)
     case_dir.mkdir()
     for name, data in files.items():
         (case_dir / name).write_bytes(data)
     target = str(case_dir / next(iter(files)))
     problems = []
-    for command in (["check", target, "--blob-dir", str(case_dir)], ["inspect", target, "--blob-dir", str(case_dir)]):
+    for command in (["check", target, "--blob-dir", str(case_dir)], ["inspect", target, "--blob-dir", str(case_dir)],
+                    ["premount", target, str(case_dir)]):
         err = io.StringIO()
         started = time.perf_counter()
         signal.setitimer(signal.ITIMER_REAL, max_seconds)
         try:
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
-                status = main(command)
+                status = premount(Path(target), case_dir) if command[0] == "premount" else main(command)
         except Timeout:
             status = -1
         finally:
