@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,8 +21,7 @@ from nydus_py.errors import FormatError, NydusError, UnsupportedError
 from nydus_py.format import blobmeta, erofs
 from nydus_py.format.blobmeta import BLOB_ID_PLACEHOLDER, BlobFeatures
 from nydus_py.image import BlobInfo, Bootstrap, is_blob_digest
-from nydus_py.locate import OpenedImage, is_bootstrap, open_images
-from nydus_py.oci.nydus import manifest_defects
+from nydus_py.locate import OpenedImage, is_bootstrap, open_image
 from nydus_py.model import FileKind
 from nydus_py.validate import Defect, validate_tables
 
@@ -45,11 +45,19 @@ def _defect_of(exc: NydusError, structure: str) -> Defect:
     return Defect(structure, 0, str(exc))
 
 
-def check_path(image: str | os.PathLike[str], blob_dir: str | os.PathLike[str] | None = None) -> CheckReport:
-    """Check IMAGE (every platform of an OCI layout); an image too broken to decode is a defect (exit 1), a
-    missing path a UsageError (exit 2)."""
+Opener = Callable[[str | os.PathLike[str], str | os.PathLike[str] | None], list[OpenedImage]]
+
+
+def _open_one(image: str | os.PathLike[str], blob_dir: str | os.PathLike[str] | None) -> list[OpenedImage]:
+    return [open_image(image, blob_dir)]
+
+
+def check_path(image: str | os.PathLike[str], blob_dir: str | os.PathLike[str] | None = None, *,
+               opener: Opener = _open_one) -> CheckReport:
+    """Check IMAGE (every image `opener` finds in it: the OCI layer's opener gives every platform of a
+    layout); an image too broken to decode is a defect (exit 1), a missing path a UsageError (exit 2)."""
     try:
-        images = open_images(image, blob_dir)
+        images = opener(image, blob_dir)
     except (FormatError, UnsupportedError) as exc:
         report = CheckReport()
         data = _bootstrap_candidate(Path(image))
@@ -101,8 +109,8 @@ def check_image(opened: OpenedImage) -> CheckReport:
             report.notes.append(f"blob {info.blob_id} not found: its data was not checked")
             continue
         _check_blob(path, info, boot, report)
-    if opened.oci_image is not None:
-        report.defects += manifest_defects(opened.oci_image, [b.blob_id for b in boot.blobs])
+    if opened.container_defects is not None:
+        report.defects += opened.container_defects([b.blob_id for b in boot.blobs])
     return report
 
 

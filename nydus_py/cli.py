@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import importlib
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -32,39 +30,10 @@ from nydus_py.errors import NydusError, UsageError
 from nydus_py.fsutil import atomic_output
 
 if TYPE_CHECKING:
-    from nydus_py.build import BuildResult
+    from nydus_py.oci.publish import BuildResult
 
-
-def _lazy(module: str, name: str) -> Any:
-    """A callable that imports `module` on first use: each command loads only what it needs (building a
-    directory never loads the registry client), so nydus-py starts fast."""
-
-    def call(*args: Any, **kwargs: Any) -> Any:
-        return getattr(importlib.import_module(module), name)(*args, **kwargs)
-
-    call.__name__ = name
-    return call
-
-
-build_image = _lazy("nydus_py.build", "build_image")
-merge_images = _lazy("nydus_py.build", "merge_images")
-ImageOptions = _lazy("nydus_py.build", "ImageOptions")
-check_path = _lazy("nydus_py.check", "check_path")
-default_cache_dir = _lazy("nydus_py.devices", "default_cache_dir")
-mount_image = _lazy("nydus_py.devices", "mount_image")
-require_root = _lazy("nydus_py.devices", "require_root")
-kernel_umount = _lazy("nydus_py.kmount", "umount")
-open_image = _lazy("nydus_py.locate", "open_image")
-ConvertOptions = _lazy("nydus_py.oci.convert", "ConvertOptions")
-convert_image = _lazy("nydus_py.oci.convert", "convert")
-RegistryOptions = _lazy("nydus_py.oci.images", "RegistryOptions")
-copy_image = _lazy("nydus_py.oci.images", "copy_image")
-push_layout = _lazy("nydus_py.oci.images", "push_layout")
-parse_reference = _lazy("nydus_py.oci.registry", "parse_reference")
-unpack_image = _lazy("nydus_py.unpack", "unpack")
-report_summary = _lazy("nydus_py.report", "summary")
-report_summary_text = _lazy("nydus_py.report", "summary_text")
-report_listing = _lazy("nydus_py.report", "listing")
+# Each command imports what it uses inside its function (building a directory never loads the registry
+# client), so nydus-py starts fast; the imports are plain, so the call graph stays visible.
 
 EXIT_OK = 0
 EXIT_VERDICT = 1
@@ -74,10 +43,8 @@ EXIT_BUG = 3
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show tracebacks of unexpected errors.")
-@click.pass_context
-def cli(ctx: click.Context, debug: bool) -> None:
+def cli(debug: bool) -> None:
     """Build, inspect and check Nydus (RAFS v6) container images."""
-    ctx.obj = {"debug": debug}
 
 
 def _chunk_size(ctx: click.Context, param: click.Parameter, value: str) -> int:
@@ -264,19 +231,18 @@ def build(layers: tuple[str, ...], outdir: Path, compressor: str, digester: str,
 def _build(layers: tuple[str, ...], outdir: Path, config: BuildConfig, extra_bootstrap: Path | None,
            output_json: Path | None, config_file: Path | None, platform: str | None, tag: str | None,
            creds: str | None, plain_http: bool, insecure: bool) -> None:
+    from nydus_py.oci.publish import ImageOptions, build_image
+    from nydus_py.oci.ref import output_ref
+    from nydus_py.oci.sources import RegistryOptions
+
     image = ImageOptions(config_file=config_file, platform=platform, tag=tag)
-    target = os.fspath(outdir)
-    if not target.startswith("docker:/"):
-        _report(build_image(list(layers), outdir, config, extra_bootstrap=extra_bootstrap, image=image), output_json)
-        return
-    ref = parse_reference(target.replace("docker:/", "docker://", 1) if not target.startswith("docker://") else target)
     registry = RegistryOptions(creds=creds, plain_http=plain_http, insecure=insecure)
-    with tempfile.TemporaryDirectory(prefix="nydus-py-push-") as tmp:
-        result = build_image(list(layers), Path(tmp) / "image", config, extra_bootstrap=extra_bootstrap, image=image)
-        assert result.manifest is not None
-        stats = push_layout(Path(tmp) / "image", result.manifest, ref, registry.client(ref.registry))
-        _report(result, output_json)
-    click.echo(f"pushed to {ref}: {stats.uploaded} blobs uploaded, {stats.existing} already there")
+    result = build_image(list(layers), output_ref(os.fspath(outdir)), config, extra_bootstrap=extra_bootstrap,
+                         image=image, registry=registry)
+    _report(result, output_json)
+    if result.push is not None:
+        click.echo(f"pushed to {result.pushed_to}: {result.push.uploaded} blobs uploaded, "
+                   f"{result.push.existing} already there")
 
 
 @cli.command()
@@ -302,13 +268,19 @@ def convert(source: str, target: str, compressor: str, digester: str, chunk_size
     SOURCE is oci:DIR[:TAG], oci-archive:FILE[:TAG] (docker buildx --output type=oci), docker-archive:FILE
     (docker save) or docker://REGISTRY/REPO[:TAG|@DIGEST]; TARGET is oci:DIR[:TAG] or docker://REGISTRY/REPO[:TAG].
     """
+    from nydus_py.oci.convert import ConvertOptions
+    from nydus_py.oci.convert import convert as convert_image
+    from nydus_py.oci.ref import parse_image_ref, parse_target_ref
+    from nydus_py.oci.sources import RegistryOptions
+
+    source_ref, target_ref = parse_image_ref(source), parse_target_ref(target)
     progress = _progress(quiet, output_json)
     config = _build_config(compressor, digester, chunk_size, jobs, whiteout_spec, overlay_xattr_ns,
                            cross_layer_dedup, _prefetch(prefetch_patterns, no_prefetch), progress)
     opts = ConvertOptions(platforms=platforms, docker_types=docker_media_types, merge_platform=merge_platform)
     registry = RegistryOptions(creds=creds, plain_http=plain_http, insecure=insecure)
     try:
-        result = convert_image(source, target, config, opts, registry)
+        result = convert_image(source_ref, target_ref, config, opts, registry)
     finally:
         if progress is not None:
             progress.close()
@@ -337,7 +309,12 @@ def convert(source: str, target: str, compressor: str, digester: str, chunk_size
 @_registry_options
 def copy(source: str, target: str, creds: str | None, plain_http: bool, insecure: bool) -> None:
     """Copy an image as it is (same digests) between oci:DIR[:TAG] and docker://REGISTRY/REPO[:TAG]."""
-    top = copy_image(source, target, RegistryOptions(creds=creds, plain_http=plain_http, insecure=insecure))
+    from nydus_py.oci.copy import copy_image
+    from nydus_py.oci.ref import parse_image_ref, parse_target_ref
+    from nydus_py.oci.sources import RegistryOptions
+
+    top = copy_image(parse_image_ref(source), parse_target_ref(target),
+                     RegistryOptions(creds=creds, plain_http=plain_http, insecure=insecure))
     click.echo(f"{target}: {top.media_type} {top.digest}")
 
 
@@ -349,6 +326,8 @@ def copy(source: str, target: str, creds: str | None, plain_http: bool, insecure
 def merge(layers: tuple[Path, ...], outdir: Path, blob_dir: Path | None, extra_bootstrap: Path | None,
           output_json: Path | None, prefetch_patterns: str | None, no_prefetch: bool) -> None:
     """Merge LAYERS (layer blobs, or bootstraps with --blob-dir; lowest first) into one bootstrap in OUTDIR."""
+    from nydus_py.oci.publish import merge_images
+
     config = BuildConfig(prefetch_patterns=_prefetch(prefetch_patterns, no_prefetch))
     _report(merge_images(list(layers), outdir, config, blob_dir=blob_dir, extra_bootstrap=extra_bootstrap),
             output_json)
@@ -361,7 +340,12 @@ def merge(layers: tuple[Path, ...], outdir: Path, blob_dir: Path | None, extra_b
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 def inspect(image: Path, path: str, blob_dir: Path | None, as_json: bool) -> None:
     """Describe IMAGE (a bootstrap, a blob with an inline bootstrap, or an output directory)."""
-    opened = open_image(image, blob_dir)
+    from nydus_py.oci.nydus import open_first_image
+    from nydus_py.report import listing as report_listing
+    from nydus_py.report import summary as report_summary
+    from nydus_py.report import summary_text as report_summary_text
+
+    opened = open_first_image(image, blob_dir)
     if as_json:
         doc = report_summary(opened.bootstrap)
         doc["listing"] = report_listing(opened.bootstrap, path.encode())
@@ -383,7 +367,10 @@ def check(image: Path, blob_dir: Path | None, as_json: bool) -> int:
 
     Exit 0 when sound, 1 with one line per defect, 2 when the check cannot run.
     """
-    report = check_path(image, blob_dir)
+    from nydus_py.check import check_path
+    from nydus_py.oci.nydus import open_images
+
+    report = check_path(image, blob_dir, opener=open_images)
     if as_json:
         click.echo(json.dumps({"sound": report.sound, "defects": [str(d) for d in report.defects],
                                "notes": report.notes, "inodes": report.inodes, "blobs_checked": report.blobs_checked,
@@ -406,7 +393,10 @@ def check(image: Path, blob_dir: Path | None, as_json: bool) -> int:
 @click.option("--blob-dir", type=click.Path(path_type=Path), help="Where the blobs of a bare bootstrap are.")
 def unpack(image: Path, target: Path, blob_dir: Path | None) -> None:
     """Write IMAGE's files to a directory or an OCI-compatible tar."""
-    count = unpack_image(open_image(image, blob_dir), target)
+    from nydus_py.oci.nydus import open_first_image
+    from nydus_py.unpack import unpack as unpack_image
+
+    count = unpack_image(open_first_image(image, blob_dir), target)
     click.echo(f"{target}: {count} entries")
 
 
@@ -421,8 +411,11 @@ def unpack(image: Path, target: Path, blob_dir: Path | None) -> None:
 def mount(image: Path, mountpoint: Path, cache_dir: Path | None, blob_dir: Path | None, no_check: bool) -> None:
     """Mount IMAGE read-only with the kernel's EROFS driver (no nydusd; needs root). The bootstrap must pass
     the structural checks of `check` first, and each blob file must hash to its id."""
+    from nydus_py.devices import default_cache_dir, mount_image, require_root
+    from nydus_py.oci.nydus import open_first_image
+
     require_root()
-    devices = mount_image(open_image(image, blob_dir), mountpoint, cache_dir or default_cache_dir(),
+    devices = mount_image(open_first_image(image, blob_dir), mountpoint, cache_dir or default_cache_dir(),
                           check=not no_check)
     click.echo(f"{mountpoint}: mounted ({len(devices)} device images)")
 
@@ -431,6 +424,8 @@ def mount(image: Path, mountpoint: Path, cache_dir: Path | None, blob_dir: Path 
 @click.argument("mountpoint", type=click.Path(path_type=Path))
 def umount(mountpoint: Path) -> None:
     """Unmount a mount made by `nydus-py mount`."""
+    from nydus_py.kmount import umount as kernel_umount
+
     kernel_umount(mountpoint)
     click.echo(f"{mountpoint}: unmounted")
 

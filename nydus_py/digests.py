@@ -20,6 +20,3 @@ def crc32c(data: bytes | memoryview) -> int:
     """CRC-32C (Castagnoli, iSCSI) as nydus stores it in the chunk table."""
     return _crc32c.crc32c(data)  # type: ignore[no-any-return]
 
-
-def sha256_hex(data: bytes | memoryview) -> str:
-    return hashlib.sha256(data).hexdigest()

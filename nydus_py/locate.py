@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from nydus_py.format import erofs
 from nydus_py.format.blobmeta import BLOB_ID_PLACEHOLDER
 from nydus_py.fsutil import file_sha256
 from nydus_py.image import BlobInfo, Bootstrap, is_blob_digest
-from nydus_py.oci.nydus import NydusImage, open_nydus_images
+from nydus_py.validate import Defect
 
 MAX_BOOTSTRAP_SIZE = 1 << 32
 
@@ -30,12 +31,15 @@ class OpenedImage:
     bootstrap_bytes: bytes
     blob_paths: dict[str, Path] = field(default_factory=dict)
     inline_blob: Path | None = None  # set when IMAGE was a blob with an inline bootstrap
-    oci_image: NydusImage | None = None  # set when IMAGE was an OCI image layout
+    packaged: bool = False  # the bootstrap came out of a package (an OCI image's bootstrap layer)
+    # the rules of the package the bootstrap came in, given the blob ids it references (set by the layer
+    # that opened the package: the core knows no OCI)
+    container_defects: Callable[[list[str]], list[Defect]] | None = None
 
     @property
     def bootstrap_file(self) -> Path | None:
-        """A file holding exactly the bootstrap (None when it came out of a blob or an OCI layer)."""
-        return self.source if self.inline_blob is None and self.oci_image is None else None
+        """A file holding exactly the bootstrap (None when it came out of a blob or a package)."""
+        return self.source if self.inline_blob is None and not self.packaged else None
 
     def blob_path(self, info: BlobInfo) -> Path | None:
         if info.blob_id == BLOB_ID_PLACEHOLDER and self.inline_blob is not None:
@@ -49,37 +53,10 @@ def is_bootstrap(head: bytes) -> bool:
         erofs.EROFS_SUPER_MAGIC_V1)
 
 
-def open_images(image: str | os.PathLike[str], blob_dir: str | os.PathLike[str] | None = None) -> list[OpenedImage]:
-    """Every image IMAGE holds: one, or one per platform of an OCI layout (`oci:DIR[:TAG]` or a layout
-    directory without a `bootstrap` file)."""
-    text = os.fspath(image)
-    if not text.startswith("oci:") and Path(text).is_dir() and not (Path(text) / "bootstrap").exists() and (
-            Path(text) / "index.json").is_file():
-        text = "oci:" + text
-    if text.startswith("oci:"):
-        return [_from_layout(nydus) for nydus in open_nydus_images(text)]
-    return [open_image(image, blob_dir)]
-
-
-def _from_layout(nydus: NydusImage) -> OpenedImage:
-    source = nydus.layout / "index.json"
-    opened = OpenedImage(source=source, bootstrap=read_bootstrap(nydus.bootstrap), bootstrap_bytes=nydus.bootstrap,
-                         oci_image=nydus)
-    for info in opened.bootstrap.blobs:
-        found = find_blob_file([nydus.layout / "blobs" / "sha256"], info.blob_id)
-        if found is not None:
-            opened.blob_paths[info.blob_id] = found
-    return opened
-
-
 def open_image(image: str | os.PathLike[str], blob_dir: str | os.PathLike[str] | None = None) -> OpenedImage:
     """Decode IMAGE's bootstrap and locate its blobs (in `blob_dir`, beside it, or in its output directory).
-    For an OCI layout with several platforms, the first one."""
-    if os.fspath(image).startswith("oci:"):
-        return open_images(image, blob_dir)[0]
+    OCI layouts are opened by the OCI layer (nydus_py/oci/nydus.py), which hands back the same type."""
     path = Path(image)
-    if path.is_dir() and not (path / "bootstrap").exists() and (path / "index.json").is_file():
-        return open_images(image, blob_dir)[0]
     if path.is_dir():
         bootstrap_path = path / "bootstrap"
         if not bootstrap_path.is_file():

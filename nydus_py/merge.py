@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from nydus_py.blob.reader import BlobReader
+from nydus_py.blob.reader import BlobReader, RandomAccess
 from nydus_py.bootstrap.layout import plan_layout
 from nydus_py.bootstrap.reader import read_bootstrap
 from nydus_py.bootstrap.writer import write_bootstrap
@@ -59,16 +59,18 @@ def bootstrap_bytes(tree: Tree, blobs: dict[int, BlobInfo], *, chunk_size: int, 
     return write_bootstrap(plan), keys
 
 
-def final_blob_info(info: BlobInfo, path: Path, blob_id: str) -> BlobInfo:
-    """The blob table entry a merged bootstrap records: real id, file size, TOC size and digest."""
-    size, toc_digest, toc_size = _file_facts(path)
+def final_blob_info(info: BlobInfo, blob: Path | RandomAccess, blob_id: str, blob_index: int | None = None) -> BlobInfo:
+    """The blob table entry a merged bootstrap records: real id, file size, TOC size and digest (and, when
+    given, the blob's index in the new table). The one rule for every merged or reused blob."""
+    size, toc_digest, toc_size = _file_facts(blob)
     return replace(info, blob_id=blob_id, compressed_size=size, toc_digest=toc_digest, toc_size=toc_size,
-                   features=info.features & ~BlobFeatures.INLINED_FS_META)
+                   features=info.features & ~BlobFeatures.INLINED_FS_META,
+                   blob_index=info.blob_index if blob_index is None else blob_index)
 
 
-def _file_facts(path: Path) -> tuple[int, bytes, int]:
-    """A blob file's size, TOC digest and TOC size (zeros without a TOC)."""
-    with BlobReader(path) as blob:
+def _file_facts(source: Path | RandomAccess) -> tuple[int, bytes, int]:
+    """A blob's size, TOC digest and TOC size (zeros without a TOC)."""
+    with BlobReader(source) as blob:
         toc = blob.toc_digest()
         size = blob.size
     toc_digest, toc_size = toc if toc is not None else (bytes(32), 0)

@@ -135,7 +135,7 @@ class Tree:
 
 
 def new_directory(mode: int = 0o755, **attrs: int) -> Inode:
-    return Inode(kind=FileKind.DIR, mode=stat.S_IFDIR | (mode & 0o7777), **attrs)
+    return Inode(kind=FileKind.DIR, mode=stat.S_IFDIR | (mode & 0o7777), **attrs)  # type: ignore[arg-type]
 
 
 def has_default_attributes(inode: Inode) -> bool:

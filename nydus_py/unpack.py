@@ -20,6 +20,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from nydus_py import compress
 from nydus_py.blob.reader import BlobReader
@@ -308,12 +309,21 @@ def _first_link(info: tarfile.TarInfo, inode: Inode, chunks: ChunkReader) -> _Ch
 
 def unpack_to_tar(opened: OpenedImage, target: Path) -> int:
     """Write the image's tree as a PAX tar (written atomically); returns entries written."""
+    try:
+        with atomic_output(target) as out:
+            return write_tar(opened, out)
+    except OSError as exc:
+        raise UsageError(f"{target}: cannot write tar: {exc.strerror}") from exc
+
+
+def write_tar(opened: OpenedImage, out: BinaryIO) -> int:
+    """Write the image's tree as a PAX tar to `out`, strictly sequentially (it may be a pipe); returns entries
+    written."""
     chunks = ChunkReader(opened)
     links: dict[int, str] = {}
     count = 0
     try:
-        with atomic_output(target) as out, tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT,
-                                                        errors="surrogateescape") as tar:
+        with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, errors="surrogateescape") as tar:
             for path, inode in opened.bootstrap.tree.walk():
                 name = b"." if path == b"/" else path.lstrip(b"/")
                 if any(not _valid_name(part) for part in name.split(b"/")) and name != b".":
@@ -331,8 +341,6 @@ def unpack_to_tar(opened: OpenedImage, target: Path) -> int:
                     data = _first_link(info, inode, chunks)
                 tar.addfile(info, io.BufferedReader(data) if data is not None else None)
                 count += 1
-    except OSError as exc:
-        raise UsageError(f"{target}: cannot write tar: {exc.strerror}") from exc
     finally:
         chunks.close()
     return count
@@ -345,4 +353,4 @@ def unpack(opened: OpenedImage, target: Path) -> int:
     return unpack_to_directory(opened, target)
 
 
-__all__ = ["ChunkReader", "unpack", "unpack_to_directory", "unpack_to_tar"]
+__all__ = ["ChunkReader", "unpack", "unpack_to_directory", "unpack_to_tar", "write_tar"]

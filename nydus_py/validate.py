@@ -31,10 +31,6 @@ class Defect:
         return f"{self.structure} at {self.offset:#x}: {self.rule}"
 
 
-def _u(data: bytes, offset: int, size: int) -> int:
-    return int.from_bytes(data[offset : offset + size], "little")
-
-
 def validate_superblock(data: bytes) -> list[Defect]:
     """RafsV6SuperBlock::validate."""
     at = erofs.EROFS_SUPER_OFFSET

@@ -19,9 +19,10 @@ def _xattrs(path: Path) -> dict[str, bytes]:
             for name in os.listxattr(path, follow_symlinks=False)}
 
 
-def snapshot(root: Path, *, mtime: bool = True, mtime_ns: bool = True, xattrs: bool = True, setid: bool = True,
-             hardlinks: bool = True) -> tuple[dict[bytes, tuple], list]:
-    """{relative path: attributes} and the hardlink groups of a tree (`mtime_ns=False`: whole seconds)."""
+def snapshot(root: Path, *, mtime: bool = True, mtime_ns: bool = True, root_mtime: bool = True, xattrs: bool = True,
+             setid: bool = True, hardlinks: bool = True) -> tuple[dict[bytes, tuple], list]:
+    """{relative path: attributes} and the hardlink groups of a tree (`mtime_ns=False`: whole seconds;
+    `root_mtime=False`: not the root's, which containerd's layer applier never sets)."""
     entries: dict[bytes, tuple] = {}
     by_inode: dict[tuple[int, int], list[bytes]] = {}
     root_b = os.fsencode(root)
@@ -34,7 +35,7 @@ def snapshot(root: Path, *, mtime: bool = True, mtime_ns: bool = True, xattrs: b
             attrs = [st.st_mode if setid else st.st_mode & ~0o6000, st.st_uid, st.st_gid]
             if xattrs:
                 attrs.append(sorted(_xattrs(Path(os.fsdecode(full))).items()))
-            if mtime:
+            if mtime and (root_mtime or rel != b"."):
                 attrs += [st.st_mtime_ns if mtime_ns else int(st.st_mtime)]
             if kind == stat.S_IFREG:
                 attrs += [st.st_size, file_sha256(Path(os.fsdecode(full)))]

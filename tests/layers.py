@@ -77,7 +77,7 @@ def upper_to_oci_tar(upper: Path, out: Path, compression: str = "") -> Path:
             name = "." if rel == "." else "./" + rel
             st = os.lstat(path)
             if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
-                info = tarfile.TarInfo(str(Path(name).parent / (".wh." + path.name)))
+                info = tarfile.TarInfo(name.rsplit("/", 1)[0] + "/.wh." + path.name)  # keeps the "./" prefix
                 tar.addfile(info)
                 continue
             info = tar.gettarinfo(str(path), arcname=name)

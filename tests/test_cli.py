@@ -56,7 +56,7 @@ def test_unexpected_exception_is_exit_3(monkeypatch: pytest.MonkeyPatch, capsys:
     def boom(*_: object) -> None:
         raise ZeroDivisionError("boom")
 
-    monkeypatch.setattr("nydus_py.cli.open_image", boom)
+    monkeypatch.setattr("nydus_py.oci.nydus.open_first_image", boom)
     status, _, err = run(capsys, "inspect", "x")
     assert status == 3 and err.startswith("nydus-py: internal error") and err.count("\n") == 1
 
@@ -72,11 +72,11 @@ def test_build_passes_the_exact_config(monkeypatch: pytest.MonkeyPatch, capsys: 
 
     seen = {}
 
-    def fake_build(layers, outdir, config, *, extra_bootstrap=None, image=None):  # type: ignore[no-untyped-def]
-        seen.update(source=layers, outdir=outdir, config=config, extra=extra_bootstrap)
+    def fake_build(layers, target, config, *, extra_bootstrap=None, image=None, registry=None):  # type: ignore[no-untyped-def]
+        seen.update(source=layers, outdir=target.path, config=config, extra=extra_bootstrap)
         raise SystemExit(0)
 
-    monkeypatch.setattr("nydus_py.cli.build_image", fake_build)
+    monkeypatch.setattr("nydus_py.oci.publish.build_image", fake_build)
     with pytest.raises(SystemExit):
         main(["build", "src", "-o", "out", "--compressor", "lz4_block", "--digester", "sha256", "--chunk-size",
               "0x10000", "--jobs", "3", "--bootstrap", "b.boot"])
@@ -140,12 +140,13 @@ def test_convert_options_and_errors(monkeypatch: pytest.MonkeyPatch, capsys: pyt
         seen.update(source=source, target=target, config=config, opts=opts, registry=registry)
         raise SystemExit(0)
 
-    monkeypatch.setattr("nydus_py.cli.convert_image", fake_convert)
+    monkeypatch.setattr("nydus_py.oci.convert.convert", fake_convert)
     with pytest.raises(SystemExit):
         main(["convert", "oci-archive:img.tar", "oci:out:app", "--platform", "linux/arm64", "--merge-platform",
               "--compressor", "lz4_block"])
     assert seen["opts"] == ConvertOptions(platforms=("linux/arm64",), docker_types=False, merge_platform=True)
-    assert seen["config"].compressor.value == "lz4_block" and seen["target"] == "oci:out:app"
+    assert seen["config"].compressor.value == "lz4_block" and str(seen["target"]) == "oci:out:app"
+    assert seen["target"].path == Path("out") and seen["target"].tag == "app"
     assert seen["registry"].plain_http is False and seen["registry"].creds is None
     monkeypatch.undo()
     status, _, err = run(capsys, "convert", "registry.example/x", f"oci:{tmp_path / 'o'}")
@@ -165,7 +166,7 @@ def test_copy_between_layouts(capsys: pytest.CaptureFixture[str], tmp_path: Path
     assert status == 0 and out.rstrip().endswith(index_a)
     assert json.loads((tmp_path / "b" / "index.json").read_text())["manifests"][0]["digest"] == index_a
     status, _, err = run(capsys, "copy", "somewhere", f"oci:{tmp_path / 'c'}")
-    assert status == 2 and "copy reads" in err
+    assert status == 2 and "not an image reference" in err
 
 
 def test_progress_bar_only_on_a_terminal(tmp_path: Path) -> None:

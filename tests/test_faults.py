@@ -52,10 +52,11 @@ def _start_build(src: Path, out: Path) -> subprocess.Popen[bytes]:
 
 
 def _wait_for_work(out: Path, timeout: float = 20.0) -> None:
-    """Until the build has a temporary blob under way."""
+    """Until the build has a temporary blob under way (staged inside a new OUTDIR, beside an existing one)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if any(p.name.startswith(".blob.") for p in out.rglob("*")):
+        staged = [*out.rglob("*"), *out.parent.glob(f".{out.name}.nydus-py-*/*")]
+        if any(p.name.startswith(".blob.") for p in staged):
             return
         time.sleep(0.01)
     pytest.fail("the build never started writing")
@@ -72,6 +73,7 @@ def test_sigint_cleans_up(tmp_path: Path) -> None:
     _, err = process.communicate(timeout=60)
     assert process.returncode == 2 and b"interrupted" in err and b"Traceback" not in err
     assert sorted(os.listdir(out)) == ["keep"]  # nothing published, temporary files removed
+    assert not list(tmp_path.glob(".out.nydus-py-*"))  # nor the staging beside it
 
 
 def test_sigkill_leaves_no_half_written_artifact(tmp_path: Path) -> None:

@@ -75,9 +75,35 @@ def test_import_direction() -> None:
     assert not problems, problems
 
 
+def test_core_never_imports_the_oci_layer() -> None:
+    """The core (format, model, sources, chunker, blob, bootstrap, merge, pipeline, read side) knows no OCI:
+    only nydus_py.oci itself and the command line import it (../shared/DESIGN.md "Layers of the code")."""
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        module = "nydus_py." + ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
+        if module.startswith("nydus_py.oci.") or module == "nydus_py.cli":
+            continue
+        offenders += [f"{module} imports {name}" for name in imports_of(path)
+                      if name == "nydus_py.oci" or name.startswith("nydus_py.oci.")]
+    assert not offenders, offenders
+
+
+def test_image_references_are_parsed_in_one_place() -> None:
+    """`oci:`/`docker://` references are parsed by nydus_py/oci/ref.py only (with registry.parse_reference,
+    which it calls, for the docker:// part): nobody re-parses strings."""
+    import re
+
+    offenders = [str(p) for p in PACKAGE.rglob("*.py") if p.name not in ("ref.py", "registry.py")
+                 and re.search(r"startswith\(\(?\"(oci|oci-archive|docker-archive|docker):", p.read_text())]
+    assert not offenders
+
+
+CLI_MODULES = ("cli.py", "image_cli.py")  # `nydus-py` and the drop-in `nydus-py-image`
+
+
 def test_no_printing_outside_cli() -> None:
     import re
 
     offenders = [str(p) for p in PACKAGE.rglob("*.py")
-                 if p.name != "cli.py" and re.search(r"(?<![\w.])print\(|click\.echo", p.read_text())]
+                 if p.name not in CLI_MODULES and re.search(r"(?<![\w.])print\(|click\.echo", p.read_text())]
     assert not offenders

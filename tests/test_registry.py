@@ -8,11 +8,13 @@ import http.server
 import json
 import shutil
 import socket
+import socketserver
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import requests
@@ -23,6 +25,7 @@ from tests.conftest import need_mount, need_tool
 from tests.layers import make_umoci_image
 
 TAG = "v1"
+ServerT = TypeVar("ServerT", bound=socketserver.BaseServer)
 
 
 def free_port() -> int:
@@ -32,12 +35,13 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def registry(root: Path, htpasswd: Path | None = None) -> Iterator[str]:
-    """A distribution registry on 127.0.0.1 with its storage in `root`; yields HOST:PORT."""
+def registry(root: Path, htpasswd: Path | None = None, auth: str = "") -> Iterator[str]:
+    """A distribution registry on 127.0.0.1 with its storage in `root`; yields HOST:PORT. `auth` is the config's
+    `auth:` section (YAML), if not htpasswd."""
     binary = need_tool("docker-registry")
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    auth = f"auth:\n  htpasswd:\n    realm: test\n    path: {htpasswd}\n" if htpasswd else ""
+    auth = f"auth:\n  htpasswd:\n    realm: test\n    path: {htpasswd}\n" if htpasswd else auth
     config = root / "config.yml"
     config.write_text(f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {root}/data\n"
                       f"  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}")
@@ -215,15 +219,19 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def proxy(upstream: str, faults: dict[str, str], bearer: bool = False) -> Iterator[FaultProxy]:
-    server = FaultProxy(upstream, faults, bearer)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+def serving(server: ServerT) -> Iterator[ServerT]:
+    """Runs an http.server on a thread while the block runs."""
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield server
     finally:
         server.shutdown()
         server.server_close()
+
+
+def proxy(upstream: str, faults: dict[str, str], bearer: bool = False) -> contextlib.AbstractContextManager[FaultProxy]:
+    return serving(FaultProxy(upstream, faults, bearer))
 
 
 def test_faults_are_retried(open_registry: str, tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ import queue
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import BinaryIO
 
 from nydus_py import compress
 from nydus_py.errors import InternalError, UnsupportedError
@@ -51,11 +52,14 @@ def meta_compressor(compressor: CompressAlgo) -> CompressAlgo:
 
 
 class BlobWriter:
-    """Appends chunks to a temporary blob file in `directory`, then finishes the metadata tail."""
+    """Appends chunks to a temporary blob file in `directory`, then finishes the metadata tail.
+
+    With `output`, the blob goes to that open file instead, strictly sequentially (no seek, no rename): it may
+    be a FIFO that a caller reads (the `nydus-py-image` drop-in builder); it is not removed on failure."""
 
     def __init__(self, directory: Path, *, blob_index: int, chunk_size: int, compressor: CompressAlgo,
-                 digester: DigestAlgo) -> None:
-        self.file, self.path = temporary_file(directory, "blob")
+                 digester: DigestAlgo, output: BinaryIO | None = None) -> None:
+        self.file, self.path = (output, None) if output is not None else temporary_file(directory, "blob")
         self.hash = hashlib.sha256()
         self.pos = 0
         # Writing and hashing run on a thread of their own (both release the GIL), overlapping the reads and
@@ -209,7 +213,8 @@ class BlobWriter:
         toc_digest = hashlib.sha256(entries + header).digest()
         self._stop()
         self.file.flush()
-        os.fsync(self.file.fileno())
+        if self.path is not None:  # our own file; a caller's output may be a FIFO, which cannot be synced
+            os.fsync(self.file.fileno())
         self.file.close()
         return replace(
             self._data_info, blob_id=self.hash.hexdigest(), compressed_size=self.pos,
@@ -230,4 +235,5 @@ class BlobWriter:
             self._stop()
         if not self.file.closed:
             self.file.close()
-        self.path.unlink(missing_ok=True)
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)

@@ -83,7 +83,7 @@ class FastStruct:
 
     def unpack_record(self, buffer: bytes | memoryview, offset: int = 0) -> Any:
         """One record as a named tuple (fields in declaration order, pad fields left out)."""
-        return self.record._make(self.struct.unpack_from(buffer, offset))
+        return self.record._make(self.struct.unpack_from(buffer, offset))  # type: ignore[attr-defined]
 
 
 __all__ = ["FastStruct", "IntEnumField"]

@@ -12,34 +12,27 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from nydus_py.build import (
-    BuildResult,
-    ReusedLayer,
-    Source,
-    build_layers,
-    layer_blobs,
-    publish_layers,
-    staging,
-    write_bootstrap_file,
-)
 from nydus_py.config import BuildConfig
-from nydus_py.errors import NydusError, UnsupportedError, UsageError
+from nydus_py.errors import NydusError, UnsupportedError
 from nydus_py.format import oci
-from nydus_py.oci.images import PushStats, RegistryOptions, open_source, push_layout, registry_images
-from nydus_py.oci.layout import Descriptor, LayoutWriter, SourceImage, platform_text, split_reference
+from nydus_py.oci.documents import Descriptor
 from nydus_py.oci.nydus import is_nydus_image
-from nydus_py.oci.platforms import platform_of
-from nydus_py.oci.registry import Reference, RegistryClient, RemoteBlob, parse_reference
 from nydus_py.oci.package import gzip_bytes, history_per_layer, write_nydus_image
+from nydus_py.oci.platforms import platform_of, platform_text
+from nydus_py.oci.publish import BuildResult, layer_blobs, publish_layers
+from nydus_py.oci.ref import ImageRef, Transport
+from nydus_py.oci.registry import RemoteBlob
+from nydus_py.oci.sources import RegistryOptions, SourceImage, open_source, registry_images, verified_layers
+from nydus_py.oci.targets import LayoutWriter, PushStats, Target, open_target, push_layout
+from nydus_py.pipeline import ReusedLayer, Source, build_layers
 from nydus_py.sources.tarball import TarSource
+
 
 @dataclass(frozen=True, slots=True)
 class ConvertOptions:
@@ -92,8 +85,9 @@ def _restricted_layer(layer: Descriptor) -> bool:
     return layer.media_type in oci.RESTRICTED_LAYER_TYPES
 
 
-def _layer_sources(image: SourceImage, config: BuildConfig, reusable: dict[str, ReusedLayer],
-                   warn: Callable[[str], None]) -> Iterator[tuple[str, Source | ReusedLayer]]:
+def _layer_sources(image: SourceImage, open_layer: Callable[[Descriptor], Any], config: BuildConfig,
+                   reusable: dict[str, ReusedLayer], warn: Callable[[str], None]
+                   ) -> Iterator[tuple[str, Source | ReusedLayer]]:
     for layer in image.layers:
         restricted = _restricted_layer(layer)
         if layer.digest in reusable:
@@ -102,24 +96,26 @@ def _layer_sources(image: SourceImage, config: BuildConfig, reusable: dict[str, 
         if restricted:
             warn(f"layer {layer.digest} is non-distributable ({layer.media_type}); its Nydus blob is an ordinary "
                  "layer, pushed wherever the image goes")
-        yield layer.digest, TarSource(image.open_blob(layer.digest), f"layer {layer.digest}",
+        yield layer.digest, TarSource(open_layer(layer), f"layer {layer.digest}",
                                       whiteout_spec=config.whiteout_spec, overlay_ns=config.overlay_xattr_ns)
 
 
-def _convert_one(image: SourceImage, writer: LayoutWriter, work: Path, config: BuildConfig, opts: ConvertOptions,
-                 bootstrap_path: Path, warn: Callable[[str], None], *, config_media_type: str | None = None,
+def _convert_one(image: SourceImage, writer: LayoutWriter, config: BuildConfig, opts: ConvertOptions,
+                 bootstrap_name: str, warn: Callable[[str], None], *, config_media_type: str | None = None,
                  reusable: dict[str, ReusedLayer] | None = None) -> tuple[Descriptor, BuildResult]:
     started = time.perf_counter()
-    built = build_layers(_layer_sources(image, config, reusable or {}, warn), work, config, layered=True)
+    with verified_layers(image) as open_layer:  # every layer verified to its end before anything is published
+        built = build_layers(_layer_sources(image, open_layer, config, reusable or {}, warn), writer.work, config,
+                             layered=True)
     for layer, source in zip(built.layers, image.layers, strict=True):
         layer.source_digest = source.digest
     outputs = publish_layers(built, writer)
     notes = {} if config.cross_layer_dedup else {oci.BUILD_OPTIONS_ANNOTATION: build_fingerprint(config)}
     manifest, _ = write_nydus_image(writer, layer_blobs(outputs, notes), built.bootstrap, image.config,
                                     docker_types=opts.docker_types, config_media_type=config_media_type)
-    write_bootstrap_file(bootstrap_path, built.bootstrap)
+    bootstrap_path = writer.out.publish_bytes(built.bootstrap, bootstrap_name)
     result = BuildResult(bootstrap=bootstrap_path, blobs=[outputs[k] for k in built.keys], layers=outputs,
-                         entries=sum(1 for _ in built.merged.walk()), stats=built.stats, manifest=manifest,
+                         entries=built.entries, stats=built.stats, manifest=manifest,
                          layout=writer.root, timings={"total": time.perf_counter() - started})
     return manifest, result
 
@@ -129,9 +125,7 @@ def _copy_source_image(image: SourceImage, writer: LayoutWriter) -> Descriptor:
     added or rewritten keeps the manifest's media type family (Docker types in a Docker manifest), and the
     config keeps one non-empty history entry per layer."""
     for layer in image.layers:
-        if not (writer.blobs / layer.hex).is_file():
-            with image.open_blob(layer.digest) as src:
-                writer.put_stream(src, layer.digest, "layer")
+        writer.put_stream(image.open_blob(layer), layer)
     manifest = copy.deepcopy(image.manifest)
     manifest["mediaType"] = manifest.get("mediaType") or image.manifest_descriptor.media_type or oci.OCI_MANIFEST
     if manifest["mediaType"] not in oci.FAMILY_TYPES:
@@ -154,39 +148,15 @@ def _copy_source_image(image: SourceImage, writer: LayoutWriter) -> Descriptor:
                            annotations={oci.NYDUS_SOURCE_DIGEST_ANNOTATION: image.manifest_descriptor.digest})
 
 
-@dataclass(slots=True)
-class _Target:
-    """Where the converted image goes: a layout directory, or a registry (through a temporary layout)."""
-
-    layout: Path
-    tag: str | None
-    registry: Reference | None = None
-    client: RegistryClient | None = None
-
-
-def _open_target(target: str, registry: RegistryOptions) -> _Target:
-    if target.startswith("oci:"):
-        path, tag = split_reference(target, "oci")
-        return _Target(layout=Path(path).absolute(), tag=tag)
-    if target.startswith("docker://"):
-        ref = parse_reference(target)
-        if ref.digest:
-            raise UsageError(f"{target}: push to a tag, not a digest")
-        work = Path(tempfile.mkdtemp(prefix="nydus-py-push-"))
-        return _Target(layout=work / "layout", tag=ref.tag or "latest", registry=ref,
-                       client=registry.client(ref.registry))
-    raise UsageError(f"{target}: the target must be oci:DIR[:TAG] or docker://REGISTRY/REPO[:TAG]")
-
-
-def _reusable_layers(target: _Target, image: SourceImage, config: BuildConfig) -> dict[str, ReusedLayer]:
+def _reusable_layers(target: Target, image: SourceImage, config: BuildConfig) -> dict[str, ReusedLayer]:
     """Blob layers of the image already at the target tag, by source layer, built with the same options."""
-    if target.client is None or target.registry is None or config.cross_layer_dedup:
+    if target.client is None or target.remote is None or config.cross_layer_dedup:
         return {}
-    client, repo = target.client, target.registry.repository
+    client, repo = target.client, target.remote.repository
     if not client.manifest_exists(repo, target.tag or "latest"):
         return {}
     try:
-        existing = [i for i in registry_images(client, replace(target.registry, digest=None))
+        existing = [i for i in registry_images(client, replace(target.remote, digest=None))
                     if platform_of(i.platform) == platform_of(image.platform)]
     except NydusError:
         return {}
@@ -203,81 +173,73 @@ def _reusable_layers(target: _Target, image: SourceImage, config: BuildConfig) -
     return out
 
 
-def convert(source: str, target: str, config: BuildConfig, opts: ConvertOptions,
+def convert(source: ImageRef, target: ImageRef, config: BuildConfig, opts: ConvertOptions,
             registry: RegistryOptions | None = None) -> ConvertResult:
     """Convert SOURCE (`oci:`, `oci-archive:`, `docker-archive:` or `docker://`) into TARGET (`oci:DIR[:TAG]` or
     `docker://REGISTRY/REPO[:TAG]`)."""
     registry = registry or RegistryOptions()
-    if opts.merge_platform and source.startswith("docker-archive:"):
+    if opts.merge_platform and source.transport is Transport.DOCKER_ARCHIVE:
         raise UnsupportedError("--merge-platform needs an OCI source (oci:, oci-archive: or docker://)")
-    destination = _open_target(target, registry)
-    try:
-        return _convert(source, destination, config, opts, registry)
-    finally:
-        if destination.registry is not None:
-            shutil.rmtree(destination.layout.parent, ignore_errors=True)
+    images = open_source(source, list(opts.platforms) or None, registry)
+    if any(is_nydus_image(image) for image in images):  # a Nydus image, or an index that holds Nydus manifests
+        return ConvertResult(layout=target.path, tag=target.tag, top=None, already_nydus=True)
+    sources = (source.path,) if source.path is not None else ()
+    with open_target(target, registry, source_dirs=sources) as out:
+        return _convert(source, images, out, config, opts)
 
 
 @contextlib.contextmanager
-def _about(source: str, platform: str) -> Iterator[None]:
+def _about(source: ImageRef, platform: str) -> Iterator[None]:
     """An error while converting one platform of SOURCE names the image and the platform (an index can hold
     many images, and several can fail alike)."""
     try:
         yield
     except NydusError as exc:
-        raise type(exc)(f"{source} ({platform}): {exc}") from exc
+        message = str(exc).removeprefix(f"{source}: ")
+        raise type(exc)(f"{source} ({platform}): {message}") from exc
 
 
-def _convert(source: str, target: _Target, config: BuildConfig, opts: ConvertOptions,
-             registry: RegistryOptions) -> ConvertResult:
-    images = open_source(source, list(opts.platforms) or None, registry)
-    out = target.layout
-    writer = LayoutWriter(out)
-    if any(is_nydus_image(image) for image in images):  # a Nydus image, or an index that holds Nydus manifests
-        return ConvertResult(layout=out, tag=target.tag, top=None, already_nydus=True)
-    result = ConvertResult(layout=out, tag=target.tag, top=None)
-    with staging(out) as work:
-        writer.prepare()
-        entries: list[Descriptor] = []
+def _convert(source: ImageRef, images: list[SourceImage], target: Target, config: BuildConfig,
+             opts: ConvertOptions) -> ConvertResult:
+    writer = target.writer
+    result = ConvertResult(layout=target.layout, tag=target.tag, top=None)
+    entries: list[Descriptor] = []
+    for image in images:
+        name = platform_text(image.platform)
+        bootstrap = "bootstrap" if len(images) == 1 else f"bootstrap.{name.replace('/', '-')}"
+        # a Nydus config type marks the Nydus manifests of a merged index, but stays out of Docker manifests
+        config_type = oci.NYDUS_CONFIG if opts.merge_platform and not opts.docker_types else None
+        with _about(source, name):
+            reusable = _reusable_layers(target, image, config)
+            manifest, built = _convert_one(image, writer, config, opts, bootstrap,
+                                           lambda m, n=name: result.warnings.append(f"{source} ({n}): {m}"),
+                                           config_media_type=config_type, reusable=reusable)
+        result.reused_layers += len(reusable)
+        result.reused_bytes += sum(layer.size for layer in image.layers if layer.digest in reusable)
+        result.platforms.append((name, built))
+        extra = {"artifact_type": oci.NYDUS_MANIFEST_ARTIFACT} if opts.merge_platform else {}
+        entries.append(Descriptor(manifest.media_type, manifest.digest, manifest.size, platform=image.platform,
+                                  **extra))
+    if opts.merge_platform:
+        originals = []
         for image in images:
-            name = platform_text(image.platform)
-            bootstrap = out / ("bootstrap" if len(images) == 1 else f"bootstrap.{name.replace('/', '-')}")
-            # a Nydus config type marks the Nydus manifests of a merged index, but stays out of Docker manifests
-            config_type = oci.NYDUS_CONFIG if opts.merge_platform and not opts.docker_types else None
-            with _about(source, name):
-                reusable = _reusable_layers(target, image, config)
-                manifest, built = _convert_one(image, writer, work, config, opts, bootstrap,
-                                               lambda m, n=name: result.warnings.append(f"{source} ({n}): {m}"),
-                                               config_media_type=config_type, reusable=reusable)
-            result.reused_layers += len(reusable)
-            result.reused_bytes += sum(layer.size for layer in image.layers if layer.digest in reusable)
-            result.platforms.append((name, built))
-            extra = {"artifact_type": oci.NYDUS_MANIFEST_ARTIFACT} if opts.merge_platform else {}
-            entries.append(Descriptor(manifest.media_type, manifest.digest, manifest.size, platform=image.platform,
-                                      **extra))
-            shutil.rmtree(work, ignore_errors=True)
-            work.mkdir()
-        if opts.merge_platform:
-            originals = []
-            for image in images:
-                with _about(source, platform_text(image.platform)):
-                    originals.append(_copy_source_image(image, writer))
-            top = writer.put_json({"schemaVersion": 2, "manifests": [d.to_json() for d in [*originals, *entries]]},
-                                  oci.OCI_INDEX)
-        elif len(entries) == 1:
-            top = Descriptor(entries[0].media_type, entries[0].digest, entries[0].size)
-        else:
-            top = writer.put_json({"schemaVersion": 2, "mediaType": oci.OCI_INDEX,
-                                   "manifests": [d.to_json() for d in entries]}, oci.OCI_INDEX)
-        if target.tag:
-            top = Descriptor(top.media_type, top.digest, top.size, annotations={oci.REF_NAME: target.tag})
-        writer.write_index([top])
-        result.top = top
-    if target.client is not None and target.registry is not None:
-        same_registry = source.startswith("docker://") and parse_reference(source).registry == target.registry.registry
-        mount_from = parse_reference(source).repository if same_registry else None
-        result.push = push_layout(out, top, target.registry, target.client, mount_from=mount_from)
-        result.layout = None
+            with _about(source, platform_text(image.platform)):
+                originals.append(_copy_source_image(image, writer))
+        top = writer.put_json({"schemaVersion": 2, "manifests": [d.to_json() for d in [*originals, *entries]]},
+                              oci.OCI_INDEX)
+    elif len(entries) == 1:
+        top = Descriptor(entries[0].media_type, entries[0].digest, entries[0].size)
+    else:
+        top = writer.put_json({"schemaVersion": 2, "mediaType": oci.OCI_INDEX,
+                               "manifests": [d.to_json() for d in entries]}, oci.OCI_INDEX)
+    if target.tag:
+        top = Descriptor(top.media_type, top.digest, top.size, annotations={oci.REF_NAME: target.tag})
+    writer.write_index([top])
+    result.top = top
+    if target.client is not None and target.remote is not None:
+        same_registry = source.remote is not None and source.remote.registry == target.remote.registry
+        mount_from = source.remote.repository if same_registry and source.remote is not None else None
+        result.push = push_layout(writer.root, top, target.remote, target.client, mount_from=mount_from)
     return result
 
 

@@ -12,15 +12,20 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import os
 import tarfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from nydus_py.errors import FormatError
+from nydus_py.bootstrap.reader import read_bootstrap
+from nydus_py.errors import FormatError, UsageError
 from nydus_py.format import oci
-from nydus_py.fsutil import file_sha256
-from nydus_py.oci.layout import SourceImage, digest_hex, open_source, platform_text, split_reference
+from nydus_py.locate import OpenedImage, find_blob_file, open_image
+from nydus_py.oci.documents import digest_hex
+from nydus_py.oci.platforms import platform_text
+from nydus_py.oci.ref import ImageRef, Transport, parse_image_ref
+from nydus_py.oci.sources import SourceImage, open_regular, open_source
 from nydus_py.validate import Defect
 
 MAX_BOOTSTRAP_TAR = 4 << 30
@@ -45,11 +50,19 @@ def read_bootstrap_layer(image: SourceImage) -> tuple[bytes, str]:
     layer = image.layers[-1]
     digest = hashlib.sha256()
     boot = None
+    raw = image.open_blob(layer)
     try:
-        with image.open_blob(layer.digest) as raw, gzip.GzipFile(fileobj=raw) as plain:
-            data = plain.read(MAX_BOOTSTRAP_TAR + 1)
+        parts, total = [], 0
+        with gzip.GzipFile(fileobj=raw) as plain:  # type: ignore[arg-type]
+            while (block := plain.read(1 << 20)) and total <= MAX_BOOTSTRAP_TAR:
+                parts.append(block)
+                total += len(block)
+        data = b"".join(parts)
+        raw.verify()
     except (OSError, EOFError, zlib.error) as exc:
         raise FormatError(f"bootstrap layer {layer.digest}: not a gzip'd tar ({exc})") from None
+    finally:
+        raw.release()
     if len(data) > MAX_BOOTSTRAP_TAR:
         raise FormatError(f"bootstrap layer {layer.digest}: larger than {MAX_BOOTSTRAP_TAR} bytes")
     digest.update(data)
@@ -67,12 +80,14 @@ def read_bootstrap_layer(image: SourceImage) -> tuple[bytes, str]:
     return boot, "sha256:" + digest.hexdigest()
 
 
-def open_nydus_images(reference: str, platforms: list[str] | None = None) -> list[NydusImage]:
+def open_nydus_images(reference: ImageRef, platforms: list[str] | None = None) -> list[NydusImage]:
     """Every Nydus manifest of `oci:DIR[:TAG]` (the plain manifests of a merged index are skipped)."""
+    if reference.transport is not Transport.OCI or reference.path is None:
+        raise UsageError(f"{reference}: the read side takes oci:DIR[:TAG] layouts")
     images = [i for i in open_source(reference, platforms) if has_bootstrap_layer(i)]
     if not images:
         raise FormatError(f"{reference}: no Nydus image (no manifest ends with a nydus-bootstrap layer)")
-    layout = Path(split_reference(reference, "oci")[0])
+    layout = reference.path
     out = []
     for image in images:
         boot, tar_digest = read_bootstrap_layer(image)
@@ -109,8 +124,8 @@ def manifest_defects(image: NydusImage, blob_ids: list[str]) -> list[Defect]:
             last.annotations.get(oci.NYDUS_BOOTSTRAP_ANNOTATION) != "true":
         out.append(Defect(f"{where} layer {len(layers) - 1}", 0, "the last layer must be the gzip bootstrap layer "
                           f"with {oci.NYDUS_BOOTSTRAP_ANNOTATION}: \"true\""))
-    config = image.source.config
-    diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
+    rootfs = image.source.config_doc.rootfs
+    diff_ids = list(rootfs.diff_ids) if rootfs is not None else []
     if len(diff_ids) != len(layers):
         out.append(Defect(f"{where} config", 0, f"{len(diff_ids)} diff_ids for {len(layers)} layers"))
     else:
@@ -124,11 +139,64 @@ def manifest_defects(image: NydusImage, blob_ids: list[str]) -> list[Defect]:
         if f"sha256:{blob_id}" not in digests:
             out.append(Defect(where, 0, f"the bootstrap references blob {blob_id}, which is not a layer"))
     for i, layer in enumerate(layers):
-        path = image.layout / "blobs" / "sha256" / digest_hex(layer.digest)
-        if not path.is_file():
-            out.append(Defect(f"{where} layer {i}", 0, f"blob {layer.digest} is missing from the layout"))
-            continue
-        if path.stat().st_size != layer.size or file_sha256(path) != digest_hex(layer.digest):
-            out.append(Defect(f"{where} layer {i}", 0, f"blob {layer.digest} does not match its digest and size"))
+        problem = _blob_problem(image.layout, layer.digest, layer.size)
+        if problem:
+            out.append(Defect(f"{where} layer {i}", 0, f"blob {layer.digest} {problem}"))
     return out
+
+
+def _blob_problem(layout: Path, digest: str, size: int) -> str | None:
+    """Why the layout's blob `digest` is not a regular file of `size` bytes hashing to it (None: it is)."""
+    try:
+        dir_fd = os.open(layout / "blobs" / "sha256", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return "is missing from the layout"
+    try:
+        fd = open_regular(dir_fd, digest_hex(digest), digest)
+    except FormatError as exc:
+        return "is missing from the layout" if "is missing" in str(exc) else "is not a regular file"
+    finally:
+        os.close(dir_fd)
+    hasher = hashlib.sha256()
+    with os.fdopen(fd, "rb") as f:
+        if os.fstat(f.fileno()).st_size != size:
+            return "does not match its digest and size"
+        while block := f.read(1 << 20):
+            hasher.update(block)
+    return None if "sha256:" + hasher.hexdigest() == digest else "does not match its digest and size"
+
+
+def is_layout_argument(image: str) -> ImageRef | None:
+    """IMAGE as an OCI layout reference: `oci:DIR[:TAG]`, or a directory with index.json and no bootstrap."""
+    if image.partition(":")[0] in {t.value for t in Transport} and ":" in image:
+        return parse_image_ref(image)
+    path = Path(image)
+    if path.is_dir() and not (path / "bootstrap").exists() and (path / oci.INDEX_FILE).is_file():
+        return ImageRef(Transport.OCI, image, path=path)
+    return None
+
+
+def open_images(image: str | os.PathLike[str], blob_dir: str | os.PathLike[str] | None = None) -> list[OpenedImage]:
+    """Every image IMAGE holds, for the read commands: one per Nydus manifest of an OCI layout, else the one
+    bootstrap, blob or output directory (locate.py)."""
+    ref = is_layout_argument(os.fspath(image))
+    if ref is None:
+        return [open_image(image, blob_dir)]
+    return [_from_layout(nydus) for nydus in open_nydus_images(ref)]
+
+
+def open_first_image(image: str | os.PathLike[str], blob_dir: str | os.PathLike[str] | None = None) -> OpenedImage:
+    """IMAGE's bootstrap and blobs; for an OCI layout with several platforms, the first one."""
+    return open_images(image, blob_dir)[0]
+
+
+def _from_layout(nydus: NydusImage) -> OpenedImage:
+    opened = OpenedImage(source=nydus.layout / oci.INDEX_FILE, bootstrap=read_bootstrap(nydus.bootstrap),
+                         bootstrap_bytes=nydus.bootstrap, packaged=True,
+                         container_defects=lambda blob_ids: manifest_defects(nydus, blob_ids))
+    for info in opened.bootstrap.blobs:
+        found = find_blob_file([nydus.layout / "blobs" / "sha256"], info.blob_id)
+        if found is not None:
+            opened.blob_paths[info.blob_id] = found
+    return opened
 

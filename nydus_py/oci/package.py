@@ -21,7 +21,8 @@ from pathlib import Path
 from nydus_py.blob.reader import BlobReader, RandomAccess
 from nydus_py.compress import decompress
 from nydus_py.format import blobmeta, oci
-from nydus_py.oci.layout import Descriptor, Json, LayoutWriter
+from nydus_py.oci.documents import Descriptor, Json
+from nydus_py.oci.targets import LayoutWriter
 
 GZIP_LEVEL = 6  # Go compress/gzip's default
 

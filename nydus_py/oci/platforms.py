@@ -11,14 +11,24 @@ References: containerd/platforms database.go (normalizeOS, normalizeArch); OCI i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, TypeVar
 
 from nydus_py.errors import UsageError
 
-if TYPE_CHECKING:
-    from nydus_py.oci.layout import SourceImage
-
 Json = dict[str, Any]
+
+
+class _Described(Protocol):
+    """What platform selection needs of an image: its platform and its index entry."""
+
+    @property
+    def platform(self) -> Json | None: ...
+
+    @property
+    def manifest_descriptor(self) -> Any: ...
+
+
+SourceImage = TypeVar("SourceImage", bound=_Described)
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,6 +46,84 @@ _KIND_OF_TYPE = {
 _STREAM_ERRORS = (tarfile.TarError, EOFError, zlib.error, pyzstd.ZstdError, gzip.BadGzipFile, OSError)
 
 
+# Header records are refused above these sizes rather than allocated (Go's archive/tar caps PAX records and
+# GNU long names at 1 MiB too: maxSpecialFileSize); a sparse map holds at most MAX_SPARSE_EXTENTS extents.
+MAX_HEADER_RECORD = 1 << 20
+MAX_SPARSE_EXTENTS = 1 << 16
+
+
+class HeaderLimitError(tarfile.TarError):
+    """A tar header record over its cap (a TarError that tarfile's reader does not swallow)."""
+
+
+class BoundedTarInfo(tarfile.TarInfo):
+    """tarfile's TarInfo with caps on what a header makes it read into memory: a PAX record set, a GNU long
+    name or link, and the extents of a sparse map (old GNU, PAX 0.x and 1.0)."""
+
+    def _proc_pax(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        _cap(self.size, MAX_HEADER_RECORD, f"PAX header of {self.size} bytes")
+        return super()._proc_pax(tarfile_)  # type: ignore[misc, no-any-return]
+
+    def _proc_gnulong(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        _cap(self.size, MAX_HEADER_RECORD, f"GNU long name of {self.size} bytes")
+        return super()._proc_gnulong(tarfile_)  # type: ignore[misc, no-any-return]
+
+    def _proc_sparse(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        structs, isextended, origsize = self._sparse_structs  # type: ignore[attr-defined]
+        blocks = 0
+        while isextended:  # tarfile's loop, counted: each extension block holds 21 extents
+            buf = tarfile_.fileobj.read(tarfile.BLOCKSIZE)  # type: ignore[union-attr]
+            blocks += 1
+            _cap(len(structs) + 21, MAX_SPARSE_EXTENTS, "GNU sparse map")
+            for pos in range(0, 21 * 24, 24):
+                try:
+                    offset, numbytes = tarfile.nti(buf[pos : pos + 12]), tarfile.nti(buf[pos + 12 : pos + 24])
+                except ValueError:
+                    break
+                if offset and numbytes:
+                    structs.append((offset, numbytes))
+            isextended = len(buf) == tarfile.BLOCKSIZE and bool(buf[504])
+        self._sparse_structs = (structs, False, origsize)
+        return super()._proc_sparse(tarfile_)  # type: ignore[misc, no-any-return]
+
+    def _proc_gnusparse_00(self, next_: tarfile.TarInfo, pax_headers: dict[str, str], buf: bytes) -> None:
+        super()._proc_gnusparse_00(next_, pax_headers, buf)  # type: ignore[misc]
+        _cap(len(next_.sparse or []), MAX_SPARSE_EXTENTS, "PAX 0.0 sparse map")
+
+    def _proc_gnusparse_01(self, next_: tarfile.TarInfo, pax_headers: dict[str, str]) -> None:
+        _cap(pax_headers.get("GNU.sparse.map", "").count(","), 2 * MAX_SPARSE_EXTENTS, "PAX 0.1 sparse map")
+        super()._proc_gnusparse_01(next_, pax_headers)  # type: ignore[misc]
+
+    def _proc_gnusparse_10(self, next_: tarfile.TarInfo, pax_headers: dict[str, str],
+                           tarfile_: tarfile.TarFile) -> None:
+        """tarfile's reader of the map in front of the data, with its extent count capped (and an end of
+        stream inside the map an error, where tarfile's own loop never ends)."""
+        read = tarfile_.fileobj.read  # type: ignore[union-attr]
+        buf = read(tarfile.BLOCKSIZE)
+        count, _, buf = buf.partition(b"\n")
+        if not count.isdigit():
+            raise HeaderLimitError("PAX 1.0 sparse map: bad extent count")
+        _cap(int(count), MAX_SPARSE_EXTENTS, "PAX 1.0 sparse map")
+        numbers: list[int] = []
+        while len(numbers) < int(count) * 2:
+            if b"\n" not in buf:
+                more = read(tarfile.BLOCKSIZE)
+                if not more or len(buf) > 64:
+                    raise HeaderLimitError("PAX 1.0 sparse map: truncated or malformed")
+                buf += more
+            number, _, buf = buf.partition(b"\n")
+            if not number.isdigit():
+                raise HeaderLimitError("PAX 1.0 sparse map: not a number")
+            numbers.append(int(number))
+        next_.offset_data = tarfile_.fileobj.tell()  # type: ignore[union-attr]
+        next_.sparse = list(zip(numbers[::2], numbers[1::2], strict=True))
+
+
+def _cap(value: int, limit: int, what: str) -> None:
+    if value > limit:
+        raise HeaderLimitError(f"{what}: over the limit of {limit}")
+
+
 def _bytes(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
 
@@ -146,7 +224,7 @@ class TarSource:
     def files(self) -> Iterator[TarFile]:
         counted = _Counting(self.stream)
         try:
-            archive = tarfile.open(fileobj=counted, mode="r|", errors="surrogateescape")
+            archive = tarfile.open(fileobj=counted, mode="r|", errors="surrogateescape", tarinfo=BoundedTarInfo)
         except _STREAM_ERRORS as exc:
             if isinstance(exc, tarfile.ReadError) and "empty file" in str(exc):
                 self._finish()

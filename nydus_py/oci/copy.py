@@ -1,0 +1,82 @@
+"""`nydus-py copy SOURCE TARGET`: an image as it is (same bytes, same digests) between layouts and
+registries. Every blob is verified against its digest and size as it is copied (sources.py); the target
+is written through the one publishing transaction (targets.py), so a failed copy leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from nydus_py.errors import FormatError, UsageError
+from nydus_py.format import oci
+from nydus_py.oci.documents import (
+    MAX_INDEX_DEPTH,
+    MAX_MANIFESTS,
+    Descriptor,
+    IndexDoc,
+    ManifestDoc,
+    decode,
+    is_index,
+)
+from nydus_py.oci.ref import ImageRef, Transport
+from nydus_py.oci.sources import BlobStore, LayoutStore, RegistryOptions, registry_store
+from nydus_py.oci.targets import LayoutWriter, open_target, push_layout
+
+
+@dataclass(slots=True)
+class _Copy:
+    store: BlobStore
+    writer: LayoutWriter
+    visited: set[str] = field(default_factory=set)
+
+    def manifest(self, desc: Descriptor, depth: int, data: bytes | None = None) -> None:
+        if desc.digest in self.visited:
+            return
+        self.visited.add(desc.digest)
+        if depth > MAX_INDEX_DEPTH or len(self.visited) > MAX_MANIFESTS:
+            raise FormatError(f"{self.store.name}: indexes nested or fanned out too far")
+        data = self.store.read(desc, "manifest") if data is None else data
+        where = f"{self.store.name}: manifest {desc.digest}"
+        if is_index(desc.media_type if desc.media_type in oci.INDEX_TYPES else None, data):
+            for child in decode(data, IndexDoc, where).manifests:
+                self.manifest(Descriptor.of(child), depth + 1)
+        else:
+            doc = decode(data, ManifestDoc, where)
+            for blob in [doc.config, *doc.layers]:
+                blob_desc = Descriptor.of(blob)
+                self.writer.put_stream(self.store.open(blob_desc), blob_desc)
+        self.writer.put_bytes(data, desc.media_type)
+
+
+def copy_image(source: ImageRef, target: ImageRef, registry: RegistryOptions | None = None) -> Descriptor:
+    """Copy the image SOURCE to TARGET byte for byte; each side is `oci:DIR[:TAG]` or `docker://REF`."""
+    registry = registry or RegistryOptions()
+    if source.transport is Transport.OCI:
+        assert source.path is not None
+        store: BlobStore = LayoutStore(source.path, str(source))
+        top, data = _layout_top(store, source)
+    elif source.transport is Transport.DOCKER:
+        remote = source.registry_ref()
+        store, top, data = registry_store(registry.client(remote.registry), remote)
+    else:
+        raise UsageError(f"{source}: copy reads oci:DIR[:TAG] or docker://REF")
+    with open_target(target, registry) as out:
+        _Copy(store, out.writer).manifest(top, 0, data)
+        tagged = Descriptor(top.media_type, top.digest, top.size, annotations={oci.REF_NAME: out.tag} if out.tag else {})
+        out.writer.write_index([tagged])
+        if out.remote is not None and out.client is not None:
+            push_layout(out.writer.root, top, out.remote, out.client)
+    return top
+
+
+def _layout_top(store: LayoutStore, ref: ImageRef) -> tuple[Descriptor, bytes]:
+    index = decode(store.read_top(oci.INDEX_FILE), IndexDoc, f"{ref}: index.json")
+    found = [Descriptor.of(d) for d in index.manifests
+             if ref.tag is None or (d.annotations or {}).get(oci.REF_NAME) == ref.tag]
+    if len(found) != 1:
+        raise UsageError(f"{ref}: {'no' if not found else 'more than one'} image"
+                         f"{' tagged ' + ref.tag if ref.tag else ''}")
+    return found[0], store.read(found[0], "manifest")
+
+
+__all__ = ["copy_image"]

@@ -1,0 +1,115 @@
+"""Image references, parsed once at the edge: `oci:DIR[:TAG]`, `oci-archive:FILE[:TAG]`,
+`docker-archive:FILE[:REF]` and `docker://REGISTRY/REPO[:TAG|@DIGEST]`.
+
+Everything below the CLI takes an `ImageRef`, never a string to re-parse. A path and a tag are split at the
+last ':' unless the whole text names an existing path (as skopeo does for `oci:`), so `oci:out:v1` is the
+layout `out` tagged `v1` and `oci:/a:b` the layout `/a:b` when that exists. A docker-archive REF is a repo tag
+(`example:v1`), or a bare tag matched against the archive's repo tags.
+References: containers/image transports (oci, oci-archive, docker-archive, docker).
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from nydus_py.errors import UsageError
+from nydus_py.oci.registry import Reference, parse_reference
+
+
+class Transport(enum.Enum):
+    OCI = "oci"
+    OCI_ARCHIVE = "oci-archive"
+    DOCKER_ARCHIVE = "docker-archive"
+    DOCKER = "docker"
+
+
+FORMS = "oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE[:REF] or docker://REGISTRY/REPO[:TAG|@DIGEST]"
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRef:
+    """Where an image is: a local layout or archive (`path`, `tag`) or a registry (`remote`)."""
+
+    transport: Transport
+    text: str  # as the user wrote it, for messages
+    path: Path | None = None
+    tag: str | None = None  # oci/oci-archive: the ref.name annotation; docker-archive: a repo tag
+    remote: Reference | None = None
+
+    def __str__(self) -> str:
+        return self.text
+
+    @property
+    def local(self) -> bool:
+        return self.transport is not Transport.DOCKER
+
+    def registry_ref(self) -> Reference:
+        if self.remote is None:
+            raise UsageError(f"{self.text}: not a registry reference")
+        return self.remote
+
+
+def _split_path(rest: str) -> tuple[str, str | None]:
+    """`PATH[:TAG]`: the tag follows the last ':' unless the whole text names an existing path."""
+    if os.path.lexists(rest) or ":" not in rest:
+        return rest, None
+    path, _, tag = rest.rpartition(":")
+    return path, tag or None
+
+
+def parse_image_ref(text: str) -> ImageRef:
+    """Parse one image reference (exit 2 naming it when it is none of the four forms)."""
+    scheme, sep, rest = text.partition(":")
+    if scheme == "docker" and sep:
+        # `docker:/x` (a shell that squeezed the slashes) is accepted as docker://x
+        remote = parse_reference("docker://" + rest.lstrip("/"))
+        return ImageRef(Transport.DOCKER, text, remote=remote)
+    for transport in (Transport.OCI, Transport.OCI_ARCHIVE, Transport.DOCKER_ARCHIVE):
+        if scheme == transport.value and sep:
+            if transport is Transport.DOCKER_ARCHIVE:
+                # FILE[:REF] where REF is itself NAME:TAG: split after the archive file name
+                path, ref = _split_archive(rest)
+            else:
+                path, ref = _split_path(rest)
+            if not path:
+                raise UsageError(f"{text}: no path")
+            return ImageRef(transport, text, path=Path(path), tag=ref)
+    raise UsageError(f"{text}: not an image reference; use {FORMS}")
+
+
+def _split_archive(rest: str) -> tuple[str, str | None]:
+    """docker-archive:FILE[:REF]: REF may hold a ':' itself (`example:v1`), so take the longest prefix that
+    names an existing file; else split at the first ':' after the last '/' of the path part."""
+    if os.path.lexists(rest) or ":" not in rest:
+        return rest, None
+    cut = 0
+    while (cut := rest.find(":", cut + 1)) != -1:
+        if os.path.lexists(rest[:cut]):
+            return rest[:cut], rest[cut + 1 :] or None
+    slash = rest.rfind("/")
+    first = rest.find(":", slash + 1)
+    return rest[:first], rest[first + 1 :] or None
+
+
+def parse_target_ref(text: str) -> ImageRef:
+    """A TARGET: `oci:DIR[:TAG]` or `docker://REGISTRY/REPO[:TAG]` (a digest cannot be pushed to)."""
+    ref = parse_image_ref(text)
+    if ref.transport not in (Transport.OCI, Transport.DOCKER):
+        raise UsageError(f"{text}: a target is oci:DIR[:TAG] or docker://REGISTRY/REPO[:TAG]")
+    if ref.remote is not None and ref.remote.digest:
+        raise UsageError(f"{text}: push to a tag, not a digest")
+    return ref
+
+
+def output_ref(text: str) -> ImageRef:
+    """`build -o`/`merge -o`: a directory, `oci:DIR[:TAG]` or `docker://REGISTRY/REPO[:TAG]`."""
+    scheme, sep, _ = text.partition(":")
+    if sep and scheme in (Transport.OCI.value, Transport.DOCKER.value):
+        return parse_target_ref(text)
+    return ImageRef(Transport.OCI, text, path=Path(text))
+
+
+__all__ = ["FORMS", "ImageRef", "Transport", "output_ref", "parse_image_ref", "parse_target_ref"]

@@ -1,0 +1,208 @@
+"""Layers -> per-layer blobs + one merged bootstrap. No OCI, no output directory, no JSON.
+
+`build_layers` reads each source (a directory, an overlayfs upper directory or a layer tar) into its own
+Nydus blob in a work directory the caller owns (chunk data, chunk info, digests, the inline bootstrap with
+the layer's whiteouts kept as markers, TOC), or reuses a blob that already exists; then merges the layer
+trees into the plain bootstrap. `merge_layer_files` does the merge step alone for layer blobs or bootstraps
+already on disk. Where the results go (an OCI layout, a registry, a drop-in builder's files) is the
+caller's business: see nydus_py/oci/publish.py.
+References: ../shared/DESIGN.md "The pipeline".
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from nydus_py import overlay
+from nydus_py.blob.reader import BlobReader, RandomAccess
+from nydus_py.blob.writer import BlobWriter
+from nydus_py.bootstrap.reader import read_bootstrap
+from nydus_py.chunker import ChunkPipeline, ChunkStats
+from nydus_py.config import BuildConfig, WhiteoutSpec
+from nydus_py.errors import FormatError, UnsupportedError, UsageError
+from nydus_py.image import BlobInfo
+from nydus_py.merge import MergeInput, bootstrap_bytes, final_blob_info, read_layer, relabel
+from nydus_py.model import ChunkRef, Tree, is_marker, new_directory
+from nydus_py.sources.directory import DirectorySource
+from nydus_py.sources.tarball import TarSource, open_layer_file
+
+Source = DirectorySource | TarSource
+
+
+def open_layer(layer: str, config: BuildConfig) -> Source:
+    """A directory (plain or overlayfs upper) or a layer tar (file or '-')."""
+    if layer != "-" and Path(layer).is_dir():
+        return DirectorySource(layer, whiteout_spec=config.whiteout_spec, overlay_ns=config.overlay_xattr_ns)
+    if layer != "-" and not Path(layer).exists():
+        raise UsageError(f"{layer}: no such layer (a directory, a tar file or '-')")
+    return TarSource(*open_layer_file(layer), whiteout_spec=config.whiteout_spec, overlay_ns=config.overlay_xattr_ns)
+
+
+@dataclass(slots=True)
+class BuiltLayer:
+    name: str
+    tree: Tree
+    info: BlobInfo
+    stored: dict[tuple[bytes, int], ChunkRef]
+    path: Path | None = None  # the blob file in the work directory; None for a reused blob
+    remote: RandomAccess | None = None  # a reused blob, where it already is
+    source_digest: str | None = None  # the source layer it was converted from
+
+
+@dataclass(slots=True)
+class ReusedLayer:
+    """A layer whose Nydus blob already exists where the image goes: only its inline bootstrap is read."""
+
+    blob: RandomAccess
+    blob_id: str
+    source_digest: str | None = None
+
+    def built(self, index: int, name: str) -> BuiltLayer:
+        with BlobReader(self.blob) as reader:
+            data = reader.inline_bootstrap()
+        if data is None:
+            raise FormatError(f"reused blob {self.blob_id}: has no inline bootstrap")
+        boot = read_bootstrap(data)
+        if len(boot.blobs) != 1:
+            raise UnsupportedError(f"reused blob {self.blob_id}: references other blobs (cross-layer dedup)")
+        relabel(boot.tree, {0: index})
+        info = final_blob_info(boot.blobs[0], self.blob, self.blob_id, blob_index=index)
+        return BuiltLayer(name=name, tree=boot.tree, info=info, stored={}, remote=self.blob,
+                          source_digest=self.source_digest)
+
+
+@dataclass(slots=True)
+class BuiltImage:
+    """Every layer blob (still in the work directory) and the merged bootstrap."""
+
+    layers: list[BuiltLayer]
+    merged: Tree
+    bootstrap: bytes
+    keys: list[int]  # the device table: layers[k] for k in keys
+    stats: ChunkStats
+    seconds_data: float = 0.0
+
+    @property
+    def entries(self) -> int:
+        return sum(1 for _ in self.merged.walk())
+
+
+def _add_stats(total: ChunkStats, part: ChunkStats) -> None:
+    for name in ("files", "chunks", "stored", "dedup_hits", "hole_chunks", "bytes_in", "bytes_stored"):
+        setattr(total, name, getattr(total, name) + getattr(part, name))
+
+
+def build_layer(index: int, name: str, source: Source, workdir: Path, config: BuildConfig, lower: list[BuiltLayer],
+                stats: ChunkStats, *, blob_output: BinaryIO | None = None,
+                inline_prefetch: tuple[bytes, ...] = ()) -> BuiltLayer:
+    """Read one source and write its blob: data, chunk info, digests, inline bootstrap (markers kept), TOC.
+    The blob is a temporary file in `workdir`, or goes to `blob_output` strictly sequentially (a drop-in
+    builder's `--blob`, possibly a FIFO); `inline_prefetch` fills the inline bootstrap's prefetch table."""
+    writer = BlobWriter(workdir, blob_index=index, chunk_size=config.chunk_size, compressor=config.compressor.algo,
+                        digester=config.digester.algo, output=blob_output)
+    known: dict[tuple[bytes, int], ChunkRef] = {}
+    if config.cross_layer_dedup:
+        for layer in lower:
+            for key, ref in layer.stored.items():
+                known.setdefault(key, ref)
+    try:
+        chunks = ChunkPipeline(writer, chunk_size=config.chunk_size, compressor=config.compressor.algo,
+                               digester=config.digester.algo, workers=config.workers, known=known,
+                               progress=config.progress)
+        try:
+            for file in source.files():
+                chunks.add(file)
+            chunks.finish()
+        finally:
+            chunks.close()
+        _add_stats(stats, chunks.stats)
+        data_info = writer.finish_data()
+        infos = {i: layer.info for i, layer in enumerate(lower)}
+        infos[index] = data_info
+        inline, _ = bootstrap_bytes(source.tree, infos, chunk_size=config.chunk_size, compressor=config.compressor.algo,
+                                    digester=config.digester.algo, prefetch=inline_prefetch)
+        info = writer.finish(inline)
+    except BaseException:
+        writer.discard()  # close and remove the temporary blob (and stop its writer thread)
+        raise
+    own = {k: v for k, v in chunks.stored.items() if v.blob_index == index}
+    return BuiltLayer(name=name, tree=source.tree, info=info, stored=own, path=writer.path)
+
+
+def _refuse_real_markers(tree: Tree, layer: str) -> None:
+    """With `--whiteout-spec none` in a layered build, a real `.wh.*` file would read as a whiteout to any
+    later merge: refuse it (../shared/DESIGN.md)."""
+    for path, inode in tree.walk():
+        for entry in inode.entries if inode.is_dir else []:
+            if is_marker(entry.name):
+                where = (path.rstrip(b"/") + b"/" + entry.name).decode(errors="backslashreplace")
+                raise UnsupportedError(f"{layer}: {where}: a file named '.wh.*' cannot be represented in a "
+                                       "layered image")
+
+
+def build_layers(sources: Iterable[tuple[str, Source | ReusedLayer]], work: Path, config: BuildConfig, *,
+                 layered: bool) -> BuiltImage:
+    """Build every (name, source) into a layer blob in `work` (or reuse it), then the merged bootstrap."""
+    started = time.perf_counter()
+    stats = ChunkStats()
+    built: list[BuiltLayer] = []
+    for index, (name, source) in enumerate(sources):
+        if isinstance(source, ReusedLayer):
+            built.append(source.built(index, name))
+            continue
+        built.append(build_layer(index, name, source, work, config, built, stats))
+        if layered and config.whiteout_spec is WhiteoutSpec.NONE:
+            _refuse_real_markers(source.tree, name)
+    data_done = time.perf_counter()
+    if built:
+        merged = overlay.merge_layers([layer.tree for layer in built],
+                                      whiteouts=config.whiteout_spec is not WhiteoutSpec.NONE)
+    else:  # an image with `"layers": []`: an empty root and no blobs, as nydus-image builds an empty directory
+        merged = Tree(root=new_directory())
+    plain, keys = bootstrap_bytes(merged, {i: layer.info for i, layer in enumerate(built)},
+                                  chunk_size=config.chunk_size, compressor=config.compressor.algo,
+                                  digester=config.digester.algo, prefetch=config.prefetch_patterns)
+    return BuiltImage(layers=built, merged=merged, bootstrap=plain, keys=keys, stats=stats,
+                      seconds_data=data_done - started)
+
+
+@dataclass(slots=True)
+class MergedImage:
+    """`merge_layer_files`' result: every blob by key (final table entry, file), the layers' own blobs in
+    layer order, and the merged bootstrap with its device table."""
+
+    blobs: dict[int, tuple[BlobInfo, Path]]
+    own_blobs: list[int]  # keys of the layers' own blobs, in layer order
+    merged: Tree
+    bootstrap: bytes
+    keys: list[int]
+    stats: ChunkStats = field(default_factory=ChunkStats)
+
+
+def merge_layer_files(inputs: list[Path], blob_dir: Path | None, config: BuildConfig) -> MergedImage:
+    """Merge layer blobs (or bootstraps with real blob ids, their blobs in `blob_dir`), lowest first."""
+    if not inputs:
+        raise UsageError("no layers given")
+    registry: dict[str, tuple[int, BlobInfo, Path]] = {}
+    layers: list[MergeInput] = [read_layer(p, blob_dir, registry) for p in inputs]
+    infos = {key: info for key, info, _ in registry.values()}
+    # a blob without chunks has no chunk size of its own to disagree with
+    sizes = {info.chunk_size for info in infos.values() if info.chunk_count}
+    if len(sizes) > 1:
+        raise UsageError(f"layers use different chunk sizes ({', '.join(hex(s) for s in sorted(sizes))}): cannot merge")
+    merged = overlay.merge_layers([layer.tree for layer in layers])
+    # compressor and digester flags come from the last layer's bootstrap, as nydus-image merge takes them
+    plain, keys = bootstrap_bytes(merged, infos, chunk_size=sizes.pop() if sizes else config.chunk_size,
+                                  compressor=layers[-1].compressor, digester=layers[-1].digester,
+                                  prefetch=config.prefetch_patterns)
+    return MergedImage(blobs={key: (info, path) for key, info, path in registry.values()},
+                       own_blobs=[registry[layer.own_blob][0] for layer in layers if layer.own_blob is not None],
+                       merged=merged, bootstrap=plain, keys=keys)
+
+
+__all__ = ["BuiltImage", "BuiltLayer", "MergedImage", "ReusedLayer", "Source", "build_layer", "build_layers", "merge_layer_files",
+           "open_layer"]
