@@ -12,6 +12,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -21,17 +22,23 @@ TOOLS_CACHE = Path(os.environ.get("NYDUS_PY_TOOLS", "/var/cache/nydus-py-tools")
 MOUNT_WAIT = 30.0  # seconds nydusd may take to serve a mount
 
 
-def need_nydus(name: str) -> str:
-    """The path of a Nydus tool (`nydusd`, `nydus-image`, `nydusify`): on PATH, else in the tools cache."""
+def missing(reason: str) -> NoReturn:
+    """A tool the test needs is missing: a failure in CI (NYDUS_PY_REQUIRE_NYDUS=1), else a skip."""
+    if os.environ.get("NYDUS_PY_REQUIRE_NYDUS") == "1":
+        pytest.fail(f"NYDUS_PY_REQUIRE_NYDUS=1 but {reason}")
+    pytest.skip(reason)
+
+
+def need_nydus(name: str, installer: str = "tools/install-nydus-stack.sh") -> str:
+    """The path of a tool of the real stack (`nydusd`, `nydus-image`, `buildkitd`...): on PATH, else the newest
+    one in the tools cache that `installer` fills."""
     path = shutil.which(name)
     if path is None:
-        found = sorted(TOOLS_CACHE.glob(f"*/bin/{name}")) + sorted(TOOLS_CACHE.glob(f"*/{name}"))
+        found = sorted([*TOOLS_CACHE.glob(f"*/bin/{name}"), *TOOLS_CACHE.glob(f"*/{name}")],
+                       key=lambda p: p.stat().st_mtime)
         path = str(found[-1]) if found else None
     if path is None:
-        reason = f"{name} is not installed (run tools/install-nydus-stack.sh)"
-        if os.environ.get("NYDUS_PY_REQUIRE_NYDUS") == "1":
-            pytest.fail(f"NYDUS_PY_REQUIRE_NYDUS=1 but {reason}")
-        pytest.skip(reason)
+        missing(f"{name} is not installed (run {installer})")
     return path
 
 
@@ -42,9 +49,7 @@ def need_fuse() -> None:
     elif not Path("/dev/fuse").exists():
         reason = "/dev/fuse is missing"
     if reason:
-        if os.environ.get("NYDUS_PY_REQUIRE_NYDUS") == "1":
-            pytest.fail(f"NYDUS_PY_REQUIRE_NYDUS=1 but {reason}")
-        pytest.skip(reason)
+        missing(reason)
 
 
 def nydus_image(*args: str | os.PathLike[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
