@@ -1,0 +1,376 @@
+"""`nydus-py-image`: the part of nydus-image's command line that BuildKit and nydus-snapshotter's converter call.
+
+The converter (nydus-snapshotter `pkg/converter`: `tool/builder.go`, `tool/feature.go`, `convert_unix.go`) runs
+the binary named by `NYDUS_BUILDER`: `create -h` to detect features (the text must name `--type` and `tar-rafs`,
+and must not name options we lack, which it would then pass); `create --type tar-rafs --blob FIFO
+--blob-inline-meta --features blob-toc --whiteout-spec none ...` with the layer tar on another FIFO and the prefetch
+patterns on stdin; `merge --bootstrap OUT --output-json J BOOT...` over bootstraps named by their layer digest;
+`unpack --bootstrap B --blob DATA --output FIFO`; `check`. Unlike `nydus-py`, this command follows nydus-image's
+conventions: the blob and the unpacked tar are written in place, strictly sequentially (they are FIFOs the caller
+reads); exit 1 on errors and 2 on usage errors; a merged blob table takes sizes and TOC digests from the flags or
+the inline tables, as nydus-image does (../shared/DESIGN.md, "Outputs and results").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import tempfile
+from dataclasses import replace
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import click
+
+from nydus_py import overlay
+from nydus_py.bootstrap.reader import read_bootstrap
+from nydus_py.pipeline import build_layer
+from nydus_py.check import check_bootstrap_bytes
+from nydus_py.chunker import ChunkStats
+from nydus_py.config import BuildConfig, Compressor, Digester, WhiteoutSpec, check_chunk_size, parse_size
+from nydus_py.errors import NydusError, UsageError
+from nydus_py.format.blobmeta import BLOB_ID_PLACEHOLDER, BlobFeatures
+from nydus_py.fsutil import atomic_output
+from nydus_py.image import BlobInfo, is_blob_digest
+from nydus_py.locate import OpenedImage, is_bootstrap
+from nydus_py.merge import bootstrap_bytes
+from nydus_py.sources.directory import DirectorySource
+from nydus_py.sources.tarball import TarSource
+
+EXIT_ERROR = 1  # nydus-image: anyhow errors
+EXIT_USAGE = 2  # nydus-image: clap usage errors
+_HELP = {"help_option_names": ["-h", "--help"]}
+
+
+def _version() -> str:
+    try:
+        return version("nydus-py")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _log_level(func: Any) -> Any:
+    return click.option("-l", "--log-level", default="info", show_default=True,
+                        type=click.Choice(["trace", "debug", "info", "warn", "error"]),
+                        help="Log level (accepted for compatibility; messages go to stderr).")(func)
+
+
+@click.group(context_settings=_HELP, invoke_without_command=True)
+@click.option("-V", "--version", "show_version", is_flag=True, help="Print version information.")
+@click.pass_context
+def cli(ctx: click.Context, show_version: bool) -> None:
+    """nydus-image compatible builder for BuildKit and nydus-snapshotter (NYDUS_BUILDER=nydus-py-image)."""
+    if show_version:
+        click.echo(f"Version: \t{_version()} (nydus-py)\nGit Commit: \tunknown\nProfile: \trelease")
+    elif ctx.invoked_subcommand is None:
+        click.echo(ctx.get_help())
+
+
+def _prefetch_patterns(policy: str) -> tuple[bytes, ...]:
+    """`--prefetch-policy fs`: absolute paths on stdin, one a line (nydus-image reads them the same way)."""
+    if policy != "fs":
+        return ()
+    lines = [line.strip() for line in sys.stdin.buffer.read().splitlines()]
+    patterns = tuple(line for line in lines if line)
+    bad = [p for p in patterns if not p.startswith(b"/")]
+    if bad:
+        raise UsageError(f"prefetch pattern {bad[0].decode(errors='replace')!r}: must be an absolute path")
+    return patterns
+
+
+@cli.command(context_settings=_HELP)
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("-t", "--type", "--source-type", "source_type", default="dir-rafs", show_default=True,
+              type=click.Choice(["directory", "dir-rafs", "tar-rafs"]),
+              help="Conversion type: a directory (dir-rafs) or an OCI layer tar stream, plain, gzip or zstd "
+                   "(tar-rafs).")
+@click.option("-b", "--blob", "blob", type=click.Path(path_type=Path), help="Where the data blob is written "
+              "(may be a FIFO: written sequentially, in place).")
+@click.option("--blob-inline-meta", "--inline-bootstrap", "inline_meta", is_flag=True,
+              help="Inline the RAFS metadata and the blob metadata into the data blob.")
+@click.option("-B", "--bootstrap", type=click.Path(path_type=Path), help="A separate bootstrap (not supported: use "
+              "--blob-inline-meta).")
+@click.option("-D", "--blob-dir", type=click.Path(path_type=Path), help="Directory for the blob, named by its id.")
+@click.option("--blob-id", help="Name the blob (not with --blob-inline-meta).")
+@click.option("--features", default="", help="Features: blob-toc (always on).")
+@click.option("--whiteout-spec", default="oci", show_default=True, type=click.Choice(["oci", "overlayfs", "none"]))
+@click.option("-v", "--fs-version", default="6", show_default=True, help="RAFS version: 6 (5 is not supported).")
+@click.option("--compressor", default="zstd", show_default=True, type=click.Choice(["none", "lz4_block", "zstd"]))
+@click.option("--digester", default="blake3", show_default=True, type=click.Choice(["blake3", "sha256"]))
+@click.option("--chunk-size", default="0x100000", show_default=True, help="Chunk size, a power of two.")
+@click.option("--chunk-dict", help="bootstrap=PATH: a chunk dictionary (not supported yet).")
+@click.option("--aligned-chunk", is_flag=True, help="Align chunks to 4 KiB (RAFS v6 always does).")
+@click.option("--repeatable", is_flag=True, help="Reproducible output (always).")
+@click.option("--prefetch-policy", default="none", show_default=True, type=click.Choice(["fs", "blob", "none"]),
+              help="fs: prefetch the paths given on stdin.")
+@click.option("-J", "--output-json", type=click.Path(path_type=Path), help="Write the result as JSON here.")
+@_log_level
+def create(source: Path, source_type: str, blob: Path | None, inline_meta: bool, bootstrap: Path | None,
+           blob_dir: Path | None, blob_id: str | None, features: str, whiteout_spec: str, fs_version: str,
+           compressor: str, digester: str, chunk_size: str, chunk_dict: str | None, aligned_chunk: bool,
+           repeatable: bool, prefetch_policy: str, output_json: Path | None, log_level: str) -> None:
+    """Build one layer: a directory or a layer tar becomes a RAFS v6 data blob with its bootstrap inline."""
+    del aligned_chunk, repeatable, log_level, features  # the behaviour they ask for is the only one we have
+    if fs_version != "6":
+        raise UsageError(f"--fs-version {fs_version}: only RAFS v6 is supported")
+    if chunk_dict:
+        raise UsageError("--chunk-dict: chunk dictionaries are not supported yet")
+    if inline_meta and (bootstrap is not None or blob_id is not None):
+        raise click.UsageError("--blob-inline-meta conflicts with --bootstrap and --blob-id")
+    if not inline_meta:
+        raise UsageError("only --blob-inline-meta (--inline-bootstrap) blobs are supported: the bootstrap travels "
+                         "inside the blob")
+    if blob is None and blob_dir is None:
+        raise click.UsageError("give --blob or --blob-dir")
+    config = BuildConfig(compressor=Compressor(compressor), digester=Digester(digester),
+                         chunk_size=check_chunk_size(parse_size(chunk_size)), whiteout_spec=WhiteoutSpec(whiteout_spec))
+    patterns = _prefetch_patterns(prefetch_policy)
+    if source_type == "tar-rafs":
+        layer: DirectorySource | TarSource = TarSource(*_open_stream(source), whiteout_spec=config.whiteout_spec,
+                                                       overlay_ns=config.overlay_xattr_ns)
+    else:
+        if not source.is_dir():
+            raise UsageError(f"{source}: not a directory (use --type tar-rafs for a tar)")
+        layer = DirectorySource(str(source), whiteout_spec=config.whiteout_spec, overlay_ns=config.overlay_xattr_ns)
+    info = _write_blob(layer, blob, blob_dir, config, patterns)
+    if output_json is not None:
+        _write_json(output_json, {"version": _version(), "bootstrap": "", "blobs": [info.blob_id],
+                                  "fs_version": "6", "compressor": compressor})
+
+
+def _open_stream(source: Path) -> tuple[Any, str]:
+    """The layer stream, opened as it is (a FIFO or a file; its name says nothing about its compression)."""
+    try:
+        return open(source, "rb"), str(source)  # noqa: SIM115 - the tar source owns it
+    except OSError as exc:
+        raise UsageError(f"{source}: cannot open the layer: {exc.strerror}") from exc
+
+
+def _write_blob(layer: DirectorySource | TarSource, blob: Path | None, blob_dir: Path | None,
+                config: BuildConfig, patterns: tuple[bytes, ...]) -> BlobInfo:
+    """Build the layer into `blob` in place (a FIFO stays a FIFO), or into `blob_dir` named by its id."""
+    work = Path(tempfile.mkdtemp(prefix="nydus-py-image-"))
+    target = blob if blob is not None else None
+    try:
+        if target is not None:
+            out = open(target, "wb")  # noqa: SIM115 - the blob writer closes it; no O_EXCL, no rename: may be a FIFO
+            built = build_layer(0, str(layer), layer, work, config, [], ChunkStats(), blob_output=out,
+                                 inline_prefetch=patterns)
+        else:
+            assert blob_dir is not None
+            built = build_layer(0, str(layer), layer, work, config, [], ChunkStats(), inline_prefetch=patterns)
+            assert built.path is not None
+            os.chmod(built.path, 0o644)
+            os.replace(built.path, blob_dir / built.info.blob_id)
+    finally:
+        for leftover in work.iterdir():
+            leftover.unlink()
+        work.rmdir()
+    return built.info
+
+
+def _write_json(path: Path, doc: dict[str, Any]) -> None:
+    with atomic_output(path) as f:
+        f.write(json.dumps(doc, indent=2).encode())
+
+
+def _split_list(text: str | None) -> list[str]:
+    return [item for item in text.split(",") if item] if text else []
+
+
+@cli.command(context_settings=_HELP)
+@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-B", "--bootstrap", "target", required=True, type=click.Path(path_type=Path),
+              help="Where the merged bootstrap is written.")
+@click.option("-J", "--output-json", type=click.Path(path_type=Path), help="Write the result as JSON here.")
+@click.option("--prefetch-policy", default="none", show_default=True, type=click.Choice(["fs", "blob", "none"]),
+              help="fs: prefetch the paths given on stdin.")
+@click.option("--blob-digests", help="Comma-separated blob ids, one per source.")
+@click.option("--blob-sizes", help="Comma-separated blob file sizes, one per source.")
+@click.option("--blob-toc-digests", help="Comma-separated TOC digests, one per source.")
+@click.option("--blob-toc-sizes", help="Comma-separated TOC sizes, one per source.")
+@click.option("--chunk-dict", help="bootstrap=PATH: a chunk dictionary (not supported yet).")
+@click.option("--parent-bootstrap", type=click.Path(path_type=Path), help="Not supported yet.")
+@click.option("-D", "--blob-dir", type=click.Path(path_type=Path), help="Accepted for compatibility; unused.")
+@_log_level
+def merge(sources: tuple[Path, ...], target: Path, output_json: Path | None, prefetch_policy: str,
+          blob_digests: str | None, blob_sizes: str | None, blob_toc_digests: str | None,
+          blob_toc_sizes: str | None, chunk_dict: str | None, parent_bootstrap: Path | None,
+          blob_dir: Path | None, log_level: str) -> None:
+    """Merge per-layer bootstraps (lowest first) into one bootstrap, applying each layer's whiteouts."""
+    del blob_dir, log_level
+    if chunk_dict or parent_bootstrap:
+        raise UsageError("--chunk-dict and --parent-bootstrap are not supported yet")
+    columns = {"--blob-digests": _split_list(blob_digests),
+               "--blob-sizes": _split_list(blob_sizes),
+               "--blob-toc-digests": _split_list(blob_toc_digests),
+               "--blob-toc-sizes": _split_list(blob_toc_sizes)}
+    for flag, values in columns.items():
+        if values and len(values) != len(sources):
+            raise click.UsageError(f"{flag}: {len(values)} values for {len(sources)} sources")
+    patterns = _prefetch_patterns(prefetch_policy)
+    trees, infos, flags = [], {}, None
+    for i, source in enumerate(sources):
+        column = {flag: values[i] if values else None for flag, values in columns.items()}
+        tree, info, boot_flags = _read_source(source, len(infos), column)
+        trees.append(tree)
+        if info is not None:
+            infos[len(infos)] = info
+        flags = boot_flags
+        chunk_sizes = {i.chunk_size for i in infos.values()}
+        if len(chunk_sizes) > 1:
+            raise UsageError(f"{source}: its chunk size differs from the other layers'")
+    assert flags is not None
+    merged = overlay.merge_layers(trees)
+    data, keys = bootstrap_bytes(merged, infos, chunk_size=flags[0], compressor=flags[1], digester=flags[2],
+                                 prefetch=patterns)
+    with atomic_output(target) as f:
+        f.write(data)
+    if output_json is not None:
+        _write_json(output_json, {"version": _version(), "bootstrap": str(target),
+                                  "blobs": [infos[k].blob_id for k in keys], "fs_version": "6",
+                                  "compressor": str(flags[1].name.lower())})
+
+
+def _read_source(source: Path, key: int, column: dict[str, str | None]) -> tuple[Any, BlobInfo | None, tuple]:
+    """One layer's tree (chunks relabelled to `key`), its blob table entry as the merged table records it, and
+    its (chunk size, compressor, digester)."""
+    try:
+        data = source.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{source}: cannot read: {exc.strerror}") from exc
+    if not is_bootstrap(data):
+        raise UsageError(f"{source}: not a RAFS bootstrap")
+    own: list[BlobInfo] = []
+
+    def relabel(table: list[BlobInfo]) -> dict[int, int]:
+        if len(table) > 1:
+            raise UsageError(f"{source}: invalid per layer bootstrap, having multiple associated data blobs")
+        own.extend(table)
+        return {info.blob_index: key for info in table}
+
+    boot = read_bootstrap(data, relabel)
+    flags = (boot.chunk_size, boot.compressor, boot.digester)
+    if not own:
+        return boot.tree, None, flags
+    blob_id = column["--blob-digests"] or _id_from_name(source, own[0])
+    blob_id = blob_id.removeprefix("sha256:")
+    if not is_blob_digest(blob_id):
+        raise UsageError(f"{source}: blob id {blob_id!r} is not 64 lowercase hex digits")
+    info = replace(own[0], blob_id=blob_id, blob_index=key,
+                   features=own[0].features & ~BlobFeatures.INLINED_FS_META)
+    if column["--blob-sizes"]:
+        info = replace(info, compressed_size=int(column["--blob-sizes"]))
+    if column["--blob-toc-digests"]:
+        info = replace(info, toc_digest=bytes.fromhex(column["--blob-toc-digests"].removeprefix("sha256:")))
+    if column["--blob-toc-sizes"]:
+        info = replace(info, toc_size=int(column["--blob-toc-sizes"]))
+    return boot.tree, info, flags
+
+
+def _id_from_name(source: Path, info: BlobInfo) -> str:
+    """nydus-snapshotter names each extracted bootstrap by its layer digest's hex: that is the blob id."""
+    if info.blob_id != BLOB_ID_PLACEHOLDER and is_blob_digest(info.blob_id):
+        return info.blob_id
+    name = source.name.split(".", 1)[0]
+    if not re.fullmatch(r"[0-9a-f]{64}", name):
+        raise UsageError(f"{source}: the blob id is neither in the bootstrap, nor given with --blob-digests, nor "
+                         "the file's name (64 hex digits)")
+    return name
+
+
+@cli.command(context_settings=_HELP)
+@click.argument("bootstrap_arg", required=False, type=click.Path(path_type=Path))
+@click.option("-B", "--bootstrap", type=click.Path(path_type=Path), help="The bootstrap.")
+@click.option("-b", "--blob", type=click.Path(path_type=Path), help="The data blob (or its chunk data alone).")
+@click.option("--output", required=True, type=click.Path(path_type=Path),
+              help="Where the tar is written (may be a FIFO: written sequentially, in place).")
+@click.option("--backend-type", help="Not supported: give --blob.")
+@click.option("--backend-config", help="Not supported: give --blob.")
+@click.option("-D", "--blob-dir", type=click.Path(path_type=Path), help="Where blobs are, named by id.")
+@_log_level
+def unpack(bootstrap_arg: Path | None, bootstrap: Path | None, blob: Path | None, output: Path,
+           backend_type: str | None, backend_config: str | None, blob_dir: Path | None, log_level: str) -> None:
+    """Write the filesystem of a bootstrap and its blob as a tar."""
+    del log_level
+    from nydus_py.unpack import write_tar
+
+    if backend_type or backend_config:
+        raise UsageError("--backend-type/--backend-config: storage backends are not supported; give --blob")
+    opened = _open_bootstrap(bootstrap or bootstrap_arg, blob, blob_dir)
+    try:
+        out = open(output, "wb")  # noqa: SIM115 - may be a FIFO the caller reads: in place, sequentially
+    except OSError as exc:
+        raise UsageError(f"{output}: cannot write: {exc.strerror}") from exc
+    with out:
+        write_tar(opened, out)
+
+
+def _open_bootstrap(bootstrap: Path | None, blob: Path | None, blob_dir: Path | None) -> OpenedImage:
+    from nydus_py.locate import open_image
+
+    if bootstrap is None:
+        raise click.UsageError("give the bootstrap (--bootstrap)")
+    opened = open_image(bootstrap, blob_dir)
+    if blob is not None:
+        for info in opened.bootstrap.blobs:  # a layer's own blob, whatever id its bootstrap gives it
+            opened.blob_paths[info.blob_id] = blob
+        opened.inline_blob = None
+    return opened
+
+
+@cli.command(context_settings=_HELP)
+@click.argument("bootstrap_arg", required=False, type=click.Path(path_type=Path))
+@click.option("-B", "--bootstrap", type=click.Path(path_type=Path), help="The bootstrap.")
+@click.option("-J", "--output-json", type=click.Path(path_type=Path), help="Write the result as JSON here.")
+@click.option("-D", "--blob-dir", type=click.Path(path_type=Path), help="Accepted for compatibility; unused.")
+@click.option("-v", "--verbose", is_flag=True, help="Accepted for compatibility.")
+@_log_level
+def check(bootstrap_arg: Path | None, bootstrap: Path | None, output_json: Path | None, blob_dir: Path | None,
+          verbose: bool, log_level: str) -> None:
+    """Validate a bootstrap's metadata (what nydusd validates)."""
+    del blob_dir, verbose, log_level
+    path = bootstrap or bootstrap_arg
+    if path is None:
+        raise click.UsageError("give the bootstrap (--bootstrap)")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read: {exc.strerror}") from exc
+    report = check_bootstrap_bytes(data)
+    if report.defects:
+        raise NydusError(f"{path}: {report.defects[0]} ({len(report.defects)} defects)")
+    boot = read_bootstrap(data)
+    click.echo(f"RAFS filesystem metadata is valid, referenced data blobs: {len(boot.blobs)}")
+    if output_json is not None:
+        _write_json(output_json, {"version": _version(), "bootstrap": str(path),
+                                  "blobs": [b.blob_id for b in boot.blobs]})
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point, with nydus-image's exit statuses: 1 on errors, 2 on usage errors."""
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        cli.main(args=args, prog_name="nydus-py-image", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.UsageError as exc:
+        exc.show()
+        return EXIT_USAGE
+    except click.ClickException as exc:
+        exc.show()
+        return EXIT_ERROR
+    except NydusError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        return EXIT_ERROR
+    except OSError as exc:
+        click.echo(f"Error: {exc.filename or ''}: {exc.strerror}", err=True)
+        return EXIT_ERROR
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
