@@ -33,8 +33,8 @@ mount -t tmpfs tmpfs /run
 daemon=$!
 for i in $(seq 100); do [ -S {work}/buildkitd.sock ] && break; sleep 0.1; done
 status=0
-{buildctl} --addr unix://{work}/buildkitd.sock build --frontend dockerfile.v0 --local context={work}/ctx \\
-    --local dockerfile={work}/ctx \\
+{buildctl} --addr unix://{work}/buildkitd.sock build --frontend dockerfile.v0 --local context={context} \\
+    --local dockerfile={context} \\
     --output type=image,name={target},compression=nydus,force-compression=true,oci-mediatypes=true,push=true,registry.insecure=true \\
     --output type=oci,dest={work}/plain.tar,name=plain,compression=gzip,force-compression=true \\
     > {work}/buildctl.log 2>&1 || status=$?
@@ -67,33 +67,38 @@ def base_image(work: Path, host: str) -> str:
     return f"{host}/base:latest"
 
 
-def test_buildkit_exports_nydus_with_nydus_py_image(tmp_path: Path) -> None:
-    need_mount()
+def buildkit_build(work: Path, context: Path, target: str) -> Path:
+    """Build `context`'s Dockerfile with buildkitd (NYDUS_BUILDER=nydus-py-image): push the Nydus image to
+    `target` and write the same build as a plain OCI archive; returns the plain one's `umoci unpack`ed rootfs."""
     buildkitd, buildctl = need_nydus("buildkitd"), need_nydus("buildctl")
     builder = shutil.which("nydus-py-image")
     assert builder is not None, "nydus-py-image is not installed (pip install -e .)"
+    script = DRIVER.format(buildkitd=buildkitd, buildctl=buildctl, work=work, context=context, target=target)
+    done = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                          env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "NYDUS_BUILDER": builder},
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, (work / "buildctl.log").read_text()[-3000:]
+    plain = work / "plain"
+    plain.mkdir()
+    with tarfile.open(work / "plain.tar") as tar:
+        tar.extractall(plain)
+    index = json.loads((plain / "index.json").read_text())
+    ref = index["manifests"][0].get("annotations", {}).get("org.opencontainers.image.ref.name", "plain")
+    run(need_tool("umoci"), "unpack", "--image", f"{plain}:{ref}", work / "truth")
+    return work / "truth" / "rootfs"
+
+
+def test_buildkit_exports_nydus_with_nydus_py_image(tmp_path: Path) -> None:
+    need_mount()
     with registry(tmp_path / "registry") as host:
         (tmp_path / "ctx").mkdir()
         (tmp_path / "ctx" / "Dockerfile").write_text(DOCKERFILE.format(base=base_image(tmp_path, host)))
         target = f"{host}/app:nydus"
-        script = DRIVER.format(buildkitd=buildkitd, buildctl=buildctl, work=tmp_path, target=target)
-        done = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
-                              env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "NYDUS_BUILDER": builder},
-                              capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, (tmp_path / "buildctl.log").read_text()[-3000:]
+        truth = buildkit_build(tmp_path, tmp_path / "ctx", target)
         layout = tmp_path / "pulled"
         assert main(["copy", f"docker://{target}", f"oci:{layout}:nydus", "--plain-http"]) == 0
     assert main(["check", f"oci:{layout}:nydus"]) == 0
 
-    # what the image should hold: the plain OCI export of the same build, unpacked by umoci
-    plain = tmp_path / "plain"
-    plain.mkdir()
-    with tarfile.open(tmp_path / "plain.tar") as tar:
-        tar.extractall(plain)
-    index = json.loads((plain / "index.json").read_text())
-    ref = index["manifests"][0].get("annotations", {}).get("org.opencontainers.image.ref.name", "plain")
-    run(need_tool("umoci"), "unpack", "--image", f"{plain}:{ref}", tmp_path / "truth")
-    truth = tmp_path / "truth" / "rootfs"
     assert (truth / "app" / "d" / "c").read_text() == "new\n" and not (truth / "app" / "gone").exists()
 
     manifest_digest = json.loads((layout / "index.json").read_text())["manifests"][0]["digest"]

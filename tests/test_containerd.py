@@ -559,3 +559,23 @@ def test_an_empty_xattr_value_is_seen_as_containerd_sees_it(stack: Stack, images
     assert any(line.startswith("empty-xattr ") and "user.empty=,user.full=78" in line for line in oci.lines), oci.lines
     nydus = pull_and_run(stack, images, "empty-nydus", "nydus")
     assert nydus.lines == oci.lines
+
+
+def test_an_image_built_by_buildkit_with_nydus_py_image_runs_lazily(stack: Stack, images: Images,
+                                                                   tmp_path: Path) -> None:
+    """The drop-in builder through nydus-snapshotter's converter, as BuildKit runs it: `FROM` the test image (its
+    layers re-built as Nydus by nydus-py-image) plus a `COPY`; the container sees what `umoci unpack` of the
+    plain OCI export of the same build shows, and starts before most of the image is fetched."""
+    from tests.test_buildkit import buildkit_build
+
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "extra").write_bytes(os.urandom(4 << 20))
+    (context / "Dockerfile").write_text(f"FROM {images.registry}/oci:{TAG}\nCOPY extra /srv/extra\n")
+    truth = buildkit_build(tmp_path, context, f"{images.registry}/built:{TAG}")
+    size, types = layer_bytes(images.registry, "built")
+    assert types[:-1] == ["application/vnd.oci.image.layer.nydus.blob.v1"] * (len(types) - 1)
+    run = pull_and_run(stack, images, "built", "nydus")
+    report("BuildKit image (nydus-py-image), nydus-snapshotter", run)
+    assert_same_tree(run, truth)
+    assert run.bytes_before_first_output < LAZY_FRACTION * run.layer_bytes
