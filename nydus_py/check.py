@@ -14,11 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nydus_py.blob.reader import BlobReader, ChunkInfo, TocItem, blob_id_digests
+from nydus_py.blob.reader import BlobChunk, BlobReader, TocItem, blob_id_digests
 from nydus_py.bootstrap.reader import BootstrapParser, RawInode, file_type_of, read_bootstrap
-from nydus_py.digests import chunk_digest
 from nydus_py.errors import FormatError, NydusError, UnsupportedError
-from nydus_py.format import blobmeta, erofs
+from nydus_py.format import blobmeta, erofs, tar
 from nydus_py.format.blobmeta import BLOB_ID_PLACEHOLDER, BlobFeatures
 from nydus_py.image import BlobInfo, Bootstrap, is_blob_digest
 from nydus_py.locate import OpenedImage, is_bootstrap, open_image
@@ -272,7 +271,7 @@ def _check_blob_meta(blob: BlobReader, info: BlobInfo, boot: Bootstrap, report: 
         digests = None
     by_ci = {c.ci_index: c.digest for c in boot.chunk_table
              if 0 <= c.blob_index < len(boot.blobs) and boot.blobs[c.blob_index] is info}
-    previous: ChunkInfo | None = None
+    previous: BlobChunk | None = None
     for chunk in chunks:
         where = f"{name} chunk {chunk.ci_index}"
         if chunk.uncompressed_offset % erofs.EROFS_BLKSIZ or (
@@ -283,15 +282,12 @@ def _check_blob_meta(blob: BlobReader, info: BlobInfo, boot: Bootstrap, report: 
                                      or chunk.uncompressed_offset <= previous.uncompressed_offset):
             report.defects.append(Defect(where, chunk.compressed_offset, "chunks are not in increasing offset order"))
         previous = chunk
+        expected = digests[chunk.ci_index] if digests is not None else by_ci.get(chunk.ci_index)
         try:
-            data = blob.read_chunk(chunk, info.compressor)
+            blob.read_chunk(chunk, info.compressor, info.digester, expected)
         except FormatError as exc:
             report.defects.append(Defect(where, chunk.compressed_offset, str(exc)))
             continue
-        expected = digests[chunk.ci_index] if digests is not None else by_ci.get(chunk.ci_index)
-        if expected is not None and chunk_digest(data, info.digester) != expected:
-            report.defects.append(Defect(where, chunk.compressed_offset,
-                                         f"{info.digester.name.lower()} digest does not match the data"))
         report.chunks_verified += 1
 
 
@@ -323,8 +319,8 @@ def _check_image_blob_entry(blob: BlobReader, item: TocItem, report: CheckReport
         report.defects.append(Defect(f"{name} TOC entry 'image.blob'", 0, "no chunk data section of that size"))
         return
     digest = hashlib.sha256()
-    for offset in range(0, section.size + blobmeta.TAR_BLOCK_SIZE, 1 << 20):
-        digest.update(blob.read_at(offset, min(1 << 20, section.size + blobmeta.TAR_BLOCK_SIZE - offset), "image.blob"))
+    for offset in range(0, section.size + tar.TAR_BLOCK_SIZE, 1 << 20):
+        digest.update(blob.read_at(offset, min(1 << 20, section.size + tar.TAR_BLOCK_SIZE - offset), "image.blob"))
     if digest.digest() != item.digest:
         report.defects.append(Defect(f"{name} TOC entry 'image.blob'", 0, "sha256 does not match the chunk data"))
 

@@ -27,20 +27,13 @@ BATCH_BYTES = 1 << 20
 BATCH_PIECES = 256
 
 
-@dataclass(slots=True)
-class _Piece:
-    inode: Inode
-    file_offset: int
-    size: int
-    data: bytes | None  # None: wholly inside a hole (zeros)
-
-
-@dataclass(frozen=True, slots=True)
-class _Done:
-    digest: bytes
-    crc: int | None  # set, with `stored`, when this piece claimed its digest
-    stored: bytes | None
-    compressed: bool
+# Plain tuples on the per-chunk path (a small-file image has one chunk per file: a dataclass per piece and per
+# result, with a lock per piece, cost ~20% of the chunker's time on 100k small files). Both stay in this module.
+# A piece: (inode, file offset, size, data); data None when it lies wholly inside a hole (zeros).
+_Piece = tuple[Inode, int, int, "bytes | None"]
+# A piece's result: (digest, crc, stored, compressed); crc and stored are set when this piece claimed its
+# digest (it is the first with it), None otherwise.
+_Done = tuple[bytes, "int | None", "bytes | None", bool]
 
 
 @dataclass(slots=True)
@@ -82,13 +75,17 @@ class ChunkPipeline:
         """Read one file's pieces (then close it) and queue them."""
         try:
             self.stats.files += 1
+            inode = file.inode
+            batch = self._batch
             for offset, length, data in file.pieces(self.chunk_size):
                 if data is None:
                     self.stats.hole_chunks += 1
-                self._batch.append(_Piece(file.inode, offset, length, data))
-                self._batch_bytes += length if data is not None else 0
-                if self._batch_bytes >= BATCH_BYTES or len(self._batch) >= BATCH_PIECES:
+                else:
+                    self._batch_bytes += length
+                batch.append((inode, offset, length, data))
+                if self._batch_bytes >= BATCH_BYTES or len(batch) >= BATCH_PIECES:
                     self._submit()
+                    batch = self._batch
             self.stats.bytes_in += file.inode.size
             if self.progress is not None:
                 self.progress(file.inode.size)
@@ -114,19 +111,23 @@ class ChunkPipeline:
         return digest
 
     def _work(self, batch: list[_Piece]) -> list[_Done]:
-        out = []
-        for piece in batch:
-            digest = self._zero_digest(piece.size) if piece.data is None else chunk_digest(piece.data, self.digester)
-            key = (digest, piece.size)
-            with self._lock:
-                first = key not in self._claimed
-                self._claimed.add(key)
-            if first:
-                data = piece.data if piece.data is not None else bytes(piece.size)
-                stored, compressed = compress(data, self.compressor)
-                out.append(_Done(digest, crc32c(data), stored, compressed))
+        digester = self.digester
+        keys = [(self._zero_digest(size) if data is None else chunk_digest(data, digester), size)
+                for _, _, size, data in batch]
+        with self._lock:  # once per batch: claim every digest no earlier piece claimed
+            claimed = self._claimed
+            first = []
+            for key in keys:
+                first.append(key not in claimed)
+                claimed.add(key)
+        out: list[_Done] = []
+        for (_, _, size, data), key, mine in zip(batch, keys, first, strict=True):
+            if mine:
+                raw = data if data is not None else bytes(size)
+                stored, compressed = compress(raw, self.compressor)
+                out.append((key[0], crc32c(raw), stored, compressed))
             else:
-                out.append(_Done(digest, None, None, False))
+                out.append((key[0], None, None, False))
         return out
 
     # --- consumer side: strictly in order ------------------------------------------------------------
@@ -134,24 +135,25 @@ class ChunkPipeline:
     def _retire(self) -> None:
         batch, result = self._pending.popleft()
         done = result.result() if isinstance(result, Future) else result
-        for piece, d in zip(batch, done, strict=True):
-            key = (d.digest, piece.size)
-            ref = self.stored.get(key)
+        known = self.stored
+        stats = self.stats
+        for (inode, file_offset, size, data), (digest, crc, stored, compressed) in zip(batch, done, strict=True):
+            key = (digest, size)
+            ref = known.get(key)
             if ref is None:
-                stored, compressed, crc = d.stored, d.compressed, d.crc
                 if stored is None:  # a later piece claimed this digest first: compress it here
-                    data = piece.data if piece.data is not None else bytes(piece.size)
-                    stored, compressed = compress(data, self.compressor)
-                    crc = crc32c(data)
+                    raw = data if data is not None else bytes(size)
+                    stored, compressed = compress(raw, self.compressor)
+                    crc = crc32c(raw)
                 assert crc is not None
-                ref = self.blob.append_chunk(stored, compressed, piece.size, d.digest, crc, piece.file_offset)
-                self.stored[key] = ref
-                self.stats.stored += 1
-                self.stats.bytes_stored += len(stored)
+                ref = self.blob.append_chunk(stored, compressed, size, digest, crc, file_offset)
+                known[key] = ref
+                stats.stored += 1
+                stats.bytes_stored += len(stored)
             else:  # the chunk table keeps the offset in the file that first produced the chunk
-                self.stats.dedup_hits += 1
-            piece.inode.chunks.append(ref)
-            self.stats.chunks += 1
+                stats.dedup_hits += 1
+            inode.chunks.append(ref)
+        stats.chunks += len(batch)
 
     def finish(self) -> None:
         """Store everything still queued and stop the workers."""
@@ -163,6 +165,7 @@ class ChunkPipeline:
             self.close()
 
     def close(self) -> None:
+        self._claimed = set()  # a key per chunk: not needed once every piece is retired
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None

@@ -10,7 +10,9 @@ import contextlib
 import gc
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -439,6 +441,9 @@ def main(argv: list[str] | None = None) -> int:
     # Images are millions of small objects without cycles: the default collector thresholds would rescan them
     # over and over (25% of a small-file build). Collect far less often; cycles are still collected.
     gc.set_threshold(100_000, 50, 1000)
+    # SIGTERM (what `timeout`, systemd and container runtimes send) unwinds like Ctrl-C, so the same cleanup runs
+    previous = signal.signal(signal.SIGTERM, _terminated) if threading.current_thread() is threading.main_thread() \
+        else None
     try:
         status = cli.main(args=args, prog_name="nydus-py", standalone_mode=False)
     except click.exceptions.Exit as exc:
@@ -464,7 +469,14 @@ def main(argv: list[str] | None = None) -> int:
             raise
         click.echo(f"nydus-py: internal error (a bug in nydus-py): {type(exc).__name__}: {exc}", err=True)
         return EXIT_BUG
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return status if isinstance(status, int) else EXIT_OK
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 
 from nydus_py.format.blobmeta import BlobFeatures
-from nydus_py.format.rafs import CipherAlgo, CompressAlgo, DigestAlgo, SuperFlags
+from nydus_py.format.rafs import CipherAlgo, CompressAlgo, DigestAlgo, SuperFlags, compressor_of, digester_of
 from nydus_py.model import ChunkRef, Tree
 
 
@@ -44,8 +44,8 @@ class BlobInfo:
 
 
 @dataclass(frozen=True, slots=True)
-class DeviceSlot:
-    """One EROFS device table slot: the kernel's view of a blob."""
+class DeviceInfo:
+    """One device table entry (erofs.DeviceSlot), decoded: the kernel's view of a blob."""
 
     tag: str
     blocks: int
@@ -63,7 +63,7 @@ class Bootstrap:
     meta_blkaddr: int
     root_nid: int
     blocks: int  # s_blocks
-    devices: list[DeviceSlot]
+    devices: list[DeviceInfo]
     blobs: list[BlobInfo]
     tree: Tree
     prefetch_nids: list[int] = field(default_factory=list)
@@ -72,19 +72,8 @@ class Bootstrap:
 
     @property
     def compressor(self) -> CompressAlgo:
-        for algo, flag in _COMPRESSION_FLAG_ITEMS:
-            if self.flags & flag:
-                return algo
-        return CompressAlgo.NONE
+        return compressor_of(self.flags)
 
     @property
     def digester(self) -> DigestAlgo:
-        return DigestAlgo.SHA256 if self.flags & SuperFlags.HASH_SHA256 else DigestAlgo.BLAKE3
-
-
-_COMPRESSION_FLAG_ITEMS = (
-    (CompressAlgo.ZSTD, SuperFlags.COMPRESSION_ZSTD),
-    (CompressAlgo.LZ4_BLOCK, SuperFlags.COMPRESSION_LZ4),
-    (CompressAlgo.GZIP, SuperFlags.COMPRESSION_GZIP),
-    (CompressAlgo.NONE, SuperFlags.COMPRESSION_NONE),
-)
+        return digester_of(self.flags)

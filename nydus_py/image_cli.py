@@ -369,6 +369,12 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         click.echo(f"Error: {exc.filename or ''}: {exc.strerror}", err=True)
         return EXIT_ERROR
+    except KeyboardInterrupt:
+        click.echo("Error: interrupted", err=True)
+        return EXIT_ERROR
+    except Exception as exc:  # noqa: BLE001 - one line for the converter's log, never a traceback
+        click.echo(f"Error: internal error (a bug in nydus-py): {type(exc).__name__}: {exc}", err=True)
+        return EXIT_ERROR
     return 0
 
 

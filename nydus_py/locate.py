@@ -104,9 +104,10 @@ def _open_file(path: Path) -> OpenedImage:
         data = path.read_bytes()
         return OpenedImage(source=path, bootstrap=read_bootstrap(data), bootstrap_bytes=data)
     with BlobReader(path) as blob:
-        data = blob.inline_bootstrap()
-    if data is None:
+        inline = blob.inline_bootstrap()
+    if inline is None:
         raise FormatError(f"{path}: neither a RAFS bootstrap nor a blob with an inline bootstrap")
+    data = inline
     if not is_bootstrap(data):
         raise FormatError(f"{path}: inline bootstrap has no EROFS superblock")
     opened = OpenedImage(source=path, bootstrap=read_bootstrap(data), bootstrap_bytes=data, inline_blob=path)

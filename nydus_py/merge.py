@@ -7,35 +7,21 @@ Layer blobs are kept whole: merging rewrites no data.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from nydus_py.blob.reader import BlobReader, RandomAccess
-from nydus_py.bootstrap.layout import plan_layout
+from nydus_py.bootstrap.layout import LayoutPlan, plan_layout
 from nydus_py.bootstrap.reader import read_bootstrap
-from nydus_py.bootstrap.writer import write_bootstrap
+from nydus_py.bootstrap.writer import render_bootstrap
 from nydus_py.errors import FormatError, UnsupportedError, UsageError
 from nydus_py.format import rafs
 from nydus_py.format.rafs import CompressAlgo, DigestAlgo
 from nydus_py.format.blobmeta import BLOB_ID_PLACEHOLDER, BlobFeatures
 from nydus_py.image import BlobInfo, Bootstrap, is_blob_digest
-from nydus_py.locate import file_sha256, find_blob_file, is_bootstrap
-from nydus_py.model import Inode, Tree
-
-
-def walk_bfs(tree: Tree) -> Iterator[Inode]:
-    """nydus `walk_bfs`: the root, then each directory's entries in name order, then its subdirectories."""
-    yield tree.root
-    stack = [tree.root]
-    while stack:
-        directory = stack.pop()
-        subdirs = []
-        for entry in directory.entries:
-            yield entry.inode
-            if entry.inode.is_dir:
-                subdirs.append(entry.inode)
-        stack.extend(reversed(subdirs))
+from nydus_py.fsutil import file_sha256
+from nydus_py.locate import find_blob_file, is_bootstrap
+from nydus_py.model import Tree, walk_bfs
 
 
 def referenced_blobs(tree: Tree) -> list[int]:
@@ -50,13 +36,21 @@ def referenced_blobs(tree: Tree) -> list[int]:
 def bootstrap_bytes(tree: Tree, blobs: dict[int, BlobInfo], *, chunk_size: int, compressor: CompressAlgo,
                     digester: DigestAlgo, prefetch: tuple[bytes, ...] = ()) -> tuple[bytes, list[int]]:
     """Render a bootstrap of `tree` whose device table is the blobs it references; (bytes, their keys)."""
+    plan, keys = plan_bootstrap(tree, blobs, chunk_size=chunk_size, compressor=compressor, digester=digester,
+                                prefetch=prefetch)
+    return render_bootstrap(plan), keys
+
+
+def plan_bootstrap(tree: Tree, blobs: dict[int, BlobInfo], *, chunk_size: int, compressor: CompressAlgo,
+                   digester: DigestAlgo, prefetch: tuple[bytes, ...] = ()) -> tuple[LayoutPlan, list[int]]:
+    """The layout of `bootstrap_bytes`, for a caller that renders it (and may reuse it); (plan, blob keys)."""
     keys = referenced_blobs(tree)
     if len(keys) > rafs.MAX_BLOBS:
         raise UnsupportedError(f"the merged image references {len(keys)} blobs; RAFS v6 allows at most "
                                f"{rafs.MAX_BLOBS}")
     plan = plan_layout(tree, [blobs[k] for k in keys], chunk_size=chunk_size, compressor=compressor,
                        digester=digester, blob_keys=keys, prefetch_paths=list(prefetch))
-    return write_bootstrap(plan), keys
+    return plan, keys
 
 
 def final_blob_info(info: BlobInfo, blob: Path | RandomAccess, blob_id: str, blob_index: int | None = None) -> BlobInfo:
@@ -87,11 +81,11 @@ class MergeInput:
     digester: DigestAlgo
 
 
-def dataless_blob_info(path: Path, blob_id: str, boot: Bootstrap) -> BlobInfo:
+def dataless_blob_info(path: Path | RandomAccess, blob_id: str, boot: Bootstrap, blob_index: int = 0) -> BlobInfo:
     """What we know of a layer blob that holds no chunk (deletions, metadata, empty files only): its
     bootstrap's blob table has no entry for it, so it is described by its file, TOC and superblock flags."""
     size, toc_digest, toc_size = _file_facts(path)
-    return BlobInfo(blob_id=blob_id, blob_index=0, chunk_size=boot.chunk_size, chunk_count=0,
+    return BlobInfo(blob_id=blob_id, blob_index=blob_index, chunk_size=boot.chunk_size, chunk_count=0,
                     compressor=boot.compressor, digester=boot.digester, features=BlobFeatures(0),
                     compressed_size=size, uncompressed_size=0, ci_compressor=CompressAlgo.NONE, ci_offset=0,
                     ci_compressed_size=0, ci_uncompressed_size=0, toc_size=toc_size, toc_digest=toc_digest)

@@ -161,6 +161,44 @@ def is_void_whiteout(name: bytes) -> bool:
     return is_marker(name) and name[len(WHITEOUT_PREFIX) :] in (b"", b".", b"..")
 
 
+@dataclass(frozen=True, slots=True)
+class OverlayXattrs:
+    """What an overlayfs upper entry's own `<ns>.overlay.*` xattrs say, and the xattrs left without them."""
+
+    kept: dict[bytes, bytes]  # every xattr but the overlay's own (its bookkeeping never reaches an image)
+    opaque: bool  # `opaque` = "y": the directory hides the lower layers' entries ("x" only announces xattr whiteouts)
+    whiteout: bool  # `whiteout` present: the (regular file) entry is a removal (overlayfs >= 6.7)
+    refused: bytes | None  # `redirect` or `metacopy`: content or name lives in a lower layer; unsupported
+
+
+def overlay_xattrs(xattrs: dict[bytes, bytes], prefix: bytes) -> OverlayXattrs:
+    """The overlayfs xattr rules both sources apply (`prefix`: `trusted.overlay.` or `user.overlay.`)."""
+    if not any(name.startswith(prefix) for name in xattrs):
+        return OverlayXattrs(kept=xattrs, opaque=False, whiteout=False, refused=None)
+    ours = {name[len(prefix) :]: value for name, value in xattrs.items() if name.startswith(prefix)}
+    return OverlayXattrs(
+        kept={name: value for name, value in xattrs.items() if not name.startswith(prefix)},
+        opaque=ours.get(b"opaque") == b"y",
+        whiteout=b"whiteout" in ours,
+        refused=next((name for name in (b"redirect", b"metacopy") if name in ours), None),
+    )
+
+
 def new_marker() -> Inode:
     """The inode of a whiteout marker: an empty regular file, as OCI layer tars carry them."""
     return Inode(kind=FileKind.REG, mode=stat.S_IFREG | 0o644)
+
+
+def walk_bfs(tree: Tree) -> Iterator[Inode]:
+    """nydus `walk_bfs`, the order a bootstrap's records and a merged device table follow: the root, then
+    each directory's entries in name order, then its subdirectories (a hardlinked inode once per entry)."""
+    yield tree.root
+    stack = [tree.root]
+    while stack:
+        directory = stack.pop()
+        subdirs = []
+        for entry in directory.entries:
+            yield entry.inode
+            if entry.inode.is_dir:
+                subdirs.append(entry.inode)
+        stack.extend(reversed(subdirs))

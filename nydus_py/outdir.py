@@ -79,7 +79,8 @@ class OutputDir:
             fd = os.open(path, _DIR_FLAGS)
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise UsageError(f"{path}: not a directory (the output must be a directory, not a symlink or a file)") from None
+                raise UsageError(f"{path}: not a directory (the output must be a directory, not a symlink or a "
+                                 "file)") from None
             raise UsageError(f"{path}: cannot write the output directory: {exc.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -5,8 +5,9 @@ Each layer tree records removals as OCI markers: `.wh.NAME` hides NAME of the lo
 directory: markers are applied to the lower entries first (so a whiteout and a new entry of the same name
 in one layer mean "replace"), then every upper entry replaces the lower one of the same name; two
 directories merge, the upper one's attributes winning (unless the upper one only has the default
-attributes of a parent its tar did not list: extraction would leave the lower directory as it was). Markers never reach the result, including those
-of the lowest layer (nydus-image leaves those visible; we do not).
+attributes of a parent its tar did not list: extraction would leave the lower directory as it was).
+Markers never reach the result, including those of the lowest layer (nydus-image leaves those visible;
+we do not).
 
 Layer trees are never modified: merged directories are new inodes; everything else is shared, so
 hardlinks (one Inode object) stay linked.

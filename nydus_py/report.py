@@ -107,10 +107,18 @@ def listing_line(path: bytes, inode: Inode, links: int) -> str:
         size = f"{os.major(inode.rdev)}, {os.minor(inode.rdev)}"
     else:
         size = str(inode.size)
-    when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(inode.mtime))
+    when = _timestamp(inode.mtime)
     name = path.decode("utf-8", "backslashreplace")
     if inode.kind is FileKind.SYMLINK:
         name += " -> " + inode.symlink_target.decode("utf-8", "backslashreplace")
     xattr_mark = "@" if inode.xattrs else " "
     return (f"{_type_char(inode.kind)}{perms}{xattr_mark} {links:>3} {inode.uid:>6} {inode.gid:>6} {size:>10} "
             f"{when}.{inode.mtime_nsec:09d} {name}")
+
+
+def _timestamp(seconds: int) -> str:
+    """UTC date and time of an mtime; one the C library cannot show (RAFS stores any 64-bit value) as seconds."""
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds))
+    except (OverflowError, OSError, ValueError):
+        return f"@{seconds}"

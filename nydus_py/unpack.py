@@ -22,12 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from nydus_py import compress
 from nydus_py.blob.reader import BlobReader
 from nydus_py.digests import chunk_digest
 from nydus_py.errors import FormatError, UsageError
 from nydus_py.fsutil import atomic_output, raise_fd_limit
-from nydus_py.format.rafs import MAX_CHUNK_SIZE, CompressAlgo
 from nydus_py.locate import OpenedImage
 from nydus_py.model import ChunkRef, FileKind, Inode
 
@@ -68,16 +66,10 @@ class ChunkReader:
             self._cache.move_to_end(key)
             return data
         info = self.boot.blobs[chunk.blob_index]
-        if chunk.uncompressed_size > MAX_CHUNK_SIZE:
-            raise FormatError(f"blob {info.blob_id}: chunk {chunk.ci_index} claims {chunk.uncompressed_size} bytes")
         reader = self.readers.get(chunk.blob_index)
         if reader is None:
             raise UsageError(f"blob {info.blob_id} is not available (give --blob-dir)")
-        raw = reader.read_at(chunk.compressed_offset, chunk.compressed_size, f"chunk {chunk.ci_index}")
-        data = compress.decompress(raw, info.compressor if chunk.compressed else CompressAlgo.NONE,
-                                   chunk.uncompressed_size)
-        if chunk_digest(data, info.digester) != chunk.digest:
-            raise FormatError(f"blob {info.blob_id}: chunk {chunk.ci_index} does not match its digest")
+        data = reader.read_chunk(chunk, info.compressor, info.digester, chunk.digest)
         self._cache[key] = data
         if len(self._cache) > _CACHE_CHUNKS:
             self._cache.popitem(last=False)

@@ -7,6 +7,8 @@ References: nydus rafs/src/metadata/layout/v6.rs (RafsV6SuperBlock/SuperBlockExt
 
 from __future__ import annotations
 
+import functools
+import operator
 from dataclasses import dataclass
 
 from construct import ConstructError
@@ -16,9 +18,8 @@ from nydus_py.format.blobmeta import BlobFeatures
 
 BLOB_MAX_SIZE_UNCOMPRESSED = 1 << 44
 BLOB_MAX_SIZE_COMPRESSED = 1 << 40
-_COMPRESSION_BITS = (rafs.SuperFlags.COMPRESSION_NONE | rafs.SuperFlags.COMPRESSION_LZ4
-                     | rafs.SuperFlags.COMPRESSION_GZIP | rafs.SuperFlags.COMPRESSION_ZSTD)
-_HASH_BITS = rafs.SuperFlags.HASH_BLAKE3 | rafs.SuperFlags.HASH_SHA256
+_COMPRESSION_BITS = functools.reduce(operator.or_, rafs.COMPRESSION_FLAGS.values())
+_HASH_BITS = functools.reduce(operator.or_, rafs.DIGEST_FLAGS.values())
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ def test_bench_smoke_run() -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     rows = [line for line in done.stdout.splitlines() if line.startswith("| ")]
     corpora = {row.split("|")[1].strip() for row in rows[1:]}
-    assert {"rootfs", "rootfs lz4_block", "small files", "2 GiB file", "tar.gz layer", "20 layers (build+merge)",
+    assert {"rootfs", "rootfs lz4_block", "node_modules-shaped", "small files", "big file", "tar.gz layer",
+            "20 layers (build+merge)",
             "merge of 20 layers"} <= corpora
     assert any("| nydus-py |" in row for row in rows)

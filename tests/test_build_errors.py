@@ -144,6 +144,7 @@ def test_failure_late_in_the_build_leaves_outdir_as_it_was(capsys: pytest.Captur
         raise FormatError("injected failure")
 
     monkeypatch.setattr("nydus_py.pipeline.overlay.merge_layers", fail)  # after every layer blob is written
+    monkeypatch.setattr("nydus_py.pipeline.retarget", fail)  # the same point for a one-layer image
     status, err = run(capsys, "build", str(src), "-o", str(out))
     assert status == 2 and "injected failure" in err
     assert sorted(os.listdir(out)) == ["keep"]  # no blobs/, no hidden temporary files

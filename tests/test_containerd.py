@@ -321,8 +321,10 @@ def stack() -> Iterator[Stack]:
               f"--daemon-mode multiple --fs-driver fusedev --nydusd-config {d}/nydusd-config.json --log-to-stdout "
               f"> {d}/snapshotter.log 2>&1 & "
               f"{containerd} --config {d}/containerd.toml > {d}/containerd.log 2>&1 & wait")
+    # the snapshotter also looks nydusd and nydus-image up on PATH, wherever the tests found them
+    path = os.pathsep.join([str(d), os.path.dirname(nydus_image_bin), os.environ.get("PATH", "")])
     shell = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script],
-                             start_new_session=True)
+                             start_new_session=True, env={**os.environ, "PATH": path})
     st = Stack(d, shell, ctr, pull)
     try:
         deadline = time.monotonic() + 30

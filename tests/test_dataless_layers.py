@@ -152,3 +152,22 @@ def test_merge_failure_leaves_no_bootstrap(tmp_path: Path, capsys: pytest.Captur
     assert main(["merge", str(good), str(bad), "-o", str(out)]) == 2
     assert str(bad) in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_converting_again_reuses_a_layer_without_data(tmp_path: Path) -> None:
+    """The second conversion into the same registry tag reuses every layer, the data-less one included (its
+    inline bootstrap lists no blob at all)."""
+    from tests.test_registry import registry
+
+    tars = [write_tar(tmp_path / f"l{i}.tar", m) for i, m in enumerate([LOWER, DATALESS["deletion"], TOP])]
+    source, _ = umoci_image(tmp_path, tars)
+    with registry(tmp_path / "registry") as host:
+        run(need_tool("skopeo"), "copy", "--dest-tls-verify=false", source, f"docker://{host}/app:1")
+        digests = []
+        for attempt in ("first", "again"):
+            report = tmp_path / f"{attempt}.json"
+            assert main(["convert", f"docker://{host}/app:1", f"docker://{host}/app:nydus", "--plain-http",
+                         "--output-json", str(report)]) == 0
+            doc = json.loads(report.read_text())
+            digests.append(doc["manifest"]["digest"])
+        assert doc["reused"]["layers"] == 3 and digests[0] == digests[1]

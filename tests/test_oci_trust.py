@@ -546,3 +546,11 @@ def test_invalid_index_json_names_the_file(src: Path, tmp_path: Path) -> None:
 
 def test_a_reference_of_no_known_form_is_refused() -> None:
     refused(nydus_py("convert", "registry.example/x", "oci:/nonexistent/out"), "registry.example/x", "oci:DIR")
+
+
+@pytest.mark.parametrize("kind", ["oci-archive", "docker-archive"])
+def test_an_archive_that_is_not_a_tar_is_one_line(tmp_path: Path, kind: str) -> None:
+    not_tar = tmp_path / "notes.txt"
+    not_tar.write_text("root:x:0:0:root:/root:/bin/sh\n" * 40)
+    refused(nydus_py("convert", f"{kind}:{not_tar}", f"oci:{tmp_path / 'out'}"), str(not_tar), "not a tar archive")
+    assert not (tmp_path / "out").exists()

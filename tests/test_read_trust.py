@@ -162,7 +162,7 @@ def with_dirent_nid(bootstrap: bytes, directory: bytes, name: bytes, nid: int) -
     dir_nid = sb.root_nid
     for part in directory.strip(b"/").split(b"/"):
         dir_nid = next(n for entry, n, _ in parser.dirents(parser.raw_inode(dir_nid)) if entry == part)
-    for at, length in parser.data_blocks(parser.raw_inode(dir_nid)):
+    for at, _length in parser.data_blocks(parser.raw_inode(dir_nid)):
         for i in range(erofs.dirent_count(parse(erofs.Dirent, data, what="dirent", offset=at).nameoff)):
             dirent = parse(erofs.Dirent, data, what="dirent", offset=at + i * erofs.DIRENT_SIZE)
             if [e for e, n, _ in parser.dirents(parser.raw_inode(dir_nid)) if n == dirent.nid] == [name]:
@@ -220,3 +220,28 @@ def test_bounded_work_on_hostile_metadata(tmp_path: Path, hostile: str) -> None:
             assert done.returncode in (0, 1, 2) and "Traceback" not in done.stderr, (name, done.stderr)
         if name == "mount" and done.returncode == 0:
             assert main(["umount", str(tmp_path / "mnt")]) == 0
+
+
+def test_a_dirent_name_with_a_slash_is_refused_everywhere(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A crafted name `c/d` would become a path in a tar, a merge or a directory: every reader refuses it."""
+    from nydus_py.image_cli import main as image_main
+
+    build_tree(tmp_path, "img", {"etc": b"x"})
+    data = bytearray((tmp_path / "img" / "bootstrap").read_bytes())
+    at = data.index(b"etc", erofs.EROFS_SUPER_OFFSET + erofs.SuperBlock.sizeof())  # the dirent name (3 bytes)
+    data[at : at + 3] = b"c/d"
+    boot = tmp_path / "slash.boot"
+    boot.write_bytes(bytes(data))
+    blobs = str(tmp_path / "img" / "blobs" / "sha256")
+    assert main(["check", str(boot), "--blob-dir", blobs]) == 1
+    capsys.readouterr()
+    for args in (["unpack", str(boot), "--blob-dir", blobs, "-o", str(tmp_path / "u.tar")],
+                 ["unpack", str(boot), "--blob-dir", blobs, "-o", str(tmp_path / "u")],
+                 ["merge", str(boot), "--blob-dir", blobs, "-o", str(tmp_path / "m")],
+                 ["inspect", str(boot)]):
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert "cannot hold '/'" in err and err.count("\n") == 1, (args, err)
+    assert not (tmp_path / "u.tar").exists() and not (tmp_path / "u").exists() and not (tmp_path / "m").exists()
+    assert image_main(["merge", "--bootstrap", str(tmp_path / "mm"), str(boot), "--blob-digests", "ab" * 32]) == 1
+    assert not (tmp_path / "mm").exists()

@@ -13,7 +13,7 @@ import pytest
 
 from nydus_py import BlobReader, FormatError, UnsupportedError, expand_blob, open_image, read_bootstrap
 from nydus_py.blob.reader import read_blob_meta_cache
-from nydus_py.format import blobmeta
+from nydus_py.format import blobmeta, tar
 from nydus_py.format.blobmeta import BLOB_ID_PLACEHOLDER
 from nydus_py.model import FileKind
 from tests.conftest import V1_BLOB, V1_BOOT, V2_BLOB, V3_META, golden_bytes, need_nydus_fixtures
@@ -45,7 +45,7 @@ def test_v1_chunks_decompress_to_their_digests(v1_boot: bytes) -> None:
         for path, inode in boot.tree.walk():
             if inode.kind is FileKind.REG:
                 (chunk,) = inode.chunks
-                data = blob.read_chunk(infos[chunk.ci_index], boot.blobs[0].compressor)
+                data = blob.read_chunk(infos[chunk.ci_index], boot.blobs[0].compressor, boot.blobs[0].digester, chunk.digest)
                 assert blake3.blake3(data).digest() == chunk.digest == digests[chunk.ci_index]
                 contents[path] = data
     assert len(contents[b"/lib.rs"]) == 16931 and len(contents[b"/sync_io.rs"]) == 13400
@@ -76,7 +76,7 @@ def test_v2_inline_bootstrap() -> None:
         infos = blob.chunk_infos()
         for _, inode in boot.tree.walk():
             for chunk in inode.chunks:
-                data = blob.read_chunk(infos[chunk.ci_index], info.compressor)
+                data = blob.read_chunk(infos[chunk.ci_index], info.compressor, info.digester, chunk.digest)
                 assert blake3.blake3(data).digest() == chunk.digest
 
 
@@ -167,7 +167,7 @@ def test_unsupported_block_size(v1_boot: bytes) -> None:
 
 @pytest.mark.parametrize(("name", "mutate", "message"), [
     ("truncated blob", lambda d: d[:-100], r"neither a RAFS bootstrap nor a blob"),
-    ("toc size not a multiple", lambda d: d[:-512] + blobmeta.encode_tar_header("rafs.blob.toc", 500),
+    ("toc size not a multiple", lambda d: d[:-512] + tar.encode_tar_header("rafs.blob.toc", 500, tar.TarDialect.NYDUS_TAIL),
      r"TOC size 500"),
     ("inline bootstrap digest", lambda d: corrupt(d, 8000, b"\xff\xff"), r"image.boot|does not decompress"),
 ])

@@ -102,6 +102,18 @@ def entry(name: str, data: bytes | None = b"x", kind: bytes = tarfile.REGTYPE, l
     return info, data
 
 
+def pax(member: tuple, **records: str) -> tuple:
+    info, data = member
+    info.pax_headers = dict(records)
+    return info, data
+
+
+def device(major: int, minor: int) -> tuple:
+    info, _ = entry("dev", None, tarfile.CHRTYPE)
+    info.devmajor, info.devminor = major, minor
+    return info, None
+
+
 GOOD = tar_bytes(entry("a/b", b"x" * 100000))
 BAD_TARS = {
     "truncated gzip": gzip.compress(GOOD)[:-40],
@@ -115,6 +127,11 @@ BAD_TARS = {
     "entry below a symlink": tar_bytes(entry("a", None, tarfile.SYMTYPE, "/etc"), entry("a/passwd")),
     "truncated data": GOOD[:1024],
     "not a tar": b"this is not a tar file at all" * 40,
+    "mtime not a number": tar_bytes(pax(entry("f"), mtime="nan")),
+    "mtime infinite": tar_bytes(pax(entry("f"), mtime="inf")),
+    "mtime beyond 64 bits": tar_bytes(pax(entry("f"), mtime=str(1 << 64))),
+    "mtime far before 1970": tar_bytes(pax(entry("f"), mtime="-1e30")),
+    "device beyond 12:20 bits": tar_bytes(device(2097151, 5)),
 }
 
 
@@ -126,6 +143,27 @@ def test_bad_tars(tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str)
     assert status == 2, err
     assert err.count("\n") == 1 and err.startswith("nydus-py: ") and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_name_thousands_of_components_deep(tmp_path: Path) -> None:
+    """No parent entries, 3000 components (6 KB of path): the missing parents are made without recursion."""
+    name = "/".join(["d"] * 3000) + "/f"
+    (tmp_path / "deep.tar").write_bytes(tar_bytes(entry(name, b"deep")))
+    assert build(str(tmp_path / "deep.tar"), "-o", str(tmp_path / "out")) == 0
+    tree = open_image(tmp_path / "out").bootstrap.tree
+    assert tree.lookup(("/" + name).encode()) is not None
+
+
+def test_devices_and_times_at_the_edges_of_what_rafs_stores(tmp_path: Path) -> None:
+    (tmp_path / "edge.tar").write_bytes(tar_bytes(device(4095, 1048575), pax(entry("old"), mtime="-4000000000.5"),
+                                                  pax(entry("late"), mtime=str((1 << 63) - 1))))
+    assert build(str(tmp_path / "edge.tar"), "-o", str(tmp_path / "out")) == 0
+    tree = open_image(tmp_path / "out").bootstrap.tree
+    dev, old, late = (tree.lookup(p) for p in (b"/dev", b"/old", b"/late"))
+    assert dev is not None and (os.major(dev.rdev), os.minor(dev.rdev)) == (4095, 1048575)
+    assert old is not None and (old.mtime, old.mtime_nsec) == (-4000000001, 500000000)
+    assert late is not None and late.mtime == (1 << 63) - 1
+    assert main(["inspect", str(tmp_path / "out")]) == 0  # a time the C library cannot show is still listed
 
 
 def test_empty_tar_is_an_empty_layer(tmp_path: Path) -> None:

@@ -6,16 +6,19 @@ Peers: `nydus-image create` 2.2 (Rust; same compressor, digester and chunk size,
 merge corpus, `mkfs.erofs --chunksize=1048576 --blobdev=...` (C, erofs-utils; it does not even compress),
 `tar -cf - | gzip -6` (what a plain docker build layer costs), `tar -cf - | zstd -3 -T0`, and for tar.gz
 input `zcat | zstd -3 -T0`. Prints medians, nydus-py/peer ratios, peak RSS of each whole process tree and
-throughput. Corpora are generated here (no network): a distro-like rootfs, many small files, one big file,
-a stack of layers; or give a directory or a layer tar.gz.
+throughput. Corpora are generated here (no network): a distro-like rootfs, a tree shaped like a real
+node_modules (NODE_MODULES_SHAPE), many small files, one big file, a stack of layers; or give a directory, a real
+node_modules or a layer tar.gz.
 
-Usage: python3 tools/bench.py [--corpus rootfs,small,bigfile,layers,targz] [--scale F] [--runs N]
-                              [--source DIR] [--tar-gz FILE] [--workdir DIR] [--jobs N]
+Usage: python3 tools/bench.py [--corpus rootfs,nodemodules,small,bigfile,layers,targz] [--scale F] [--runs N]
+                              [--source DIR] [--node-modules DIR] [--tar-gz FILE] [--workdir DIR] [--jobs N]
+                              [--small-files N] [--big-file-mib N]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import random
 import shutil
@@ -89,6 +92,69 @@ def make_rootfs(root: Path, scale: float = 1.0, seed: int = 1) -> Path:
     for i in range(counts["conf"]):
         d = rng.choice(["etc", "etc/default", "etc/ssl/certs", "var/lib/dpkg/info"])
         (root / d / f"conf{i:05d}").write_bytes(_text(rng, rng.randint(20, 900)))
+    return root
+
+
+# The shape of a real `node_modules`, measured on `npm install typescript eslint webpack @babel/core jest`
+# (npm 10, November 2026): 11,529 entries, 131 MB on disk. make_node_modules() reproduces it without network.
+NODE_MODULES_SHAPE = {
+    "dirs": 1490,
+    "symlinks": 25,  # in .bin directories
+    "files": 10014,  # 102,233,774 bytes; median 1,132 bytes
+    "duplicate_files": 1451,  # same content as another file (nested copies of a package, licenses)
+    # (from, to, files): file sizes in bytes, from <= size < to
+    "sizes": [(0, 1, 7), (1, 256, 1806), (256, 1024, 2723), (1024, 4096, 3073), (4096, 16384, 1599),
+              (16384, 65536, 631), (65536, 262144, 151), (262144, 1 << 20, 17), (1 << 20, 4 << 20, 6),
+              (24_101_026, 24_101_027, 1)],
+    # entries (directories, files, symlinks) at each depth below node_modules, 1 = its children
+    "depths": [249, 1412, 1702, 3703, 1457, 1201, 1703, 102],
+}
+JS_WORDS = ("function return const let var if else for while module exports require import from export default "
+            "this null undefined true false new class extends async await typeof instanceof object string number "
+            "=> { } ( ) ; , . = === !== + - * / && || ! ? : [ ] options value result error callback node").split()
+
+
+def make_node_modules(root: Path, scale: float = 1.0, seed: int = 5) -> Path:
+    """A tree shaped like a real node_modules (NODE_MODULES_SHAPE): depth, directory and symlink share, file
+    size histogram, duplicate files; contents are JavaScript-like text (compresses like the real thing)."""
+    rng = random.Random(seed)
+    shape = NODE_MODULES_SHAPE
+    pool = " ".join(rng.choice(JS_WORDS) for _ in range(1_200_000)).encode()  # ~4 MB to cut files from
+    dir_share = shape["dirs"] / (shape["dirs"] + shape["files"] + shape["symlinks"])
+    levels: list[list[Path]] = [[root]]
+    root.mkdir(parents=True, exist_ok=True)
+    file_parents: list[Path] = []
+    for depth, count in enumerate(shape["depths"], start=1):
+        count = max(1, round(count * scale))
+        dirs = max(1, round(count * dir_share)) if depth < len(shape["depths"]) else 0
+        level = []
+        for i in range(dirs):
+            d = rng.choice(levels[-1]) / (f"@scope{i:03d}" if depth == 1 and i % 9 == 0 else f"pkg-{depth}-{i:04d}")
+            d.mkdir()
+            level.append(d)
+        file_parents += [rng.choice(levels[-1]) for _ in range(count - dirs)]
+        levels.append(level)
+    sizes = [rng.randint(lo, hi - 1) if hi - lo < 256 else int(2 ** rng.uniform(math.log2(lo), math.log2(hi)))
+             for lo, hi, n in shape["sizes"] for _ in range(max(1, round(n * scale)) if n > 1 or scale >= 1 else 0)]
+    rng.shuffle(sizes)
+    duplicate_share = shape["duplicate_files"] / shape["files"]
+    made: list[bytes] = []
+    for i, parent in enumerate(file_parents[: len(sizes)]):
+        if made and rng.random() < duplicate_share:
+            data = rng.choice(made)
+        else:
+            size = sizes[i]
+            data = b""
+            while len(data) < size:
+                start = rng.randrange(len(pool))
+                data += pool[start : start + size - len(data)]
+            made.append(data)
+        (parent / f"{rng.choice(('index', 'lib', 'util', 'README', 'types'))}-{i:05d}"
+                  f"{rng.choice(('.js', '.js', '.ts', '.map', '.json', '.md', '.mjs'))}").write_bytes(data)
+    bin_dir = root / ".bin"
+    bin_dir.mkdir()
+    for i in range(max(1, round(shape["symlinks"] * scale))):
+        os.symlink(f"../pkg-1-{i:04d}/bin/cli.js", bin_dir / f"tool{i:02d}")
     return root
 
 
@@ -251,13 +317,20 @@ def peers(source: Path, jobs: str) -> dict[str, str]:
     return out
 
 
+def _tree_peers(source: Path, jobs: str) -> dict[str, str]:
+    return {k: v for k, v in peers(source, jobs).items() if k in ("nydus-py", "nydus-image create", "mkfs.erofs")}
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus", default="rootfs,small,bigfile,layers,targz")
+    parser.add_argument("--corpus", default="rootfs,nodemodules,small,bigfile,layers,targz")
     parser.add_argument("--scale", type=float, default=1.0, help="corpus size factor (CI smoke: 0.01)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--source", type=Path, help="benchmark this directory instead of the generated rootfs")
     parser.add_argument("--tar-gz", type=Path, help="benchmark this layer tar.gz for the targz corpus")
+    parser.add_argument("--node-modules", type=Path, help="also benchmark this real node_modules directory")
+    parser.add_argument("--small-files", type=int, help="files in the small corpus (default: 1M x scale)")
+    parser.add_argument("--big-file-mib", type=int, help="size of the big file (default: 2 GiB x scale)")
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--jobs", default="", help="e.g. --jobs=1 for nydus-py")
     args = parser.parse_args(argv)
@@ -283,16 +356,25 @@ def main(argv: list[str]) -> int:
             if shutil.which("mkfs.erofs"):
                 lz4["mkfs.erofs"] = peers(rootfs, jobs)["mkfs.erofs"]
             rows += bench("rootfs lz4_block", lz4, work, args.runs, size, entries)
+        if "nodemodules" in corpora:
+            tree = make_node_modules(work / "node_modules", args.scale)
+            size, entries = tree_size(tree)
+            print(f"node_modules-shaped: {size / 1e6:.0f} MB, {entries} entries", file=sys.stderr)
+            rows += bench("node_modules-shaped", _tree_peers(tree, jobs), work, args.runs, size, entries)
+        if args.node_modules is not None:
+            size, entries = tree_size(args.node_modules)
+            rows += bench("real node_modules", _tree_peers(args.node_modules, jobs), work, args.runs, size, entries)
         if "small" in corpora:
-            small = make_small_files(work / "small", max(1000, int(1_000_000 * args.scale)))
+            small = make_small_files(work / "small", args.small_files or max(1000, int(1_000_000 * args.scale)))
             size, entries = tree_size(small)
             rows += bench("small files", {k: v for k, v in peers(small, jobs).items()
                                           if k in ("nydus-py", "nydus-image create", "mkfs.erofs")},
                           work, args.runs, size, entries)
         if "bigfile" in corpora:
-            big = make_big_file(work / "big", max(1 << 20, int((2 << 30) * args.scale)))
+            big = make_big_file(work / "big", (args.big_file_mib << 20) if args.big_file_mib
+                                else max(1 << 20, int((2 << 30) * args.scale)))
             size, entries = tree_size(big)
-            rows += bench("2 GiB file", peers(big, jobs), work, args.runs, size, entries)
+            rows += bench("big file", peers(big, jobs), work, args.runs, size, entries)
         if "targz" in corpora:
             tgz = args.tar_gz or make_tar_gz(rootfs, work / "layer.tar.gz")
             size = tgz.stat().st_size

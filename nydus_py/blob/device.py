@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nydus_py.blob.reader import BlobReader
-from nydus_py.digests import chunk_digest
 from nydus_py.errors import FormatError
 from nydus_py.fsutil import atomic_output
 from nydus_py.image import BlobInfo
@@ -42,14 +41,11 @@ def expand_blob(blob_path: str | os.PathLike[str], info: BlobInfo, out_path: str
                 if end > info.uncompressed_size:
                     raise FormatError(f"{blob.path.name}: chunk {chunk.ci_index} ends at {end:#x}, past the device "
                                       f"image size {info.uncompressed_size:#x}")
-                data = blob.read_chunk(chunk, info.compressor)
                 expected = digests[chunk.ci_index] if digests is not None else (expected_digests or {}).get(
                     chunk.ci_index)
                 if expected is None:
                     raise FormatError(f"{blob.path.name}: chunk {chunk.ci_index} has no digest to verify against")
-                if chunk_digest(data, info.digester) != expected:
-                    raise FormatError(f"{blob.path.name}: chunk {chunk.ci_index} at {chunk.compressed_offset:#x}: "
-                                      f"{info.digester.name.lower()} digest does not match")
+                data = blob.read_chunk(chunk, info.compressor, info.digester, expected)
                 out.seek(chunk.uncompressed_offset)
                 out.write(data)
             out.truncate(info.uncompressed_size)

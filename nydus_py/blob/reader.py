@@ -15,17 +15,13 @@ from pathlib import Path
 from typing import Protocol
 
 from nydus_py import compress
+from nydus_py.digests import chunk_digest
 from nydus_py.errors import FormatError, UnsupportedError
-from nydus_py.format import blobmeta, parse
+from nydus_py.format import blobmeta, parse, rafs, tar
 from nydus_py.format.blobmeta import BlobFeatures
-from nydus_py.format.rafs import MAX_CHUNK_SIZE, CompressAlgo
+from nydus_py.format.rafs import MAX_CHUNK_SIZE, CompressAlgo, DigestAlgo
 from nydus_py.image import BlobInfo
 
-_TOC_COMPRESSOR = {
-    blobmeta.TocFlags.COMPRESSION_NONE: CompressAlgo.NONE,
-    blobmeta.TocFlags.COMPRESSION_ZSTD: CompressAlgo.ZSTD,
-    blobmeta.TocFlags.COMPRESSION_LZ4_BLOCK: CompressAlgo.LZ4_BLOCK,
-}
 MAX_TOC_SIZE = 1 << 20  # nydus-snapshotter refuses bigger TOCs
 MAX_META_SIZE = 1 << 30  # bound on any metadata section we decompress into memory
 
@@ -72,8 +68,8 @@ class CiHeader:
 
 
 @dataclass(frozen=True, slots=True)
-class ChunkInfo:
-    """One chunk info (CI) array entry."""
+class BlobChunk:
+    """One chunk as the blob's chunk info (CI) array describes it (decoded from blobmeta.ChunkInfoV1/V2)."""
 
     ci_index: int
     uncompressed_offset: int
@@ -83,6 +79,21 @@ class ChunkInfo:
     compressed: bool
     flags: int = 0  # v2 only
     data: int = 0  # v2 only: zran/batch locator or crc32c
+
+
+class ChunkExtent(Protocol):
+    """Where a chunk's bytes lie in its blob: a BlobChunk, or a bootstrap's model.ChunkRef."""
+
+    @property
+    def ci_index(self) -> int: ...
+    @property
+    def compressed_offset(self) -> int: ...
+    @property
+    def compressed_size(self) -> int: ...
+    @property
+    def uncompressed_size(self) -> int: ...
+    @property
+    def compressed(self) -> bool: ...
 
 
 class RandomAccess(Protocol):
@@ -116,7 +127,7 @@ class BlobReader:
     """Random access to one blob (a file path, or any RandomAccess). Use as a context manager."""
 
     def __init__(self, source: str | os.PathLike[str] | RandomAccess) -> None:
-        self._source: RandomAccess = source if hasattr(source, "pread") else LocalFile(Path(source))  # type: ignore[arg-type]
+        self._source: RandomAccess = LocalFile(Path(source)) if isinstance(source, (str, os.PathLike)) else source
         self.path = Path(self._source.name)
         self.size = self._source.size
 
@@ -142,16 +153,14 @@ class BlobReader:
 
     def _tail_header(self, end: int) -> tuple[str, int] | None:
         """(name, size) of the tail tar header ending at `end`, or None if there is no valid one."""
-        if end < blobmeta.TAR_BLOCK_SIZE:
+        if end < tar.TAR_BLOCK_SIZE:
             return None
-        raw = self.read_at(end - blobmeta.TAR_BLOCK_SIZE, blobmeta.TAR_BLOCK_SIZE, "tar header")
-        if raw[257:263] not in (blobmeta.GNU_MAGIC, b"ustar\0"):
-            return None
+        raw = self.read_at(end - tar.TAR_BLOCK_SIZE, tar.TAR_BLOCK_SIZE, "tar header")
         try:
-            header = parse(blobmeta.TarHeader, raw, what="tar header", offset=0)
+            header = parse(tar.TarHeader, raw, what="tar header", offset=0)
         except FormatError:
             return None
-        if header.chksum != blobmeta.tar_checksum(raw):
+        if not tar.is_tar_magic(header.magic) or not tar.has_valid_checksum(raw, header.chksum):
             return None
         return blobmeta.toc_name(header.name), header.size
 
@@ -164,7 +173,7 @@ class BlobReader:
             if found is None:
                 break
             name, size = found
-            start = end - blobmeta.TAR_BLOCK_SIZE - size
+            start = end - tar.TAR_BLOCK_SIZE - size
             if start < 0:
                 raise FormatError(f"{self.path.name}: tar header {name!r} at {end - 512:#x} claims {size} bytes, "
                                   "more than precede it")
@@ -185,16 +194,16 @@ class BlobReader:
         size = found[1]
         if size % blobmeta.TocEntry.sizeof() or size > MAX_TOC_SIZE:
             raise FormatError(f"{self.path.name}: TOC size {size} is not a multiple of 128 or over 1 MiB")
-        start = self.size - blobmeta.TAR_BLOCK_SIZE - size
+        start = self.size - tar.TAR_BLOCK_SIZE - size
         raw = self.read_at(start, size, "TOC")
         items = []
-        for i in range(size // blobmeta.TocEntry.sizeof()):
-            entry = parse(blobmeta.TocEntry, raw, what=f"{self.path.name}: TOC entry {i}",
-                          offset=i * blobmeta.TocEntry.sizeof())
-            compressor = _TOC_COMPRESSOR.get(entry.flags)
+        entry_size = blobmeta.TocEntry.sizeof()
+        for i in range(size // entry_size):
+            entry = parse(blobmeta.TocEntry, raw, what=f"{self.path.name}: TOC entry {i}", offset=i * entry_size)
+            compressor = rafs.TOC_COMPRESSORS.get(entry.flags)
             if compressor is None:
-                raise FormatError(f"{self.path.name}: TOC entry {i} at {start + 128 * i:#x}: flags={int(entry.flags):#x} "
-                                  "name no single known compressor")
+                raise FormatError(f"{self.path.name}: TOC entry {i} at {start + entry_size * i:#x}: "
+                                  f"flags={int(entry.flags):#x} name no single known compressor")
             items.append(TocItem(
                 name=blobmeta.toc_name(entry.name),
                 compressor=compressor,
@@ -210,7 +219,7 @@ class BlobReader:
         found = self._tail_header(self.size)
         if found is None or found[0] != blobmeta.TOC_ENTRY_BLOB_TOC:
             return None
-        size = found[1] + blobmeta.TAR_BLOCK_SIZE
+        size = found[1] + tar.TAR_BLOCK_SIZE
         return hashlib.sha256(self.read_at(self.size - size, size, "TOC")).digest(), size
 
     def read_toc_item(self, item: TocItem) -> bytes:
@@ -243,7 +252,7 @@ class BlobReader:
             import pyzstd
 
             try:
-                return pyzstd.decompress(raw)  # type: ignore[no-any-return]
+                return pyzstd.decompress(raw)
             except pyzstd.ZstdError as exc:
                 raise FormatError(f"{self.path.name}: image.boot does not decompress: {exc}") from exc
         return raw
@@ -265,7 +274,7 @@ class BlobReader:
         return decode_ci_header(self.read_at(offset, blobmeta.BLOB_CCT_HEADER_SIZE, "chunk info header"), offset,
                                 self.path.name)
 
-    def chunk_infos(self, header: CiHeader | None = None) -> list[ChunkInfo]:
+    def chunk_infos(self, header: CiHeader | None = None) -> list[BlobChunk]:
         """The chunk info array, decompressed and decoded (v1 or v2)."""
         header = header or self.ci_header()
         raw = self.read_at(header.ci_offset, header.ci_compressed_size, "chunk info array")
@@ -286,17 +295,23 @@ class BlobReader:
             raise FormatError(f"{self.path.name}: blob.digest size {len(data)} is not a multiple of 32")
         return [data[i : i + 32] for i in range(0, len(data), 32)]
 
-    def read_chunk(self, chunk: ChunkInfo, compressor: CompressAlgo) -> bytes:
-        """The uncompressed data of one chunk (its size checked; digests are the caller's job)."""
+    def read_chunk(self, chunk: ChunkExtent, compressor: CompressAlgo, digester: DigestAlgo,
+                   digest: bytes | None) -> bytes:
+        """The uncompressed data of one chunk: read, size-checked, decompressed and, when `digest` is
+        given, checked against it. The one rule for every reader of chunk data (unpack, device images,
+        check); a chunk that fails any step is a FormatError naming the blob, the chunk and its offset."""
+        where = f"{self.path.name}: chunk {chunk.ci_index} at {chunk.compressed_offset:#x}"
         if chunk.uncompressed_size > MAX_CHUNK_SIZE:
-            raise FormatError(f"{self.path.name}: chunk {chunk.ci_index} claims {chunk.uncompressed_size} bytes, "
-                              f"more than the largest chunk size")
+            raise FormatError(f"{where}: claims {chunk.uncompressed_size} bytes, more than the largest chunk size")
         raw = self.read_at(chunk.compressed_offset, chunk.compressed_size, f"chunk {chunk.ci_index}")
         algo = compressor if chunk.compressed else CompressAlgo.NONE
         try:
-            return compress.decompress(raw, algo, chunk.uncompressed_size)
+            data = compress.decompress(raw, algo, chunk.uncompressed_size)
         except FormatError as exc:
-            raise FormatError(f"{self.path.name}: chunk {chunk.ci_index} at {chunk.compressed_offset:#x}: {exc}") from None
+            raise FormatError(f"{where}: {exc}") from None
+        if digest is not None and chunk_digest(data, digester) != digest:
+            raise FormatError(f"{where}: {digester.name.lower()} digest does not match its data")
+        return data
 
 
 def decode_ci_header(raw: bytes, offset: int, what: str) -> CiHeader:
@@ -314,7 +329,7 @@ def decode_ci_header(raw: bytes, offset: int, what: str) -> CiHeader:
     )
 
 
-def decode_chunk_infos(data: bytes, header: CiHeader, what: str) -> list[ChunkInfo]:
+def decode_chunk_infos(data: bytes, header: CiHeader, what: str) -> list[BlobChunk]:
     """Decode `header.ci_entries` chunk infos from the uncompressed CI data."""
     entry_size = blobmeta.chunk_info_size(header.chunk_info_v2)
     if header.ci_entries * entry_size > len(data):
@@ -323,19 +338,19 @@ def decode_chunk_infos(data: bytes, header: CiHeader, what: str) -> list[ChunkIn
     body = data[: header.ci_entries * entry_size]
     if header.chunk_info_v2:
         return [
-            ChunkInfo(ci_index=i, uncompressed_offset=uo, uncompressed_size=us, compressed_offset=co,
+            BlobChunk(ci_index=i, uncompressed_offset=uo, uncompressed_size=us, compressed_offset=co,
                       compressed_size=cs, compressed=bool(flags & blobmeta.ChunkFlagsV2.COMPRESSED),
                       flags=flags, data=extra)
             for i, (uo, us, co, cs, flags, extra) in enumerate(blobmeta.decode_chunk_info_v2_array(body))
         ]
     return [
-        ChunkInfo(ci_index=i, uncompressed_offset=uo, uncompressed_size=us, compressed_offset=co,
+        BlobChunk(ci_index=i, uncompressed_offset=uo, uncompressed_size=us, compressed_offset=co,
                   compressed_size=cs, compressed=cs != us)
         for i, (uo, us, co, cs) in enumerate(blobmeta.decode_chunk_info_v1_array(body))
     ]
 
 
-def read_blob_meta_cache(path: str | os.PathLike[str]) -> tuple[CiHeader, list[ChunkInfo]]:
+def read_blob_meta_cache(path: str | os.PathLike[str]) -> tuple[CiHeader, list[BlobChunk]]:
     """A nydusd `<blob id>.blob.meta` cache file: uncompressed CI padded to 4 KiB, then the header."""
     data = Path(path).read_bytes()
     name = Path(path).name

@@ -21,7 +21,7 @@ from typing import BinaryIO
 
 from nydus_py import compress
 from nydus_py.errors import InternalError, UnsupportedError
-from nydus_py.format import blobmeta, build, rafs
+from nydus_py.format import blobmeta, build, rafs, tar
 from nydus_py.format.blobmeta import BLOB_ID_PLACEHOLDER, BlobFeatures
 from nydus_py.format.rafs import CompressAlgo, DigestAlgo
 from nydus_py.fsutil import temporary_file
@@ -29,8 +29,8 @@ from nydus_py.image import BlobInfo
 from nydus_py.model import ChunkRef
 
 BLOCK = 4096
+_CHUNK_INFO_SIZE = blobmeta.CHUNK_INFO_V1_SIZE  # what encode_chunk_info_v1 writes per chunk
 WRITE_BATCH = 1 << 20  # bytes gathered before they go to the writer thread
-_TOC_FLAGS = {CompressAlgo.NONE: blobmeta.TocFlags.COMPRESSION_NONE, CompressAlgo.ZSTD: blobmeta.TocFlags.COMPRESSION_ZSTD}
 # What a blob built like `nydus-image create --blob-inline-meta --features blob-toc` declares.
 BASE_FEATURES = (BlobFeatures.ALIGNED | BlobFeatures.INLINED_FS_META | BlobFeatures.HAS_TAR_HEADER
                  | BlobFeatures.HAS_TOC | BlobFeatures.CAP_TAR_TOC)
@@ -74,7 +74,7 @@ class BlobWriter:
         self.chunk_size = chunk_size
         self.compressor = compressor
         self.digester = digester
-        self.ci: list[bytes] = []
+        self.ci = bytearray()  # chunk info array, CHUNK_INFO_SIZE bytes per chunk (a bytes object each cost 3x)
         self.digests: list[bytes] = []
         self.uncompressed_size = 0
         self.toc: list[_TocRecord] = []
@@ -120,29 +120,29 @@ class BlobWriter:
             raise self._error
 
     def _tail_header(self, name: str, size: int) -> bytes:
-        header = blobmeta.encode_tar_header(name, size)
+        header = tar.encode_tar_header(name, size, tar.TarDialect.NYDUS_TAIL)
         self._write(header)
         return header
 
     @property
     def chunk_count(self) -> int:
-        return len(self.ci)
+        return len(self.ci) // _CHUNK_INFO_SIZE
 
     def append_chunk(self, stored: bytes, compressed: bool, size: int, digest: bytes, crc32: int,
                      file_offset: int) -> ChunkRef:
         """Store one chunk (`stored` is its compressed or raw bytes) and describe where it went."""
         if self._data_info is not None:
             raise InternalError("chunk appended after the blob data was finished")
-        if len(self.ci) >= rafs.MAX_CHUNKS_PER_BLOB:
+        ci_index = len(self.ci) // _CHUNK_INFO_SIZE
+        if ci_index >= rafs.MAX_CHUNKS_PER_BLOB:
             raise UnsupportedError(f"more than {rafs.MAX_CHUNKS_PER_BLOB} distinct chunks in one blob")
         ref = ChunkRef(
-            blob_index=self.blob_index, ci_index=len(self.ci), uncompressed_offset=self.uncompressed_size,
+            blob_index=self.blob_index, ci_index=ci_index, uncompressed_offset=self.uncompressed_size,
             uncompressed_size=size, compressed_offset=self.pos, compressed_size=len(stored), compressed=compressed,
             digest=digest, crc32=crc32, file_offset=file_offset,
         )
         self._write(stored)
-        self.ci.append(blobmeta.encode_chunk_info_v1(ref.uncompressed_offset, size, ref.compressed_offset,
-                                                     len(stored)))
+        self.ci += blobmeta.encode_chunk_info_v1(ref.uncompressed_offset, size, ref.compressed_offset, len(stored))
         self.digests.append(digest)
         self.uncompressed_size += -(-size // BLOCK) * BLOCK  # v6 blobs are ALIGNED: 4 KiB device offsets
         return ref
@@ -160,12 +160,12 @@ class BlobWriter:
             self._sync()
             self.toc.append(_TocRecord(blobmeta.TOC_ENTRY_BLOB_RAW, CompressAlgo.NONE, self.hash.copy().digest(), 0,
                                        data_size, self.uncompressed_size))
-            ci_raw = b"".join(self.ci)
+            ci_raw = bytes(self.ci)
             ci_stored, ci_compressed = compress.compress(ci_raw, meta_compressor(self.compressor))
             ci_compressor = meta_compressor(self.compressor) if ci_compressed else CompressAlgo.NONE
             ci_offset = self._write(ci_stored)
             header = build(blobmeta.CompressionContextHeader, {
-                "s_features": features, "s_ci_compressor": ci_compressor, "s_ci_entries": len(self.ci),
+                "s_features": features, "s_ci_compressor": ci_compressor, "s_ci_entries": self.chunk_count,
                 "s_ci_offset": ci_offset, "s_ci_compressed_size": len(ci_stored),
                 "s_ci_uncompressed_size": len(ci_raw), "s_ci_zran_offset": 0, "s_ci_zran_size": 0,
                 "s_ci_zran_count": 0, "s_reserved": bytes(4032),
@@ -186,7 +186,7 @@ class BlobWriter:
                        "ci_uncompressed_size": len(ci_raw)}
         self._data_info = BlobInfo(
             blob_id=BLOB_ID_PLACEHOLDER, blob_index=self.blob_index, chunk_size=self.chunk_size,
-            chunk_count=len(self.ci), compressor=self.compressor, digester=self.digester, features=features,
+            chunk_count=self.chunk_count, compressor=self.compressor, digester=self.digester, features=features,
             compressed_size=self.pos, uncompressed_size=self.uncompressed_size, **ci_info,
         )
         return self._data_info
@@ -204,7 +204,7 @@ class BlobWriter:
                                    hashlib.sha256(inline_bootstrap).digest(), boot_offset, len(stored),
                                    len(inline_bootstrap)))
         entries = b"".join(
-            blobmeta.FAST_TOC_ENTRY.pack(_TOC_FLAGS[t.compressor], 0, t.name.encode(), t.digest, t.offset,
+            blobmeta.FAST_TOC_ENTRY.pack(rafs.TOC_FLAGS[t.compressor], 0, t.name.encode(), t.digest, t.offset,
                                          t.compressed_size, t.uncompressed_size, b"")
             for t in self.toc
         )

@@ -23,14 +23,14 @@ References: ../shared/reference/rafs-v6-format.md §2, §8; nydus builder/src/co
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from nydus_py.errors import FormatError, InternalError, UnsupportedError
 from nydus_py.format import erofs, rafs
 from nydus_py.format.blobmeta import BlobFeatures
 from nydus_py.format.posix_acl import acl_xattrs_problem
 from nydus_py.image import BlobInfo
-from nydus_py.model import ChunkRef, FileKind, Inode, Tree
+from nydus_py.model import ChunkRef, FileKind, Inode, Tree, walk_bfs
 
 BLOCK = erofs.EROFS_BLKSIZ
 SLOT = erofs.EROFS_SLOTSIZE
@@ -89,6 +89,7 @@ class LayoutPlan:
     mapped_blkaddrs: list[int]
     flags: rafs.SuperFlags
     chunk_size: int
+    by_inode: dict[int, InodePlan] = field(default_factory=dict)  # id(inode) -> plan, for prefetch paths
 
 
 class _Allocator:
@@ -163,7 +164,8 @@ def xattr_plans(inode: Inode, where: bytes) -> list[XattrPlan]:
     return out
 
 
-def xattr_ibody_size(xattrs: list[XattrPlan]) -> int:
+def inline_xattrs_size(xattrs: list[XattrPlan]) -> int:
+    """Bytes of an inode's inline xattr ibody (header and entries) for these plans."""
     if not xattrs:
         return 0
     return erofs.EROFS_XATTR_IBODY_HEADER_SIZE + sum(erofs.xattr_entry_size(len(x.e_name), len(x.e_value))
@@ -175,14 +177,8 @@ def dirent_names(inode: Inode) -> list[bytes]:
 
 
 def dirents_size(names: list[bytes]) -> int:
-    """d_size: dirents + names packed into 4 KiB blocks, a block never split across an entry."""
-    size = 0
-    for name in names:
-        need = DIRENT_SIZE + len(name)
-        if size % BLOCK + need > BLOCK:
-            size = erofs.round_up(size, BLOCK)
-        size += need
-    return size
+    """d_size: dirents + names packed into 4 KiB blocks (erofs.dirent_blocks)."""
+    return erofs.dirents_size(map(len, names), BLOCK)
 
 
 class _Planner:
@@ -196,7 +192,7 @@ class _Planner:
     def new_plan(self, inode: Inode, path: bytes) -> InodePlan:
         xattrs = xattr_plans(inode, path)
         plan = InodePlan(inode=inode, ino=self.next_ino, offset=0, datalayout=erofs.DataLayout.FLAT_PLAIN,
-                         size=0, xattrs=xattrs, xattr_size=xattr_ibody_size(xattrs))
+                         size=0, xattrs=xattrs, xattr_size=inline_xattrs_size(xattrs))
         self.next_ino += 1
         return plan
 
@@ -292,23 +288,6 @@ class _Planner:
         return root, self.next_ino - 1
 
 
-def dump_order(root: InodePlan) -> list[InodePlan]:
-    """nydus `walk_bfs`: root, then each directory's children in name order, then its subdirectories."""
-    order = [root]
-    stack = [root]
-    while stack:
-        plan = stack.pop()
-        subdirs = []
-        for name, child in plan.dirents:
-            if name in (b".", b".."):
-                continue
-            order.append(child)
-            if child.inode.is_dir:
-                subdirs.append(child)
-        stack.extend(reversed(subdirs))
-    return order
-
-
 def chunk_table(order: list[InodePlan], positions: dict[int, int]) -> list[ChunkRef]:
     """One entry per (digest, blob), sorted by digest then blob position (nydus keeps a BTreeMap)."""
     table: dict[tuple[bytes, int], ChunkRef] = {}
@@ -345,17 +324,14 @@ def plan_layout(tree: Tree, blobs: list[BlobInfo], *, chunk_size: int, compresso
         raise UnsupportedError(f"{len(blobs)} blobs: a RAFS v6 image references at most {rafs.MAX_BLOBS}")
     planner = _Planner(chunk_size)
     root, inos = planner.plan_tree(tree)
-    order = dump_order(root)
+    order = [planner.plans[id(inode)] for inode in walk_bfs(tree)]  # nydus's dump order
 
     blob_table_offset = rafs.blob_table_offset(len(blobs))
     blob_table_size = rafs.Blob.sizeof() * len(blobs)
-    prefetch_nids_plans = _prefetch_plans(tree, planner, prefetch_paths) if blobs else []
+    prefetch_nids_plans = _prefetch_plans(tree, planner.plans, prefetch_paths) if blobs else []
     prefetch_size = rafs.PREFETCH_ENTRY_SIZE * len(prefetch_nids_plans)
     orig_meta_addr = root.offset - BLOCK
-    if blobs:
-        meta_addr = erofs.round_up(blob_table_offset + blob_table_size + prefetch_size, BLOCK)
-    else:
-        meta_addr = orig_meta_addr
+    meta_addr = _meta_addr(len(blobs), len(prefetch_nids_plans)) if blobs else orig_meta_addr
     shift = meta_addr - orig_meta_addr
     meta_blkaddr = meta_addr // BLOCK
     inodes = list(planner.plans.values())
@@ -386,13 +362,42 @@ def plan_layout(tree: Tree, blobs: list[BlobInfo], *, chunk_size: int, compresso
         mapped_blkaddrs=rafs.mapped_blkaddrs(size, [rafs.device_blocks(b.uncompressed_size) for b in blobs]),
         flags=super_flags(blobs, compressor, digester, has_xattr),
         chunk_size=chunk_size,
+        by_inode=planner.plans,
     )
 
 
-def _prefetch_plans(tree: Tree, planner: _Planner, paths: list[bytes] | None) -> list[InodePlan]:
+def _meta_addr(blob_count: int, prefetch_count: int) -> int:
+    """Where the meta area starts when there are blobs: after the blob and prefetch tables, block aligned."""
+    tables_end = rafs.blob_table_offset(blob_count) + rafs.Blob.sizeof() * blob_count
+    return erofs.round_up(tables_end + rafs.PREFETCH_ENTRY_SIZE * prefetch_count, BLOCK)
+
+
+def retarget(plan: LayoutPlan, tree: Tree, blobs: list[BlobInfo], *, compressor: rafs.CompressAlgo,
+             digester: rafs.DigestAlgo, prefetch_paths: list[bytes] | None = None) -> LayoutPlan | None:
+    """`plan` (of `tree`) with another blob table of as many blobs and another prefetch table: a layer's
+    inline bootstrap and the merged bootstrap of that one layer differ only there (placeholder vs final blob
+    entry, no prefetch vs `/`), so every inode, nid and the chunk table are kept instead of planned again.
+    None when the new tables would move the meta area: plan afresh then."""
+    if len(blobs) != len(plan.blobs) or not blobs:
+        return None
+    prefetch = _prefetch_plans(tree, plan.by_inode, prefetch_paths)
+    if _meta_addr(len(blobs), len(prefetch)) != plan.meta_blkaddr * BLOCK:
+        return None
+    blob_table_end = plan.blob_table_offset + rafs.Blob.sizeof() * len(blobs)
+    return replace(
+        plan,
+        blobs=blobs,
+        prefetch_table_offset=blob_table_end if prefetch else 0,
+        prefetch_nids=[p.nid for p in prefetch],
+        mapped_blkaddrs=rafs.mapped_blkaddrs(plan.size, [rafs.device_blocks(b.uncompressed_size) for b in blobs]),
+        flags=super_flags(blobs, compressor, digester, bool(plan.flags & rafs.SuperFlags.HAS_XATTR)),
+    )
+
+
+def _prefetch_plans(tree: Tree, plans: dict[int, InodePlan], paths: list[bytes] | None) -> list[InodePlan]:
     out = []
     for path in paths or []:
         inode = tree.lookup(path)
         if inode is not None:
-            out.append(planner.plans[id(inode)])
+            out.append(plans[id(inode)])
     return out

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from nydus_py.errors import FormatError, UnsupportedError
 from nydus_py.format import erofs, parse, rafs
-from nydus_py.image import BlobInfo, Bootstrap, DeviceSlot
+from nydus_py.image import BlobInfo, Bootstrap, DeviceInfo
 from nydus_py.model import ChunkRef, Entry, FileKind, Inode, Tree
 
 _SUPPORTED_INCOMPAT = erofs.FeatureIncompat.CHUNKED_FILE | erofs.FeatureIncompat.DEVICE_TABLE
@@ -102,14 +102,14 @@ def _check_range(data: bytes, offset: int, size: int, what: str) -> None:
         raise FormatError(f"{what} at {offset:#x} (+{size:#x} bytes): past the end of the bootstrap ({len(data):#x})")
 
 
-def _read_devices(data: bytes, sb: object) -> list[DeviceSlot]:
+def _read_devices(data: bytes, sb: object) -> list[DeviceInfo]:
     start = erofs.device_table_offset(sb.devt_slotoff)  # type: ignore[attr-defined]
     count = sb.extra_devices  # type: ignore[attr-defined]
     _check_range(data, start, count * erofs.EROFS_DEVT_SLOT_SIZE, "device table")
     slots = []
     for i in range(count):
         rec = erofs.FAST_DEVICE_SLOT.unpack_record(data, start + i * erofs.EROFS_DEVT_SLOT_SIZE)
-        slots.append(DeviceSlot(tag=rafs.blob_id_text(rec.tag), blocks=rec.blocks, mapped_blkaddr=rec.mapped_blkaddr))
+        slots.append(DeviceInfo(tag=rafs.blob_id_text(rec.tag), blocks=rec.blocks, mapped_blkaddr=rec.mapped_blkaddr))
     return slots
 
 
@@ -224,6 +224,8 @@ class BootstrapParser:
             for name, child_nid, file_type in self.dirents(raw):
                 if name in (b".", b".."):
                     continue
+                if b"/" in name or b"\0" in name:  # a name, not a path: every consumer joins it to its parent
+                    raise FormatError(f"dirent {name!r} in directory nid {nid}: a name cannot hold '/' or NUL")
                 child_raw = self.raw_inode(child_nid)
                 child = self.files.get(child_nid) or self.make_inode(child_raw)
                 if _FILE_TYPE_OF_KIND[child.kind] != file_type:

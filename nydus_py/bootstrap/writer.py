@@ -7,6 +7,7 @@ so a layout bug (two records claiming the same bytes) is an InternalError naming
 from __future__ import annotations
 
 import os
+from array import array
 
 from nydus_py.errors import InternalError
 from nydus_py.format import build, erofs, rafs
@@ -15,13 +16,24 @@ from nydus_py.bootstrap.reader import file_type_of
 from nydus_py.image import BlobInfo
 from nydus_py.model import ChunkRef, FileKind
 
+# A region of the file: (offset, bytes, what it is). What an inode's region is, (nid, data block number or -1
+# for the inode itself), becomes words only in a message: formatting one per inode cost ~5% of rendering.
+Region = tuple[int, bytes, "str | tuple[int, int]"]
 MASK64 = (1 << 64) - 1  # i_mtime is read as a signed 64-bit time by the kernel: negative mtimes wrap
 _EXT_INCOMPAT = erofs.FeatureIncompat.CHUNKED_FILE | erofs.FeatureIncompat.DEVICE_TABLE  # nydusd requires both
 
 
-def write_bootstrap(plan: LayoutPlan) -> bytes:
-    """Render the whole bootstrap."""
-    regions: list[tuple[int, bytes, str]] = [
+def render_bootstrap(plan: LayoutPlan, meta_area: bytes | None = None) -> bytes:
+    """Render the whole bootstrap, as bytes (the caller writes them). `meta_area` is what `render_meta_area`
+    gave for a plan this one was retargeted from (layout.retarget: same inodes and chunk table), reused
+    rather than rendered again."""
+    return render_head(plan) + (render_meta_area(plan) if meta_area is None else meta_area)
+
+
+def render_head(plan: LayoutPlan) -> bytes:
+    """Everything before the root inode (the first record of the meta area): superblocks, device slots,
+    blob table, prefetch table. The only records a new blob table changes."""
+    regions: list[Region] = [
         (erofs.EROFS_SUPER_OFFSET, encode_superblock(plan), "superblock"),
         (rafs.EXT_SUPER_OFFSET, encode_ext_superblock(plan), "extended superblock"),
     ]
@@ -32,26 +44,71 @@ def write_bootstrap(plan: LayoutPlan) -> bytes:
     if plan.prefetch_nids:
         table = b"".join(nid.to_bytes(rafs.PREFETCH_ENTRY_SIZE, "little") for nid in plan.prefetch_nids)
         regions.append((plan.prefetch_table_offset, table, "prefetch table"))
+    return assemble(regions, plan.root.offset)
+
+
+def render_meta_area(plan: LayoutPlan) -> bytes:
+    """From the root inode to the end: inodes, their inline and data blocks, the chunk table.
+
+    Each region is copied into place as soon as it is rendered (a list of every region first held ~300 bytes
+    per inode at the peak); where each went is kept in two integer arrays and checked for overlaps at the end.
+    """
+    start = plan.root.offset
+    out = bytearray(plan.size - start)
+    offsets, ends, nids, blocks = array("q"), array("q"), array("q"), array("q")  # per region
+    names: dict[int, str] = {}  # region number -> what it is, for regions that are not an inode's
+
+    def what_is(region: int) -> str:
+        return names[region] if region in names else describe((nids[region], blocks[region]))
+
+    def place(offset: int, data: bytes, what: str | tuple[int, int]) -> None:
+        if offset < start or offset + len(data) > plan.size:
+            raise InternalError(f"bootstrap layout: {describe(what)} at {offset:#x} lies outside the meta area "
+                                f"[{start:#x}, {plan.size:#x})")
+        out[offset - start : offset - start + len(data)] = data
+        if isinstance(what, str):
+            names[len(offsets)] = what
+            what = (-1, -1)
+        nids.append(what[0])
+        blocks.append(what[1])
+        offsets.append(offset)
+        ends.append(offset + len(data))
+
     for inode_plan in plan.inodes:
-        regions.extend(inode_regions(inode_plan, plan.chunk_size, plan.blob_positions))
-    regions.append((plan.chunk_table_offset, encode_chunk_table(plan.chunk_table, plan.blob_positions),
-                    "chunk table"))
-    return assemble(regions, plan.size)
+        for offset, data, what in inode_regions(inode_plan, plan.chunk_size, plan.blob_positions):
+            place(offset, data, what)
+    place(plan.chunk_table_offset, encode_chunk_table(plan.chunk_table, plan.blob_positions), "chunk table")
+    order = sorted(range(len(offsets)), key=offsets.__getitem__)
+    for before, after in zip(order, order[1:], strict=False):
+        if offsets[after] < ends[before]:
+            raise InternalError(f"bootstrap layout: {what_is(after)} at {offsets[after]:#x} overlaps "
+                                f"{what_is(before)} (ends {ends[before]:#x})")
+    return bytes(out)
 
 
-def assemble(regions: list[tuple[int, bytes, str]], size: int) -> bytes:
+def describe(what: str | tuple[int, int]) -> str:
+    if isinstance(what, str):
+        return what
+    nid, block = what
+    return f"inode nid {nid}" + (f" data block {block}" if block >= 0 else "")
+
+
+def assemble(regions: list[Region], size: int, start: int = 0) -> bytes:
+    """The bytes from file offset `start` to `size`: each region at its offset, zeros between."""
     regions.sort(key=lambda r: r[0])
     out = bytearray()
-    previous = "start"
+    previous: str | tuple[int, int] = "start"
     for offset, data, what in regions:
-        if offset < len(out):
-            raise InternalError(f"bootstrap layout: {what} at {offset:#x} overlaps {previous} (ends {len(out):#x})")
-        out += bytes(offset - len(out))
+        if offset < start + len(out):
+            raise InternalError(f"bootstrap layout: {describe(what)} at {offset:#x} overlaps {describe(previous)} "
+                                f"(ends {start + len(out):#x})")
+        out += bytes(offset - start - len(out))
         out += data
         previous = what
-    if len(out) > size:
-        raise InternalError(f"bootstrap layout: {previous} ends at {len(out):#x}, past the planned size {size:#x}")
-    out += bytes(size - len(out))
+    if start + len(out) > size:
+        raise InternalError(f"bootstrap layout: {describe(previous)} ends at {start + len(out):#x}, past the planned size "
+                            f"{size:#x}")
+    out += bytes(size - start - len(out))
     return bytes(out)
 
 
@@ -123,12 +180,16 @@ def encode_blob(blob: BlobInfo, index: int) -> bytes:
     }, what=f"blob table entry {index}")
 
 
+# Chunk flags as plain ints: IntFlag arithmetic per chunk cost a third of the chunk table's time.
+_COMPRESSED = int(rafs.ChunkFlags.COMPRESSED)
+_HAS_CRC32 = int(rafs.ChunkFlags.HAS_CRC32)
+
+
 def encode_chunk_table(chunks: list[ChunkRef], positions: dict[int, int]) -> bytes:
     pack = rafs.FAST_CHUNK_INFO.pack
     out = []
     for c in chunks:
-        flags = (rafs.ChunkFlags.COMPRESSED if c.compressed else 0) | (
-            rafs.ChunkFlags.HAS_CRC32 if c.crc32 is not None else 0)
+        flags = (_COMPRESSED if c.compressed else 0) | (_HAS_CRC32 if c.crc32 is not None else 0)
         out.append(pack(c.digest, positions[c.blob_index], flags, c.compressed_size, c.uncompressed_size, c.compressed_offset,
                         c.uncompressed_offset, c.file_offset, c.ci_index, c.crc32 or 0))
     return b"".join(out)
@@ -148,6 +209,8 @@ def chunk_format_word(plan: InodePlan, chunk_size: int) -> int:
     """i_u of a file: 8-byte indexes; one big chunk when the data is contiguous in one blob (page cache
     sharing: nydus's continuity trick; nydusd itself always uses the superblock chunk size)."""
     chunks = plan.inode.chunks
+    if len(chunks) < 2:  # most files: nothing to be contiguous with
+        return erofs.chunk_format(chunk_size.bit_length() - 1)
     contiguous = all(b.blob_index == a.blob_index and a.uncompressed_offset + chunk_size == b.uncompressed_offset
                      for a, b in zip(chunks, chunks[1:], strict=False))
     size = chunk_size
@@ -164,15 +227,11 @@ def encode_chunk_indexes(chunks: list[ChunkRef], positions: dict[int, int]) -> b
 
 def dirent_blocks(plan: InodePlan) -> list[bytes]:
     """Dirent blocks of a directory: full blocks padded to 4 KiB, the last one exact."""
-    blocks: list[list[tuple[bytes, InodePlan]]] = [[]]
-    used = 0
-    for name, child in plan.dirents:
-        need = DIRENT_SIZE + len(name)
-        if used + need > BLOCK:
-            blocks.append([])
-            used = 0
-        blocks[-1].append((name, child))
-        used += need
+    blocks: list[list[tuple[bytes, InodePlan]]] = []
+    start = 0
+    for count, _used in erofs.dirent_blocks([len(name) for name, _child in plan.dirents], BLOCK):
+        blocks.append(plan.dirents[start : start + count])
+        start += count
     pack = erofs.FAST_DIRENT.pack
     out = []
     for entries in blocks:
@@ -187,7 +246,10 @@ def dirent_blocks(plan: InodePlan) -> list[bytes]:
     return out
 
 
-def inode_regions(plan: InodePlan, chunk_size: int, positions: dict[int, int]) -> list[tuple[int, bytes, str]]:
+_I_FORMAT = {layout: erofs.i_format(layout) for layout in erofs.DataLayout}
+
+
+def inode_regions(plan: InodePlan, chunk_size: int, positions: dict[int, int]) -> list[Region]:
     inode = plan.inode
     kind = inode.kind
     data_blocks: list[bytes] = []
@@ -205,12 +267,12 @@ def inode_regions(plan: InodePlan, chunk_size: int, positions: dict[int, int]) -
     else:
         i_u = 0
     record = erofs.FAST_INODE_EXTENDED.pack(
-        erofs.i_format(plan.datalayout), erofs.xattr_icount(plan.xattr_size), inode.mode, 0, plan.size, i_u,
+        _I_FORMAT[plan.datalayout], erofs.xattr_icount(plan.xattr_size), inode.mode, 0, plan.size, i_u,
         plan.ino, inode.uid, inode.gid, inode.mtime & MASK64, inode.mtime_nsec, plan.nlink, b"",
     )
-    body = record + encode_xattrs(plan)
-    what = f"inode nid {plan.nid}"
-    regions = []
+    body = record + encode_xattrs(plan) if plan.xattrs else record
+    what = (plan.nid, -1)
+    regions: list[Region] = []
     if kind is FileKind.REG:
         indexes_at = erofs.chunk_indexes_offset(plan.offset, erofs.INODE_EXTENDED_SIZE, plan.xattr_size)
         body += bytes(indexes_at - plan.offset - len(body)) + encode_chunk_indexes(inode.chunks, positions)
@@ -218,5 +280,5 @@ def inode_regions(plan: InodePlan, chunk_size: int, positions: dict[int, int]) -
         body += data_blocks.pop()  # the tail block lives right after the inode
     regions.append((plan.offset, body, what))
     for k, block in enumerate(data_blocks):
-        regions.append((plan.data_offset + k * BLOCK, block, f"{what} data block {k}"))
+        regions.append((plan.data_offset + k * BLOCK, block, (plan.nid, k)))
     return regions

@@ -1,5 +1,5 @@
 """Native Nydus data blob structures: chunk info (v1, v2), the 4 KiB compression-context header, the TOC
-and the tail tar header.
+and the tail tar header's names (the header itself: format/tar.py).
 
 References: nydus storage/src/meta/mod.rs (BlobCompressionContextHeader, BlobFeatures),
 storage/src/meta/chunk_info_v1.rs and chunk_info_v2.rs, storage/src/meta/toc.rs;
@@ -12,8 +12,6 @@ import enum
 import struct
 
 from construct import (
-    Adapter,
-    ValidationError,
     BitsInteger,
     BitStruct,
     Bytes,
@@ -28,7 +26,6 @@ from nydus_py.format._fields import FastStruct, IntEnumField
 
 BLOB_CCT_MAGIC = 0xB10BB10B
 BLOB_CCT_HEADER_SIZE = 4096
-TAR_BLOCK_SIZE = 512
 BLOB_ID_PLACEHOLDER = "x" * 64  # the id an inline bootstrap carries before the blob hash is known
 
 TOC_ENTRY_BLOB_RAW = "image.blob"
@@ -146,43 +143,6 @@ TocEntry = Struct(  # 128 B, an array of them ends the blob, before the `rafs.bl
 assert TocEntry.sizeof() == 128
 
 
-class _Octal(Adapter):  # type: ignore[misc]
-    """A tar numeric field: octal digits followed by NUL (all-NUL reads as 0)."""
-
-    def _decode(self, obj: bytes, context: object, path: str) -> int:
-        digits = obj.split(b"\0", 1)[0].strip(b" ")
-        if digits.strip(b"01234567"):
-            raise ValidationError(f"{obj!r} is not an octal number", path=path)
-        return int(digits, 8) if digits else 0
-
-    def _encode(self, obj: int, context: object, path: str) -> bytes:
-        width = self.subcon.sizeof() - 1
-        return b"%0*o\0" % (width, obj)
-
-
-TarHeader = Struct(  # the GNU header the Rust tar crate writes *after* each blob section
-    "name" / Bytes(100),
-    "mode" / Bytes(8),  # all NUL in nydus blobs
-    "uid" / Bytes(8),  # all NUL
-    "gid" / Bytes(8),  # all NUL
-    "size" / _Octal(Bytes(12)),  # 11 octal digits + NUL
-    "mtime" / _Octal(Bytes(12)),
-    "chksum" / _Octal(Bytes(8)),  # 7 octal digits + NUL; sum of the header with this field as spaces
-    "typeflag" / Bytes(1),
-    "linkname" / Bytes(100),
-    "magic" / Bytes(6),  # "ustar " (GNU)
-    "version" / Bytes(2),  # " \0"
-    "uname" / Bytes(32),
-    "gname" / Bytes(32),
-    "devmajor" / Bytes(8),
-    "devminor" / Bytes(8),
-    "rest" / Bytes(167),  # GNU atime/ctime/sparse fields and padding: all zero here
-)
-assert TarHeader.sizeof() == TAR_BLOCK_SIZE
-
-GNU_MAGIC = b"ustar "
-GNU_VERSION = b" \0"
-
 FAST_TOC_ENTRY = FastStruct(TocEntry, "TocEntryRecord")
 _U64_PAIR = struct.Struct("<QQ")
 _U64_TRIPLE = struct.Struct("<QQQ")
@@ -230,28 +190,6 @@ def decode_chunk_info_v2_array(data: bytes | memoryview) -> list[tuple[int, int,
 
 def chunk_info_size(v2: bool) -> int:
     return CHUNK_INFO_V2_SIZE if v2 else CHUNK_INFO_V1_SIZE
-
-
-# --- tail tar headers ---------------------------------------------------------------------------
-
-
-def tar_checksum(header: bytes) -> int:
-    """Standard tar checksum: byte sum with the chksum field (148-155) read as spaces."""
-    return sum(header[:148]) + 8 * 0x20 + sum(header[156:])
-
-
-def encode_tar_header(name: str, size: int) -> bytes:
-    """The 512-byte tail header nydus writes after a blob section (GNU, mode/uid/gid all NUL)."""
-    fields = {
-        "name": name.encode().ljust(100, b"\0"),
-        "mode": bytes(8), "uid": bytes(8), "gid": bytes(8),
-        "size": size, "mtime": 0, "chksum": 0, "typeflag": b"0",
-        "linkname": bytes(100), "magic": GNU_MAGIC, "version": GNU_VERSION,
-        "uname": bytes(32), "gname": bytes(32), "devmajor": bytes(8), "devminor": bytes(8),
-        "rest": bytes(167),
-    }
-    fields["chksum"] = tar_checksum(TarHeader.build(fields))
-    return TarHeader.build(fields)  # type: ignore[no-any-return]
 
 
 def toc_name(raw: bytes) -> str:

@@ -9,6 +9,7 @@ References: erofs-utils include/erofs_fs.h; nydus rafs/src/metadata/layout/v6.rs
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 
 from construct import (
     Aligned,
@@ -306,6 +307,15 @@ def chunkbits_of(chunk_format_word: int, blkszbits: int = EROFS_BLKSIZ_BITS) -> 
     return blkszbits + (chunk_format_word & EROFS_CHUNK_FORMAT_BLKBITS_MASK)
 
 
+MAX_DEV_MAJOR = 0xFFF  # the 32-bit 'new' encoding (Linux MINORBITS = 20) holds 12 bits of major,
+MAX_DEV_MINOR = 0xFFFFF  # and 20 of minor
+
+
+def rdev_fits(major: int, minor: int) -> bool:
+    """Can i_u hold this device number? (Linux itself never makes a larger one; a tar header can claim one.)"""
+    return 0 <= major <= MAX_DEV_MAJOR and 0 <= minor <= MAX_DEV_MINOR
+
+
 def encode_rdev(major: int, minor: int) -> int:
     """Linux 'new' device encoding truncated to 32 bits, as EROFS stores it in i_u."""
     return ((minor & 0xFF) | (major << 8) | ((minor & ~0xFF) << 12)) & 0xFFFFFFFF
@@ -314,6 +324,27 @@ def encode_rdev(major: int, minor: int) -> int:
 def decode_rdev(value: int) -> tuple[int, int]:
     """(major, minor) from the 32-bit 'new' encoding."""
     return (value & 0xFFF00) >> 8, (value & 0xFF) | ((value >> 12) & 0xFFF00)
+
+
+def dirent_blocks(name_lengths: Iterable[int], block_size: int = EROFS_BLKSIZ) -> list[tuple[int, int]]:
+    """How a directory's dirents pack into blocks: (entries, bytes used) per block. Each block holds its
+    dirents, then their names; a new block starts whenever the next dirent and its name would not fit, so
+    no entry straddles two blocks (the kernel reads one block at a time; nydus `v6_dirent_size`)."""
+    blocks = [(0, 0)]
+    for length in name_lengths:
+        count, used = blocks[-1]
+        need = DIRENT_SIZE + length
+        if used + need > block_size:
+            blocks.append((1, need))
+        else:
+            blocks[-1] = (count + 1, used + need)
+    return blocks
+
+
+def dirents_size(name_lengths: Iterable[int], block_size: int = EROFS_BLKSIZ) -> int:
+    """i_size of a directory: its full dirent blocks and the used bytes of the last one."""
+    blocks = dirent_blocks(name_lengths, block_size)
+    return (len(blocks) - 1) * block_size + blocks[-1][1]
 
 
 def dirent_count(first_nameoff: int) -> int:

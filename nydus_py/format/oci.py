@@ -5,8 +5,6 @@ References: ../shared/reference/oci-packaging.md §1.1-§1.5, §2.2; OCI image-s
 
 from __future__ import annotations
 
-from construct import Bytes, Struct
-
 # OCI image layout
 OCI_LAYOUT_FILE = "oci-layout"
 OCI_LAYOUT_VERSION = {"imageLayoutVersion": "1.0.0"}
@@ -72,46 +70,3 @@ BLOB_META_SUFFIX = ".blob.meta"
 HISTORY_BOOTSTRAP = {"created_by": "Nydus Converter", "comment": "Nydus Bootstrap Layer"}
 HISTORY_EMPTY_LAYER = {"created_by": "Nydus Converter", "comment": "Nydus Empty Layer"}
 EMPTY_LAYER_DIFF_ID = "sha256:5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef"  # 1024 zero bytes
-
-
-# --- the USTAR header Go's archive/tar writes (the bootstrap layer's tar) -------------------------------
-
-UstarHeader = Struct(  # POSIX ustar header, 512 B; numeric fields kept as the raw octal text
-    "name" / Bytes(100),
-    "mode" / Bytes(8),  # Go: 7 octal digits + NUL
-    "uid" / Bytes(8),
-    "gid" / Bytes(8),
-    "size" / Bytes(12),  # 11 octal digits + NUL
-    "mtime" / Bytes(12),
-    "chksum" / Bytes(8),  # Go: 6 octal digits, NUL, space
-    "typeflag" / Bytes(1),
-    "linkname" / Bytes(100),
-    "magic" / Bytes(6),  # "ustar\0"
-    "version" / Bytes(2),  # "00"
-    "uname" / Bytes(32),
-    "gname" / Bytes(32),
-    "devmajor" / Bytes(8),
-    "devminor" / Bytes(8),
-    "prefix" / Bytes(155),
-    "pad" / Bytes(12),
-)
-assert UstarHeader.sizeof() == 512
-USTAR_CHKSUM_FIELD = slice(148, 156)  # the bytes the checksum is computed without (read as spaces)
-
-
-def _octal(value: int, width: int) -> bytes:
-    """`width` bytes: octal digits then NUL (Go's formatOctal)."""
-    return b"%0*o\0" % (width - 1, value)
-
-
-def encode_ustar_header(name: str, *, mode: int, size: int, typeflag: bytes) -> bytes:
-    """A header as Go's archive/tar writes it for the bootstrap layer (uid/gid 0, mtime 0, no names)."""
-    fields = {
-        "name": name.encode().ljust(100, b"\0"), "mode": _octal(mode, 8), "uid": _octal(0, 8), "gid": _octal(0, 8),
-        "size": _octal(size, 12), "mtime": _octal(0, 12), "chksum": b" " * 8, "typeflag": typeflag,
-        "linkname": bytes(100), "magic": b"ustar\0", "version": b"00", "uname": bytes(32), "gname": bytes(32),
-        "devmajor": _octal(0, 8), "devminor": _octal(0, 8), "prefix": bytes(155), "pad": bytes(12),
-    }
-    checksum = sum(UstarHeader.build(fields))
-    fields["chksum"] = b"%06o\0 " % checksum
-    return UstarHeader.build(fields)  # type: ignore[no-any-return]

@@ -13,7 +13,7 @@ from construct import Bytes, Int32ul, Int64ul, Struct
 
 from nydus_py.format import erofs
 from nydus_py.format._fields import FastStruct, IntEnumField
-from nydus_py.format.blobmeta import BlobFeatures
+from nydus_py.format.blobmeta import BlobFeatures, TocFlags
 
 EXT_SUPER_OFFSET = erofs.EROFS_SUPER_OFFSET + erofs.SuperBlock.sizeof()  # 0x480
 DEVT_SLOTOFF = 11  # device table at 11 * 128 = 0x580, right after the ext superblock; nydusd requires 11
@@ -73,13 +73,30 @@ class ChunkFlags(enum.IntFlag, boundary=enum.KEEP):  # RafsV5ChunkInfo.flags (Bl
     HAS_CRC32 = 0x10  # crc32 holds the CRC-32C of the uncompressed data (nydus >= 2.3.2)
 
 
-COMPRESSION_FLAGS = {
-    CompressAlgo.NONE: SuperFlags.COMPRESSION_NONE,
+# Every compressor/digester <-> flag mapping of the format, one table each (readers and writers share them).
+COMPRESSION_FLAGS = {  # CompressAlgo -> its SuperFlags bit; in this order a reader picks the first bit set
+    CompressAlgo.ZSTD: SuperFlags.COMPRESSION_ZSTD,
     CompressAlgo.LZ4_BLOCK: SuperFlags.COMPRESSION_LZ4,
     CompressAlgo.GZIP: SuperFlags.COMPRESSION_GZIP,
-    CompressAlgo.ZSTD: SuperFlags.COMPRESSION_ZSTD,
+    CompressAlgo.NONE: SuperFlags.COMPRESSION_NONE,
 }
 DIGEST_FLAGS = {DigestAlgo.BLAKE3: SuperFlags.HASH_BLAKE3, DigestAlgo.SHA256: SuperFlags.HASH_SHA256}
+TOC_FLAGS = {  # CompressAlgo -> blobmeta.TocEntry.flags (a TOC entry names exactly one compressor)
+    CompressAlgo.NONE: TocFlags.COMPRESSION_NONE,
+    CompressAlgo.ZSTD: TocFlags.COMPRESSION_ZSTD,
+    CompressAlgo.LZ4_BLOCK: TocFlags.COMPRESSION_LZ4_BLOCK,
+}
+TOC_COMPRESSORS = {flag: algo for algo, flag in TOC_FLAGS.items()}  # the reverse: TocEntry.flags -> CompressAlgo
+
+
+def compressor_of(flags: SuperFlags) -> CompressAlgo:
+    """The chunk compressor a superblock's flags name (none set: NONE)."""
+    return next((algo for algo, flag in COMPRESSION_FLAGS.items() if flags & flag), CompressAlgo.NONE)
+
+
+def digester_of(flags: SuperFlags) -> DigestAlgo:
+    """The chunk digester a superblock's flags name (HASH_SHA256, else blake3)."""
+    return DigestAlgo.SHA256 if flags & SuperFlags.HASH_SHA256 else DigestAlgo.BLAKE3
 
 SuperBlockExt = Struct(  # RafsV6SuperBlockExt at 0x480, 256 B
     "s_flags" / IntEnumField(Int64ul, SuperFlags),

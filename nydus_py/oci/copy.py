@@ -62,7 +62,8 @@ def copy_image(source: ImageRef, target: ImageRef, registry: RegistryOptions | N
         raise UsageError(f"{source}: copy reads oci:DIR[:TAG] or docker://REF")
     with open_target(target, registry) as out:
         _Copy(store, out.writer).manifest(top, 0, data)
-        tagged = Descriptor(top.media_type, top.digest, top.size, annotations={oci.REF_NAME: out.tag} if out.tag else {})
+        tagged = Descriptor(top.media_type, top.digest, top.size,
+                            annotations={oci.REF_NAME: out.tag} if out.tag else {})
         out.writer.write_index([tagged])
         if out.remote is not None and out.client is not None:
             push_layout(out.writer.root, top, out.remote, out.client)

@@ -188,6 +188,6 @@ def dumps(doc: Json) -> bytes:
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-__all__ = ["MAX_DOCUMENT", "MAX_ENTRIES", "MAX_INDEX_DEPTH", "ConfigDoc", "Descriptor", "DescriptorDoc", "DockerArchive",
-           "DockerArchiveEntry", "IndexDoc", "ManifestDoc", "PlatformDoc", "decode", "decode_object", "digest_hex",
-           "dumps", "is_index", "sha256_digest"]
+__all__ = ["MAX_DOCUMENT", "MAX_ENTRIES", "MAX_INDEX_DEPTH", "ConfigDoc", "Descriptor", "DescriptorDoc",
+           "DockerArchive", "DockerArchiveEntry", "IndexDoc", "ManifestDoc", "PlatformDoc", "decode", "decode_object",
+           "digest_hex", "dumps", "is_index", "sha256_digest"]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from nydus_py.blob.reader import BlobReader, RandomAccess
 from nydus_py.compress import decompress
-from nydus_py.format import blobmeta, oci
+from nydus_py.format import blobmeta, oci, tar
 from nydus_py.oci.documents import Descriptor, Json
 from nydus_py.oci.targets import LayoutWriter
 
@@ -52,13 +52,13 @@ def blob_meta_cache(source: Path | RandomAccess) -> bytes:
 def bootstrap_tar(bootstrap: bytes, blob_metas: list[tuple[str, bytes]]) -> bytes:
     """The bootstrap layer's tar, with USTAR headers as Go's archive/tar writes them."""
     out = io.BytesIO()
-    out.write(oci.encode_ustar_header(oci.BOOTSTRAP_DIR, mode=0o755, size=0, typeflag=b"5"))
+    out.write(tar.encode_tar_header(oci.BOOTSTRAP_DIR, 0, tar.TarDialect.GO_USTAR, mode=0o755, typeflag=b"5"))
     for name, data in [(oci.BOOTSTRAP_ENTRY, bootstrap),
                        *((f"{oci.BOOTSTRAP_DIR}/{hex_id}{oci.BLOB_META_SUFFIX}", meta) for hex_id, meta in blob_metas)]:
-        out.write(oci.encode_ustar_header(name, mode=0o444, size=len(data), typeflag=b"0"))
+        out.write(tar.encode_tar_header(name, len(data), tar.TarDialect.GO_USTAR, mode=0o444))
         out.write(data)
-        out.write(bytes(-len(data) % 512))
-    out.write(bytes(1024))  # two zero blocks end the archive; Go does not pad to a 10 KiB record
+        out.write(bytes(-len(data) % tar.TAR_BLOCK_SIZE))
+    out.write(bytes(2 * tar.TAR_BLOCK_SIZE))  # two zero blocks end the archive; Go does not pad to a 10 KiB record
     return out.getvalue()
 
 

@@ -74,7 +74,8 @@ def platform_of(doc: Json | None) -> Platform:
 
 def image_platform(descriptor_platform: Json | None, config: Json) -> Json:
     """An image's platform: its index descriptor's, else what its config says (os, architecture, variant)."""
-    out: Json = dict(descriptor_platform or {"architecture": config.get("architecture", ""), "os": config.get("os", "")})
+    out: Json = dict(descriptor_platform
+                     or {"architecture": config.get("architecture", ""), "os": config.get("os", "")})
     if isinstance(config.get("variant"), str) and "variant" not in out:
         out["variant"] = config["variant"]
     return out

@@ -53,10 +53,11 @@ class ImageRef:
 
 
 def _split_path(rest: str) -> tuple[str, str | None]:
-    """`PATH[:TAG]`: the tag follows the last ':' unless the whole text names an existing path."""
+    """`PATH[:TAG]`: the tag follows the first ':' (as skopeo and containers/image split `oci:` references, so
+    `oci:DIR:a:b` is DIR with tag `a:b`), unless the whole text names an existing path."""
     if os.path.lexists(rest) or ":" not in rest:
         return rest, None
-    path, _, tag = rest.rpartition(":")
+    path, _, tag = rest.partition(":")
     return path, tag or None
 
 

@@ -491,7 +491,8 @@ class RegistryClient:
         if size == 0:
             return b""
         path = f"/v2/{repo}/blobs/{digest}"
-        response = self.request("GET", path, repo, ok=(206, 200), headers={"Range": f"bytes={offset}-{offset + size - 1}"})
+        response = self.request("GET", path, repo, ok=(206, 200),
+                                headers={"Range": f"bytes={offset}-{offset + size - 1}"})
         where = f"{self.registry}/{repo}: GET {path} (range)"
         skip = offset if response.status_code == 200 else 0  # 200: the registry ignored the range
         out = bytearray()

@@ -93,7 +93,8 @@ class VerifiedStream(io.RawIOBase):
             return data
         self._count += len(data)
         if self._count > self._size:
-            raise FormatError(f"{self._where}: {self._what} {self._digest} is larger than its declared {self._size} bytes")
+            raise FormatError(f"{self._where}: {self._what} {self._digest} is larger than its declared "
+                              f"{self._size} bytes")
         self._hash.update(data)
         return data
 
@@ -278,15 +279,18 @@ class ArchiveStore(BlobStore):
             raise UsageError(f"{name}: not a regular file")
         os.set_blocking(fd, True)
         try:
-            self.archive = tarfile.open(fileobj=os.fdopen(fd, "rb"), mode="r:*", tarinfo=BoundedTarInfo)
+            # held open for as long as this object serves members (closed with it)
+            self.archive = tarfile.open(fileobj=os.fdopen(fd, "rb"), mode="r:*", tarinfo=BoundedTarInfo)  # noqa: SIM115
             self.members: dict[str, tarfile.TarInfo] = {}
             for member in self.archive:
                 if len(self.members) >= MAX_ARCHIVE_MEMBERS:
                     raise FormatError(f"{name}: more than {MAX_ARCHIVE_MEMBERS} members")
                 self.members[member.name.removeprefix("./")] = member
             self.archive.members = []  # the dict above is the index; do not keep both
+        except tarfile.ReadError:  # tarfile's text lists every decompressor it tried, one a line
+            raise FormatError(f"{name}: not a tar archive (plain, gzip, bzip2 or xz)") from None
         except (tarfile.TarError, OSError, EOFError) as exc:
-            raise FormatError(f"{name}: not a readable archive ({exc})") from None
+            raise FormatError(f"{name}: not a readable archive ({' '.join(str(exc).split())})") from None
         super().__init__(name, lambda desc: self.open_member(f"blobs/sha256/{digest_hex(desc.digest)}"))
 
     def member(self, key: str) -> tarfile.TarInfo:

@@ -28,7 +28,7 @@ from nydus_py.errors import FormatError, UnsupportedError, UsageError
 from nydus_py.format.posix_acl import acl_xattrs_problem
 from nydus_py.fsutil import raise_fd_limit
 from nydus_py.model import OPAQUE_MARKER, WHITEOUT_PREFIX, Entry, FileKind, Inode, Tree, is_marker, \
-    is_void_whiteout, new_marker
+    is_void_whiteout, new_marker, overlay_xattrs
 
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _OPEN_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
@@ -46,6 +46,7 @@ class DirFile:
     def pieces(self, chunk_size: int) -> Iterator[tuple[int, int, bytes | None]]:
         size = self.inode.size
         next_data = 0
+        end_checked = False
         for offset in range(0, size, chunk_size):
             length = min(chunk_size, size - offset)
             if self.sparse and next_data < offset + length:
@@ -53,12 +54,17 @@ class DirFile:
             if self.sparse and next_data >= offset + length:
                 yield offset, length, None
                 continue
-            data = os.pread(self.fd, length, offset)
+            # the last read asks for one byte more: a file that grew shows it without a read of its own
+            end_checked = offset + length == size
+            data = os.pread(self.fd, length + end_checked, offset)
             if len(data) != length:
-                raise FormatError(f"{self.path.decode(errors='backslashreplace')}: file shrank during the build")
+                self._changed("grew" if len(data) > length else "shrank")
             yield offset, length, data
-        if os.pread(self.fd, 1, size):
-            raise FormatError(f"{self.path.decode(errors='backslashreplace')}: file grew during the build")
+        if not end_checked and os.pread(self.fd, 1, size):
+            self._changed("grew")
+
+    def _changed(self, how: str) -> None:
+        raise FormatError(f"{self.path.decode(errors='backslashreplace')}: file {how} during the build")
 
     def _next_data(self, offset: int, size: int) -> int:
         """Offset of the next data byte at or after `offset` (size when only a hole remains)."""
@@ -96,6 +102,7 @@ class DirectorySource:
         if not stat.S_ISDIR(st.st_mode):
             raise UsageError(f"{root}: source is not a directory")
         self.tree = Tree(root=self._inode(st, b"/", None, b""))
+        self._root_bytes = os.fsencode(self.root_path)  # file paths for messages: root + path inside it
         self._hardlinks: dict[tuple[int, int], Inode] = {}
         self._opaque: set[int] = set()  # id() of directories that get an opaque marker
         self._xattr_whiteouts: set[int] = set()  # id() of files that are whiteouts
@@ -145,8 +152,8 @@ class DirectorySource:
     def _scan(self, frame: _Frame) -> Iterator[DirFile]:
         """Record every entry of one directory; yield its regular files; queue its subdirectories."""
         try:
-            with os.scandir(frame.fd) as it:
-                names = sorted(os.fsencode(e.name) for e in it)
+            with os.scandir(frame.fd) as it:  # (name, readdir's d_type says regular file)
+                names = sorted((os.fsencode(e.name), e.is_file(follow_symlinks=False)) for e in it)
         except OSError as exc:
             raise self._error(frame.path or b"/", exc) from exc
         entries = frame.inode.entries
@@ -154,40 +161,73 @@ class DirectorySource:
             self._opaque.discard(id(frame.inode))
             entries.append(Entry(name=OPAQUE_MARKER, inode=new_marker()))
         subdirs = []
-        for name in names:
+        for name, regular in names:
             path = frame.path + b"/" + name
+            fd, st = self._stat(frame.fd, name, path, regular)
             try:
-                st = os.stat(name, dir_fd=frame.fd, follow_symlinks=False)
-            except OSError as exc:
-                raise self._error(path, exc) from exc
-            kind = FileKind.from_mode(st.st_mode)
-            if is_marker(name) and self.spec is WhiteoutSpec.OVERLAYFS:
-                raise UnsupportedError(f"{self._where(path)}: a file named '.wh.*' cannot be told apart from a "
-                                       "whiteout in a layered image (build it alone with --whiteout-spec none)")
-            if self.spec is WhiteoutSpec.OVERLAYFS and kind is FileKind.CHR and st.st_rdev == 0:
-                entries.append(Entry(name=WHITEOUT_PREFIX + name, inode=new_marker()))
-                continue
-            if self.spec is WhiteoutSpec.OCI and is_void_whiteout(name):
-                raise FormatError(f"{self._where(path)}: a whiteout must name an entry, not '', '.' or '..' "
-                                  "(OCI image spec)")
-            inode = self._hardlinks.get((st.st_dev, st.st_ino)) if kind is not FileKind.DIR else None
-            is_new = inode is None
-            if inode is None:
-                inode = self._inode(st, path, frame.fd, name)
-                if id(inode) in self._xattr_whiteouts:  # `<ns>.overlay.whiteout` (overlayfs >= 6.7)
-                    self._xattr_whiteouts.discard(id(inode))  # the inode is dropped: its id may be reused
-                    entries.append(Entry(name=WHITEOUT_PREFIX + name, inode=new_marker()))
-                    continue
-                if kind is not FileKind.DIR and st.st_nlink > 1:  # every type: one inode, as in the source
-                    self._hardlinks[(st.st_dev, st.st_ino)] = inode
-            entries.append(Entry(name=name, inode=inode))
-            if kind is FileKind.DIR:
-                subdirs.append((name, inode, (st.st_dev, st.st_ino)))
-            elif kind is FileKind.REG and is_new and st.st_size > 0:
-                yield DirFile(inode=inode, path=os.fsencode(self._where(path)),
-                              fd=self._open_file(frame.fd, name, path, st), sparse=st.st_blocks * 512 < st.st_size)
+                inode = self._record(frame, entries, subdirs, name, path, st, fd)
+            except BaseException:
+                if fd is not None:
+                    os.close(fd)
+                raise
+            if inode is not None and inode.kind is FileKind.REG and st.st_size > 0:
+                yield DirFile(inode=inode, path=self._root_bytes + path,
+                              fd=fd if fd is not None else self._open_file(frame.fd, name, path, st),
+                              sparse=st.st_blocks * 512 < st.st_size)
+            elif fd is not None:
+                os.close(fd)
         entries.sort(key=lambda e: e.name)
         frame.subdirs = subdirs[::-1]  # popped from the end: name order
+
+    def _stat(self, dir_fd: int, name: bytes, path: bytes, regular: bool) -> tuple[int | None, os.stat_result]:
+        """The entry's lstat, and for what readdir calls a regular file a descriptor open on it: then fstat
+        answers, its xattrs come from flistxattr and its data from pread, and open is the only path lookup
+        (instead of fstatat, listxattr through /proc, open and an fstat to check the file is still the one
+        stat saw). An entry that cannot be opened is lstat'ed like any other (it fails later if it has data)."""
+        if regular:
+            try:
+                fd = os.open(name, _OPEN_FILE, dir_fd=dir_fd)
+            except OSError:
+                pass
+            else:
+                st = os.fstat(fd)
+                if stat.S_ISREG(st.st_mode):
+                    return fd, st
+                os.close(fd)  # replaced since readdir: lstat it
+        try:
+            return None, os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except OSError as exc:
+            raise self._error(path, exc) from exc
+
+    def _record(self, frame: _Frame, entries: list[Entry], subdirs: list[tuple[bytes, Inode, tuple[int, int]]],
+                name: bytes, path: bytes, st: os.stat_result, fd: int | None) -> Inode | None:
+        """Add one entry to its directory (a subdirectory also to `subdirs`); its inode when it is new, None
+        for a hardlink already seen or a whiteout."""
+        kind = FileKind.from_mode(st.st_mode)
+        if is_marker(name) and self.spec is WhiteoutSpec.OVERLAYFS:
+            raise UnsupportedError(f"{self._where(path)}: a file named '.wh.*' cannot be told apart from a "
+                                   "whiteout in a layered image (build it alone with --whiteout-spec none)")
+        if self.spec is WhiteoutSpec.OVERLAYFS and kind is FileKind.CHR and st.st_rdev == 0:
+            entries.append(Entry(name=WHITEOUT_PREFIX + name, inode=new_marker()))
+            return None
+        if self.spec is WhiteoutSpec.OCI and is_void_whiteout(name):
+            raise FormatError(f"{self._where(path)}: a whiteout must name an entry, not '', '.' or '..' "
+                              "(OCI image spec)")
+        inode = self._hardlinks.get((st.st_dev, st.st_ino)) if kind is not FileKind.DIR and st.st_nlink > 1 else None
+        if inode is not None:
+            entries.append(Entry(name=name, inode=inode))
+            return None
+        inode = self._inode(st, path, frame.fd, name, fd, kind)
+        if id(inode) in self._xattr_whiteouts:  # `<ns>.overlay.whiteout` (overlayfs >= 6.7)
+            self._xattr_whiteouts.discard(id(inode))  # the inode is dropped: its id may be reused
+            entries.append(Entry(name=WHITEOUT_PREFIX + name, inode=new_marker()))
+            return None
+        if kind is not FileKind.DIR and st.st_nlink > 1:  # every type: one inode, as in the source
+            self._hardlinks[(st.st_dev, st.st_ino)] = inode
+        entries.append(Entry(name=name, inode=inode))
+        if kind is FileKind.DIR:
+            subdirs.append((name, inode, (st.st_dev, st.st_ino)))
+        return inode
 
     def _open_file(self, dir_fd: int, name: bytes, path: bytes, st: os.stat_result) -> int:
         try:
@@ -200,8 +240,11 @@ class DirectorySource:
             raise FormatError(f"{self._where(path)}: changed during the build")
         return fd
 
-    def _inode(self, st: os.stat_result, path: bytes, dir_fd: int | None, name: bytes) -> Inode:
-        kind = FileKind.from_mode(st.st_mode)
+    def _inode(self, st: os.stat_result, path: bytes, dir_fd: int | None, name: bytes, fd: int | None = None,
+               kind: FileKind | None = None) -> Inode:
+        """`fd`: a descriptor open on the entry (a regular file), to read its xattrs through; `kind`: its
+        type when the caller knows it already."""
+        kind = kind or FileKind.from_mode(st.st_mode)
         inode = Inode(
             kind=kind,
             mode=st.st_mode,
@@ -220,24 +263,24 @@ class DirectorySource:
             except OSError as exc:
                 raise self._error(path, exc) from exc
             inode.size = len(inode.symlink_target)
-        inode.xattrs = self._overlay_xattrs(self._xattrs(dir_fd, name, path), inode, path)
+        xattrs = self._xattrs(fd, None, path) if fd is not None else self._xattrs(dir_fd, name, path)
+        inode.xattrs = self._overlay_xattrs(xattrs, inode, path)
         return inode
 
     def _overlay_xattrs(self, xattrs: dict[bytes, bytes], inode: Inode, path: bytes) -> dict[bytes, bytes]:
         """Interpret and drop the overlay's own xattrs (upper directories only)."""
-        if self.spec is not WhiteoutSpec.OVERLAYFS or not any(k.startswith(self.overlay_prefix) for k in xattrs):
+        if self.spec is not WhiteoutSpec.OVERLAYFS or not xattrs:  # most entries have none
             return xattrs
-        ours = {k[len(self.overlay_prefix) :]: v for k, v in xattrs.items() if k.startswith(self.overlay_prefix)}
-        for refused in (b"redirect", b"metacopy"):
-            if refused in ours:
-                raise UnsupportedError(f"{self._where(path)}: overlayfs '{refused.decode()}' is not supported "
-                                       "(its content or name lives in a lower layer); mount with "
-                                       f"{refused.decode()}{'_dir' if refused == b'redirect' else ''}=off")
-        if inode.is_dir and ours.get(b"opaque") == b"y":
+        overlay = overlay_xattrs(xattrs, self.overlay_prefix)
+        if (refused := overlay.refused) is not None:
+            raise UnsupportedError(f"{self._where(path)}: overlayfs '{refused.decode()}' is not supported "
+                                   "(its content or name lives in a lower layer); mount with "
+                                   f"{refused.decode()}{'_dir' if refused == b'redirect' else ''}=off")
+        if inode.is_dir and overlay.opaque:
             self._opaque.add(id(inode))
-        if b"whiteout" in ours and inode.kind is FileKind.REG:
+        if overlay.whiteout and inode.kind is FileKind.REG:
             self._xattr_whiteouts.add(id(inode))
-        return {k: v for k, v in xattrs.items() if not k.startswith(self.overlay_prefix)}
+        return overlay.kept
 
     def _xattrs(self, dir_fd: int, name: bytes | None, path: bytes) -> dict[bytes, bytes]:
         # /proc/self/fd/N/NAME with follow_symlinks=False reads the entry's own xattrs without opening it

@@ -32,9 +32,10 @@ import pyzstd
 
 from nydus_py.config import WhiteoutSpec, XattrNamespace
 from nydus_py.errors import FormatError, UsageError
+from nydus_py.format import erofs
 from nydus_py.format.posix_acl import acl_xattrs_problem
 from nydus_py.model import OPAQUE_MARKER, WHITEOUT_PREFIX, Entry, FileKind, Inode, Tree, is_marker, \
-    is_void_whiteout, new_directory, new_marker
+    is_void_whiteout, new_directory, new_marker, overlay_xattrs
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -279,18 +280,22 @@ class TarSource:
         return norm
 
     def _parent(self, path: bytes, member: str) -> Inode:
-        """The directory that holds `path`, creating missing parents as 0755 root directories."""
+        """The directory that holds `path`, creating missing parents as 0755 root directories (iteratively: a
+        name may be thousands of components deep)."""
+        missing = []
         parent_path = posixpath.dirname(path)
-        if parent_path in self._dirs:
-            return self._dirs[parent_path]
-        grand = self._parent(parent_path, member)
-        name = posixpath.basename(parent_path)
-        existing = self._children[id(grand)].get(name)
-        if existing is not None:
-            what = "a symlink" if existing.inode.kind is FileKind.SYMLINK else "not a directory"
-            raise self._fail(f"an entry below {posixpath.dirname(path).decode(errors='replace')!r}, which is {what}",
-                             member)
-        return self._put_dir(grand, parent_path, name, new_directory())
+        while parent_path not in self._dirs:
+            missing.append(parent_path)
+            parent_path = posixpath.dirname(parent_path)
+        directory = self._dirs[parent_path]
+        for dir_path in reversed(missing):
+            name = posixpath.basename(dir_path)
+            existing = self._children[id(directory)].get(name)
+            if existing is not None:
+                what = "a symlink" if existing.inode.kind is FileKind.SYMLINK else "not a directory"
+                raise self._fail(f"an entry below {dir_path.decode(errors='replace')!r}, which is {what}", member)
+            directory = self._put_dir(directory, dir_path, name, new_directory())
+        return directory
 
     def _put_dir(self, parent: Inode, path: bytes, name: bytes, inode: Inode) -> Inode:
         self._children[id(parent)][name] = Entry(name=name, inode=inode)
@@ -403,7 +408,10 @@ class TarSource:
             else:
                 raise self._fail(f"unsupported tar entry type {member.type!r}", member.name)
         kind = kind or FileKind.REG
-        seconds, nsec = _mtime(member)
+        try:
+            seconds, nsec = _mtime(member)
+        except ValueError as exc:
+            raise self._fail(str(exc), member.name) from None
         for what, value in (("uid", member.uid), ("gid", member.gid)):
             if not 0 <= value <= 0xFFFFFFFF:
                 raise self._fail(f"{what} {value} does not fit in 32 bits (RAFS stores 32-bit owners)", member.name)
@@ -420,6 +428,9 @@ class TarSource:
                 raise self._fail(f"symlink target of {inode.size} bytes: must be 1 to 4095 bytes without NUL",
                                  member.name)
         elif kind in (FileKind.CHR, FileKind.BLK):
+            if not erofs.rdev_fits(member.devmajor, member.devminor):
+                raise self._fail(f"device {member.devmajor}:{member.devminor} does not fit RAFS (major up to "
+                                 f"{erofs.MAX_DEV_MAJOR}, minor up to {erofs.MAX_DEV_MINOR})", member.name)
             inode.rdev = os.makedev(member.devmajor, member.devminor)
         return inode
 
@@ -432,9 +443,9 @@ class TarSource:
                 name = urllib.parse.unquote_to_bytes(key[len("LIBARCHIVE.xattr.") :])
                 out[name] = base64.b64decode(value + "=" * (-len(value) % 4))
         if self.spec is WhiteoutSpec.OVERLAYFS:
-            if out.get(self.overlay_prefix + b"opaque") == b"y":
-                self._opaque = True
-            out = {k: v for k, v in out.items() if not k.startswith(self.overlay_prefix)}
+            overlay = overlay_xattrs(out, self.overlay_prefix)
+            self._opaque = self._opaque or overlay.opaque
+            out = overlay.kept
         problem = acl_xattrs_problem(out)
         if problem is not None:
             raise self._fail(problem, member.name)
@@ -454,13 +465,20 @@ def _escapes(raw: bytes) -> bool:
 
 
 def _mtime(member: tarfile.TarInfo) -> tuple[int, int]:
-    """(seconds, nanoseconds), exact: PAX mtimes are decimal strings that a float would round."""
+    """(seconds, nanoseconds), exact: PAX mtimes are decimal strings that a float would round. ValueError for a
+    time RAFS cannot store (not a number, or outside the signed 64 bits the kernel reads i_mtime as)."""
     text = member.pax_headers.get("mtime")
     if text is not None:
         try:
             value = Decimal(text)
-            seconds = int(value.to_integral_value(rounding="ROUND_FLOOR"))
-            return seconds, int((value - seconds) * 1_000_000_000)
-        except (InvalidOperation, ValueError):
-            pass
-    return int(member.mtime), 0
+        except InvalidOperation:
+            raise ValueError(f"PAX mtime {text[:40]!r} is not a number") from None
+        if not value.is_finite():
+            raise ValueError(f"PAX mtime {text[:40]!r} is not a number")
+        seconds = int(value.to_integral_value(rounding="ROUND_FLOOR"))
+        nsec = int((value - seconds) * 1_000_000_000)
+    else:
+        seconds, nsec = int(member.mtime), 0
+    if not -(1 << 63) <= seconds < 1 << 63:
+        raise ValueError(f"mtime {seconds} does not fit in 64 bits (RAFS stores a signed 64-bit time)")
+    return seconds, nsec
