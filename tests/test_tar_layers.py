@@ -132,6 +132,8 @@ BAD_TARS = {
     "mtime beyond 64 bits": tar_bytes(pax(entry("f"), mtime=str(1 << 64))),
     "mtime far before 1970": tar_bytes(pax(entry("f"), mtime="-1e30")),
     "device beyond 12:20 bits": tar_bytes(device(2097151, 5)),
+    "hardlink into a directory the layer replaced": tar_bytes(entry("d", None, tarfile.DIRTYPE), entry("d/f"),
+                                                              entry("d"), entry("l", None, tarfile.LNKTYPE, "d/f")),
 }
 
 
@@ -170,3 +172,14 @@ def test_empty_tar_is_an_empty_layer(tmp_path: Path) -> None:
     (tmp_path / "empty.tar").write_bytes(tar_bytes())
     assert build(str(tmp_path / "empty.tar"), "-o", str(tmp_path / "out")) == 0
     assert [p for p, _ in open_image(tmp_path / "out").bootstrap.tree.walk()] == [b"/"]
+
+
+def test_a_file_then_a_directory_of_one_name_in_a_layer_hides_the_lower_directory(tmp_path: Path) -> None:
+    """Extraction removes the lower `x/` for the file `x`, then makes a new, empty `x/` (containerd's applier
+    does so): the layer's directory is opaque."""
+    (tmp_path / "lower.tar").write_bytes(tar_bytes(entry("x", None, tarfile.DIRTYPE), entry("x/lower")))
+    (tmp_path / "upper.tar").write_bytes(tar_bytes(entry("x", b"file first"), entry("x", None, tarfile.DIRTYPE),
+                                                   entry("x/y")))
+    assert build(str(tmp_path / "lower.tar"), str(tmp_path / "upper.tar"), "-o", str(tmp_path / "out")) == 0
+    tree = open_image(tmp_path / "out").bootstrap.tree
+    assert [p for p, _ in tree.walk()] == [b"/", b"/x", b"/x/y"]

@@ -311,6 +311,8 @@ class TarSource:
             prefix = path + b"/"
             for key in [k for k in self._dirs if k == path or k.startswith(prefix)]:
                 self._children.pop(id(self._dirs.pop(key)), None)
+            for key in [k for k in self._files if k.startswith(prefix)]:  # no hardlink may reach them now
+                del self._files[key]
         self._files.pop(path, None)
 
     def _add(self, member: tarfile.TarInfo, archive: tarfile.TarFile) -> TarFile | None:
@@ -346,6 +348,9 @@ class TarSource:
             else:
                 self._remove(parent, path, name)
                 target = self._put_dir(parent, path, name, inode)
+                # this layer's own non-directory of that name already hid the lower directory: the new one
+                # starts empty, as extraction (remove, then mkdir) leaves it
+                opaque = opaque or existing is not None
             if opaque:
                 self._children[id(target)][OPAQUE_MARKER] = Entry(name=OPAQUE_MARKER, inode=new_marker())
             return None
