@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
+import shutil
 import sys
 import tempfile
 from dataclasses import replace
@@ -152,23 +152,19 @@ def _open_stream(source: Path) -> tuple[Any, str]:
 def _write_blob(layer: DirectorySource | TarSource, blob: Path | None, blob_dir: Path | None,
                 config: BuildConfig, patterns: tuple[bytes, ...]) -> BlobInfo:
     """Build the layer into `blob` in place (a FIFO stays a FIFO), or into `blob_dir` named by its id."""
-    work = Path(tempfile.mkdtemp(prefix="nydus-py-image-"))
-    target = blob if blob is not None else None
+    if blob is not None:
+        out = open(blob, "wb")  # noqa: SIM115 - the blob writer closes it; no O_EXCL, no rename: may be a FIFO
+        return build_layer(0, str(layer), layer, blob.parent, config, [], ChunkStats(), blob_output=out,
+                           inline_prefetch=patterns).info
+    assert blob_dir is not None
+    work = Path(tempfile.mkdtemp(prefix=".nydus-py-image-", dir=blob_dir))  # one file system: an atomic rename
     try:
-        if target is not None:
-            out = open(target, "wb")  # noqa: SIM115 - the blob writer closes it; no O_EXCL, no rename: may be a FIFO
-            built = build_layer(0, str(layer), layer, work, config, [], ChunkStats(), blob_output=out,
-                                 inline_prefetch=patterns)
-        else:
-            assert blob_dir is not None
-            built = build_layer(0, str(layer), layer, work, config, [], ChunkStats(), inline_prefetch=patterns)
-            assert built.path is not None
-            os.chmod(built.path, 0o644)
-            os.replace(built.path, blob_dir / built.info.blob_id)
+        built = build_layer(0, str(layer), layer, work, config, [], ChunkStats(), inline_prefetch=patterns)
+        assert built.path is not None
+        os.chmod(built.path, 0o644)
+        os.replace(built.path, blob_dir / built.info.blob_id)
     finally:
-        for leftover in work.iterdir():
-            leftover.unlink()
-        work.rmdir()
+        shutil.rmtree(work, ignore_errors=True)
     return built.info
 
 
@@ -276,7 +272,7 @@ def _id_from_name(source: Path, info: BlobInfo) -> str:
     if info.blob_id != BLOB_ID_PLACEHOLDER and is_blob_digest(info.blob_id):
         return info.blob_id
     name = source.name.split(".", 1)[0]
-    if not re.fullmatch(r"[0-9a-f]{64}", name):
+    if not is_blob_digest(name):
         raise UsageError(f"{source}: the blob id is neither in the bootstrap, nor given with --blob-digests, nor "
                          "the file's name (64 hex digits)")
     return name

@@ -164,3 +164,17 @@ def test_merge_needs_a_blob_id(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert image_main(["merge", "--bootstrap", str(tmp_path / "m"), "--output-json", str(tmp_path / "m.json"),
                        str(tmp_path / "layer.boot"), "--blob-digests", digest]) == 0
     assert json.loads((tmp_path / "m.json").read_text())["blobs"] == [digest]
+
+
+def test_create_into_a_blob_directory_names_the_blob_by_its_digest(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"data" * 1000)
+    (tmp_path / "blobs").mkdir()
+    assert image_main(["create", "--blob-inline-meta", "--blob-dir", str(tmp_path / "blobs"), "--output-json",
+                       str(tmp_path / "out.json"), str(src)]) == 0
+    (blob,) = (tmp_path / "blobs").iterdir()  # nothing else left there
+    import hashlib
+
+    assert blob.name == hashlib.sha256(blob.read_bytes()).hexdigest()
+    assert json.loads((tmp_path / "out.json").read_text())["blobs"] == [blob.name]
