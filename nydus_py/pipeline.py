@@ -159,8 +159,12 @@ def build_layer(index: int, name: str, source: Source, workdir: Path, config: Bu
         data_info = writer.finish_data()
         infos = {i: layer.info for i, layer in enumerate(lower)}
         infos[index] = data_info
-        plan, _ = plan_bootstrap(source.tree, infos, chunk_size=config.chunk_size, compressor=config.compressor.algo,
-                                 digester=config.digester.algo, prefetch=inline_prefetch)
+        try:
+            plan, _ = plan_bootstrap(source.tree, infos, chunk_size=config.chunk_size,
+                                     compressor=config.compressor.algo, digester=config.digester.algo,
+                                     prefetch=inline_prefetch)
+        except (FormatError, UnsupportedError) as exc:  # the tree's rules (xattrs, ACLs) name a path: add the layer
+            raise type(exc)(f"{name}: {exc}") from None
         meta_area = render_meta_area(plan)
         info = writer.finish(render_bootstrap(plan, meta_area))
     except BaseException:

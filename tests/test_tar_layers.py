@@ -183,3 +183,13 @@ def test_a_file_then_a_directory_of_one_name_in_a_layer_hides_the_lower_director
     assert build(str(tmp_path / "lower.tar"), str(tmp_path / "upper.tar"), "-o", str(tmp_path / "out")) == 0
     tree = open_image(tmp_path / "out").bootstrap.tree
     assert [p for p, _ in tree.walk()] == [b"/", b"/x", b"/x/y"]
+
+
+@pytest.mark.parametrize(("key", "says"), [("SCHILY.xattr.os2.foo", "has a prefix RAFS cannot store"),
+                                          ("SCHILY.xattr.user.", "has no name after its prefix")])
+def test_xattr_errors_name_the_layer_and_the_entry(tmp_path: Path, capsys: pytest.CaptureFixture[str], key: str,
+                                                   says: str) -> None:
+    (tmp_path / "x.tar").write_bytes(tar_bytes(pax(entry("f"), **{key: "v"})))
+    assert build(str(tmp_path / "x.tar"), "-o", str(tmp_path / "out")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"nydus-py: {tmp_path / 'x.tar'}: /f: xattr") and says in err and err.count("\n") == 1

@@ -156,8 +156,11 @@ def xattr_plans(inode: Inode, where: bytes) -> list[XattrPlan]:
                 out.append(XattrPlan(index, name[len(prefix) :], value))
                 break
         else:
-            raise UnsupportedError(f"{where.decode(errors='replace')}: xattr {name.decode(errors='replace')!r} has a "
-                                   "prefix RAFS cannot store (user., trusted., security., system.posix_acl_*)")
+            shown = f"{where.decode(errors='replace')}: xattr {name.decode(errors='replace')!r}"
+            if any(name == prefix for _, prefix in _PREFIX_OF_NAME):
+                raise UnsupportedError(f"{shown} has no name after its prefix")
+            raise UnsupportedError(f"{shown} has a prefix RAFS cannot store (user., trusted., security., "
+                                   "system.posix_acl_*)")
         if len(out[-1].e_name) > erofs.EROFS_NAME_LEN or len(value) > 0xFFFF:
             raise UnsupportedError(f"{where.decode(errors='replace')}: xattr {name.decode(errors='replace')!r} is "
                                    "too long (name 255 bytes, value 65535 bytes at most)")
