@@ -26,6 +26,7 @@ from nydus_py.config import (
     WhiteoutSpec,
     XattrNamespace,
     check_chunk_size,
+    parse_prefetch_patterns,
     parse_size,
 )
 from nydus_py.errors import NydusError, UsageError
@@ -67,11 +68,7 @@ def _prefetch(patterns: str | None, no_prefetch: bool) -> tuple[bytes, ...]:
         text = sys.stdin.buffer.read() if patterns == "-" else Path(patterns).read_bytes()
     except OSError as exc:
         raise UsageError(f"{patterns}: cannot read prefetch patterns: {exc.strerror}") from exc
-    paths = tuple(line.strip() for line in text.splitlines() if line.strip())
-    bad = [p for p in paths if not p.startswith(b"/")]
-    if bad:
-        raise UsageError(f"prefetch pattern {bad[0].decode(errors='replace')!r}: must be an absolute path")
-    return paths
+    return parse_prefetch_patterns(text)
 
 
 def _output_options(fn):  # type: ignore[no-untyped-def]

@@ -93,3 +93,12 @@ def parse_size(text: str) -> int:
     if not digits.isdigit() or unit not in _UNITS:
         raise UsageError(f"{text!r} is not a size (use e.g. 1MiB, 512KiB or 0x100000)")
     return int(digits) * _UNITS[unit]
+
+
+def parse_prefetch_patterns(text: bytes) -> tuple[bytes, ...]:
+    """Prefetch patterns, one absolute path a line (blank lines ignored), as nydus-image reads them."""
+    paths = tuple(line.strip() for line in text.splitlines() if line.strip())
+    bad = [p for p in paths if not p.startswith(b"/")]
+    if bad:
+        raise UsageError(f"prefetch pattern {bad[0].decode(errors='replace')!r}: must be an absolute path")
+    return paths

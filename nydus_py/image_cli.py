@@ -30,7 +30,8 @@ from nydus_py.bootstrap.reader import read_bootstrap
 from nydus_py.pipeline import build_layer
 from nydus_py.check import check_bootstrap_bytes
 from nydus_py.chunker import ChunkStats
-from nydus_py.config import BuildConfig, Compressor, Digester, WhiteoutSpec, check_chunk_size, parse_size
+from nydus_py.config import (BuildConfig, Compressor, Digester, WhiteoutSpec, check_chunk_size,
+                             parse_prefetch_patterns, parse_size)
 from nydus_py.errors import NydusError, UsageError
 from nydus_py.format.blobmeta import BLOB_ID_PLACEHOLDER, BlobFeatures
 from nydus_py.fsutil import atomic_output
@@ -71,14 +72,7 @@ def cli(ctx: click.Context, show_version: bool) -> None:
 
 def _prefetch_patterns(policy: str) -> tuple[bytes, ...]:
     """`--prefetch-policy fs`: absolute paths on stdin, one a line (nydus-image reads them the same way)."""
-    if policy != "fs":
-        return ()
-    lines = [line.strip() for line in sys.stdin.buffer.read().splitlines()]
-    patterns = tuple(line for line in lines if line)
-    bad = [p for p in patterns if not p.startswith(b"/")]
-    if bad:
-        raise UsageError(f"prefetch pattern {bad[0].decode(errors='replace')!r}: must be an absolute path")
-    return patterns
+    return parse_prefetch_patterns(sys.stdin.buffer.read()) if policy == "fs" else ()
 
 
 @cli.command(context_settings=_HELP)

@@ -101,6 +101,15 @@ def nydusd_mount(bootstrap: Path, blob_dir: Path, workdir: Path, *, prefetch: bo
         log.close()
 
 
+def inline_bootstrap(blob: Path, out: Path) -> Path:
+    """A layer blob's `image.boot`, written to `out`."""
+    with BlobReader(blob) as reader:
+        data = reader.inline_bootstrap()
+    assert data is not None, f"{blob}: no image.boot"
+    out.write_bytes(data)
+    return out
+
+
 def snapshotter_merge(layer_blobs: list[Path], workdir: Path, *, patterns: str = "/") -> Path:
     """Merge layer blobs the way nydus-snapshotter's converter does (pkg/converter `Merge`): each blob's
     `image.boot` unpacked into a file named by the blob digest's hex, then `nydus-image merge --prefetch-policy
@@ -110,12 +119,7 @@ def snapshotter_merge(layer_blobs: list[Path], workdir: Path, *, patterns: str =
     work.mkdir()
     sources = []
     for blob in layer_blobs:
-        with BlobReader(blob) as reader:
-            boot = reader.inline_bootstrap()
-        assert boot is not None, f"{blob}: no image.boot"
-        path = work / blob.name
-        path.write_bytes(boot)
-        sources.append(path)
+        sources.append(inline_bootstrap(blob, work / blob.name))
     target = work / "bootstrap"
     nydus_image("merge", "--log-level", "warn", "--prefetch-policy", "fs", "--output-json", work / "merge.json",
                 "--bootstrap", target, *sources, stdin=patterns)

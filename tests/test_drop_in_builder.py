@@ -17,7 +17,7 @@ from nydus_py.image_cli import main as image_main
 from tests.compare import differences
 from tests.conftest import need_mount
 from tests.layers import OverlayStack, upper_to_oci_tar
-from tests.nydus_stack import need_nydus, nydus_image, nydusd_mount
+from tests.nydus_stack import inline_bootstrap, need_nydus, nydus_image, nydusd_mount
 from tests.test_layers import stack  # noqa: F401 (the four-layer overlayfs stack fixture)
 
 
@@ -154,10 +154,7 @@ def test_merge_needs_a_blob_id(tmp_path: Path, capsys: pytest.CaptureFixture[str
     subprocess.run(["tar", "-C", str(src), "-cf", str(tmp_path / "l.tar"), "."], check=True)
     assert image_main(["create", "--type", "tar-rafs", "--blob-inline-meta", "--blob", str(tmp_path / "blob"),
                        str(tmp_path / "l.tar")]) == 0
-    from nydus_py.blob.reader import BlobReader
-
-    with BlobReader(tmp_path / "blob") as reader:
-        (tmp_path / "layer.boot").write_bytes(reader.inline_bootstrap() or b"")
+    inline_bootstrap(tmp_path / "blob", tmp_path / "layer.boot")
     assert image_main(["merge", "--bootstrap", str(tmp_path / "m"), str(tmp_path / "layer.boot")]) == 1
     assert "--blob-digests" in capsys.readouterr().err
     digest = "ab" * 32

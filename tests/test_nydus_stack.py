@@ -20,12 +20,11 @@ import pytest
 
 from fixtures.trees import fix_times, make_corpus
 from nydus_py.format.rafs import SuperFlags
-from nydus_py.blob.reader import BlobReader
 from nydus_py.cli import main
 from tests.compare import differences
 from tests.conftest import need_mount, need_tool
 from tests.layers import OverlayStack, make_umoci_image, upper_to_oci_tar
-from tests.nydus_stack import need_nydus, nydus_image, nydusd_mount, snapshotter_merge
+from tests.nydus_stack import inline_bootstrap, need_nydus, nydus_image, nydusd_mount, snapshotter_merge
 from tests.test_layers import stack  # noqa: F401 (the four-layer overlayfs stack fixture)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
@@ -82,14 +81,6 @@ def build(*args: str) -> dict:
     out = Path(args[args.index("-o") + 1])
     assert main(["build", *args, "--output-json", f"{out}.json", "--quiet"]) == 0
     return json.loads(Path(f"{out}.json").read_text())
-
-
-def inline_bootstrap(blob: Path, out: Path) -> Path:
-    with BlobReader(blob) as reader:
-        data = reader.inline_bootstrap()
-    assert data is not None
-    out.write_bytes(data)
-    return out
 
 
 # --- nydusd serves our images -------------------------------------------------------------------------------
