@@ -194,11 +194,13 @@ def walk_bfs(tree: Tree) -> Iterator[Inode]:
     each directory's entries in name order, then its subdirectories (a hardlinked inode once per entry)."""
     yield tree.root
     stack = [tree.root]
+    directory_kind = FileKind.DIR
     while stack:
         directory = stack.pop()
         subdirs = []
         for entry in directory.entries:
-            yield entry.inode
-            if entry.inode.is_dir:
-                subdirs.append(entry.inode)
+            inode = entry.inode
+            yield inode
+            if inode.kind is directory_kind:
+                subdirs.append(inode)
         stack.extend(reversed(subdirs))

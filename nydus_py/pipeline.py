@@ -43,8 +43,10 @@ _R = TypeVar("_R")
 def _without_cyclic_gc(function: Callable[_P, _R]) -> Callable[_P, _R]:
     """Run with the cyclic garbage collector paused. A build or merge makes a few objects per entry that
     all live to the end (trees, plans, chunk lists); every collection rescans them, which took ~20% of a
-    100k-file build, and none of them is garbage before the end. Cycles made meanwhile (a plan's "."
-    dirent) are collected once it is re-enabled."""
+    100k-file build, and none of them is garbage before the end. Then they are frozen (moved where no
+    collection looks) rather than left to the next collections, which cost 0.2 s after a 100k-file build
+    before the image was even written. They make no reference cycles (layout plans keep "." and ".." as
+    nids), so reference counting still frees them."""
 
     @functools.wraps(function)
     def paused(*args: _P.args, **kwargs: _P.kwargs) -> _R:
@@ -54,6 +56,7 @@ def _without_cyclic_gc(function: Callable[_P, _R]) -> Callable[_P, _R]:
         try:
             return function(*args, **kwargs)
         finally:
+            gc.freeze()
             gc.enable()
 
     return paused

@@ -89,11 +89,11 @@ def test_core_never_imports_the_oci_layer() -> None:
 
 
 def test_image_references_are_parsed_in_one_place() -> None:
-    """`oci:`/`docker://` references are parsed by nydus_py/oci/ref.py only (with registry.parse_reference,
+    """`oci:`/`docker://` references are parsed by nydus_py/oci/ref.py only (with reference.parse_reference,
     which it calls, for the docker:// part): nobody re-parses strings."""
     import re
 
-    offenders = [str(p) for p in PACKAGE.rglob("*.py") if p.name not in ("ref.py", "registry.py")
+    offenders = [str(p) for p in PACKAGE.rglob("*.py") if p.name not in ("ref.py", "reference.py")
                  and re.search(r"startswith\(\(?\"(oci|oci-archive|docker-archive|docker):", p.read_text())]
     assert not offenders
 

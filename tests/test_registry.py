@@ -249,7 +249,7 @@ def test_bearer_token_flow(open_registry: str, tmp_path: Path) -> None:
 
 
 def test_reference_parsing() -> None:
-    from nydus_py.oci.registry import parse_reference
+    from nydus_py.oci.reference import parse_reference
 
     assert str(parse_reference("docker://alpine")) == "registry-1.docker.io/library/alpine:latest"
     ref = parse_reference("docker://localhost:5000/a/b:t")

@@ -18,6 +18,7 @@ Usage: python3 tools/bench.py [--corpus rootfs,nodemodules,small,bigfile,layers,
 from __future__ import annotations
 
 import argparse
+import compileall
 import math
 import os
 import random
@@ -262,13 +263,15 @@ def bench(name: str, commands: dict[str, str], work: Path, runs: int, data_bytes
             results[tool].seconds.append(seconds)
             results[tool].peak_rss = max(results[tool].peak_rss, rss)
     ours = statistics.median(results["nydus-py"].seconds)
+    drop_in = statistics.median(results["nydus-py-image create"].seconds) if "nydus-py-image create" in results else None
     rows = []
     for tool, m in results.items():
         median = statistics.median(m.seconds)
-        ratio = ours / median if tool != "nydus-py" else 1.0
+        ratio = ours / median
+        drop_in_ratio = f"{drop_in / median:.2f}" if drop_in is not None else "-"
         rate = data_bytes / median / (1 << 20)
-        rows.append(f"| {name} | {tool} | {median:.2f} | {ratio:.2f} | {m.peak_rss / (1 << 20):.0f} | {rate:.0f} | "
-                    f"{entries / median:.0f} |")
+        rows.append(f"| {name} | {tool} | {median:.2f} | {ratio:.2f} | {drop_in_ratio} | {m.peak_rss / (1 << 20):.0f} "
+                    f"| {rate:.0f} | {entries / median:.0f} |")
     return rows
 
 
@@ -306,9 +309,17 @@ def nydus_image_create(source: Path, kind: str = "dir-rafs", compressor: str = "
                                   f"--chunk-size 0x100000 -D {{out}} {source}"}
 
 
+def drop_in_create(source: Path, kind: str = "dir-rafs", compressor: str = "zstd", jobs: str = "") -> dict[str, str]:
+    """nydus-py's drop-in builder with nydus-image create's arguments: the same job (one blob with its
+    bootstrap inline, no OCI image around it), for a like-for-like row."""
+    return {"nydus-py-image create": f"{PY} -m nydus_py.image_cli create --log-level warn --fs-version 6 -t {kind} "
+                                     f"--blob-inline-meta --features blob-toc --compressor {compressor} "
+                                     f"--digester blake3 --chunk-size 0x100000 -D {{out}} {source}"}
+
+
 def peers(source: Path, jobs: str) -> dict[str, str]:
     build = f"{PY} -m nydus_py.cli build {source} -o {{out}}/img {jobs}"
-    out = {"nydus-py": build, **nydus_image_create(source)}
+    out = {"nydus-py": build, **drop_in_create(source), **nydus_image_create(source)}
     if shutil.which("mkfs.erofs"):
         out["mkfs.erofs"] = f"mkfs.erofs --quiet --chunksize=1048576 --blobdev={{out}}/blob {{out}}/img {source}"
     out["tar|gzip -6"] = f"tar -C {source} -cf - . | gzip -6 > {{out}}/l.tar.gz"
@@ -318,7 +329,10 @@ def peers(source: Path, jobs: str) -> dict[str, str]:
 
 
 def _tree_peers(source: Path, jobs: str) -> dict[str, str]:
-    return {k: v for k, v in peers(source, jobs).items() if k in ("nydus-py", "nydus-image create", "mkfs.erofs")}
+    return {k: v for k, v in peers(source, jobs).items() if k in TREE_TOOLS}
+
+
+TREE_TOOLS = ("nydus-py", "nydus-py-image create", "nydus-image create", "mkfs.erofs")
 
 
 def main(argv: list[str]) -> int:
@@ -339,8 +353,10 @@ def main(argv: list[str]) -> int:
     jobs = f"--jobs {args.jobs}" if args.jobs else ""
     env_root = Path(__file__).resolve().parent.parent
     os.environ["PYTHONPATH"] = str(env_root) + os.pathsep + os.environ.get("PYTHONPATH", "")
-    rows = ["| corpus | tool | median s | nydus-py / tool | peak RSS MiB | MiB/s | entries/s |",
-            "|---|---|---|---|---|---|---|"]
+    # as pip does on install: without it (PYTHONDONTWRITEBYTECODE set) every run recompiles the changed modules
+    compileall.compile_dir(env_root / "nydus_py", quiet=1)
+    rows = ["| corpus | tool | median s | nydus-py / tool | nydus-py-image / tool | peak RSS MiB | MiB/s | entries/s |",
+            "|---|---|---|---|---|---|---|---|"]
     corpora = args.corpus.split(",")
     try:
         rootfs = args.source
@@ -352,6 +368,7 @@ def main(argv: list[str]) -> int:
             print(f"rootfs: {size / 1e6:.0f} MB, {entries} entries", file=sys.stderr)
             rows += bench("rootfs", peers(rootfs, jobs), work, args.runs, size, entries)
             lz4 = {"nydus-py": peers(rootfs, jobs)["nydus-py"] + " --compressor lz4_block",
+                   **drop_in_create(rootfs, compressor="lz4_block"),
                    **nydus_image_create(rootfs, compressor="lz4_block")}
             if shutil.which("mkfs.erofs"):
                 lz4["mkfs.erofs"] = peers(rootfs, jobs)["mkfs.erofs"]
@@ -367,9 +384,7 @@ def main(argv: list[str]) -> int:
         if "small" in corpora:
             small = make_small_files(work / "small", args.small_files or max(1000, int(1_000_000 * args.scale)))
             size, entries = tree_size(small)
-            rows += bench("small files", {k: v for k, v in peers(small, jobs).items()
-                                          if k in ("nydus-py", "nydus-image create", "mkfs.erofs")},
-                          work, args.runs, size, entries)
+            rows += bench("small files", _tree_peers(small, jobs), work, args.runs, size, entries)
         if "bigfile" in corpora:
             big = make_big_file(work / "big", (args.big_file_mib << 20) if args.big_file_mib
                                 else max(1 << 20, int((2 << 30) * args.scale)))
@@ -379,7 +394,7 @@ def main(argv: list[str]) -> int:
             tgz = args.tar_gz or make_tar_gz(rootfs, work / "layer.tar.gz")
             size = tgz.stat().st_size
             commands = {"nydus-py": f"{PY} -m nydus_py.cli build {tgz} -o {{out}}/img {jobs}",
-                        **nydus_image_create(tgz, kind="targz-rafs")}
+                        **drop_in_create(tgz, kind="tar-rafs"), **nydus_image_create(tgz, kind="targz-rafs")}
             if shutil.which("zstd"):
                 commands["zcat|zstd -3 -T0"] = f"zcat {tgz} | zstd -q -3 -T0 > {{out}}/l.tar.zst"
             rows += bench("tar.gz layer", commands, work, args.runs, size, 0)

@@ -136,15 +136,14 @@ class BlobWriter:
         ci_index = len(self.ci) // _CHUNK_INFO_SIZE
         if ci_index >= rafs.MAX_CHUNKS_PER_BLOB:
             raise UnsupportedError(f"more than {rafs.MAX_CHUNKS_PER_BLOB} distinct chunks in one blob")
-        ref = ChunkRef(
-            blob_index=self.blob_index, ci_index=ci_index, uncompressed_offset=self.uncompressed_size,
-            uncompressed_size=size, compressed_offset=self.pos, compressed_size=len(stored), compressed=compressed,
-            digest=digest, crc32=crc32, file_offset=file_offset,
-        )
-        self._write(stored)
-        self.ci += blobmeta.encode_chunk_info_v1(ref.uncompressed_offset, size, ref.compressed_offset, len(stored))
+        uncompressed_offset = self.uncompressed_size
+        compressed_offset = self._write(stored)
+        # positional: one per distinct chunk, and keywords cost twice as much
+        ref = ChunkRef(self.blob_index, ci_index, uncompressed_offset, size, compressed_offset, len(stored), compressed,
+                       digest, crc32, file_offset)
+        self.ci += blobmeta.encode_chunk_info_v1(uncompressed_offset, size, compressed_offset, len(stored))
         self.digests.append(digest)
-        self.uncompressed_size += -(-size // BLOCK) * BLOCK  # v6 blobs are ALIGNED: 4 KiB device offsets
+        self.uncompressed_size = uncompressed_offset + -(-size // BLOCK) * BLOCK  # v6 blobs are ALIGNED: 4 KiB
         return ref
 
     def finish_data(self) -> BlobInfo:

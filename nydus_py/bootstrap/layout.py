@@ -38,6 +38,8 @@ DIRENT_SIZE = erofs.DIRENT_SIZE
 INODE_SIZE = erofs.INODE_EXTENDED_SIZE  # nydus always writes extended inodes
 _PREFIX_OF_NAME = [(index, prefix) for index, prefix in erofs.XATTR_PREFIXES if index != erofs.XattrIndex.LUSTRE]
 _EXACT_PREFIXES = {erofs.XattrIndex.POSIX_ACL_ACCESS, erofs.XattrIndex.POSIX_ACL_DEFAULT}
+_FLAT_PLAIN = erofs.DataLayout.FLAT_PLAIN
+_CHUNK_BASED = erofs.DataLayout.CHUNK_BASED
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,8 +62,11 @@ class InodePlan:
     xattr_size: int  # inline xattr ibody bytes
     nlink: int = 1
     data_offset: int = 0  # dir/symlink: file offset of the first full data block (i_u = data_offset / 4096)
-    dirents: list[tuple[bytes, InodePlan]] = field(default_factory=list)  # dirs: sorted, "." and ".." included
+    # dirs: sorted, "." and ".." included with no plan (their nids are `nid` and `parent_nid`): a plan never
+    # refers to itself or its parent, so dropped plans are freed without the cyclic garbage collector
+    dirents: list[tuple[bytes, InodePlan | None]] = field(default_factory=list)
     nid: int = 0
+    parent_nid: int = 0  # dirs
 
     @property
     def body_size(self) -> int:
@@ -190,12 +195,14 @@ class _Planner:
         self.chunk_size = chunk_size
         self.next_ino = 1
         self.plans: dict[int, InodePlan] = {}  # id(inode) -> plan, hardlinks share
-        self.order: list[InodePlan] = []
+        self.parents: list[tuple[InodePlan, InodePlan]] = []  # (directory, its parent)
 
     def new_plan(self, inode: Inode, path: bytes) -> InodePlan:
-        xattrs = xattr_plans(inode, path)
-        plan = InodePlan(inode=inode, ino=self.next_ino, offset=0, datalayout=erofs.DataLayout.FLAT_PLAIN,
-                         size=0, xattrs=xattrs, xattr_size=inline_xattrs_size(xattrs))
+        if inode.xattrs:
+            xattrs = xattr_plans(inode, path)
+            plan = InodePlan(inode, self.next_ino, 0, _FLAT_PLAIN, 0, xattrs, inline_xattrs_size(xattrs))
+        else:  # most inodes; positional arguments: one plan per inode
+            plan = InodePlan(inode, self.next_ino, 0, _FLAT_PLAIN, 0, [], 0)
         self.next_ino += 1
         return plan
 
@@ -243,14 +250,15 @@ class _Planner:
         inode = plan.inode
         alloc = self.alloc
         if inode.kind is FileKind.REG:
-            plan.size = inode.size
-            nchunks = -(-inode.size // self.chunk_size)
+            plan.size = size = inode.size
+            nchunks = -(-size // self.chunk_size)
             if nchunks != len(inode.chunks):
-                raise InternalError(f"file of {inode.size} bytes has {len(inode.chunks)} chunks, expected {nchunks}")
-            total = erofs.round_up(plan.body_size, erofs.EROFS_CHUNK_INDEX_SIZE) + erofs.EROFS_CHUNK_INDEX_SIZE * nchunks
-            plan.offset = alloc.take_recycled(total) or alloc.take(total)
-            alloc.used(plan.offset, total)
-            plan.datalayout = erofs.DataLayout.CHUNK_BASED
+                raise InternalError(f"file of {size} bytes has {len(inode.chunks)} chunks, expected {nchunks}")
+            total = erofs.chunk_indexes_offset(0, INODE_SIZE, plan.xattr_size) + erofs.EROFS_CHUNK_INDEX_SIZE * nchunks
+            plan.offset = offset = alloc.take_recycled(total) or alloc.take(total)
+            if offset + total > alloc.end:
+                alloc.end = offset + total
+            plan.datalayout = _CHUNK_BASED
         elif inode.kind is FileKind.SYMLINK:
             plan.size = len(inode.symlink_target)
             self.place_with_tail(plan, plan.size)
@@ -267,20 +275,23 @@ class _Planner:
         while stack:
             plan, parent, path = stack.pop()
             self.place_dir(plan)
-            children: dict[bytes, InodePlan] = {b".": plan, b"..": parent}
+            self.parents.append((plan, parent))
+            children: dict[bytes, InodePlan | None] = {b".": None, b"..": None}
             subdirs = []
             for entry in plan.inode.entries:
+                inode = entry.inode
                 child_path = path + b"/" + entry.name
+                is_dir = inode.kind is FileKind.DIR
                 # hardlinks of every non-directory type share one nid (nydus-image today: regular files only)
-                shared = self.plans.get(id(entry.inode)) if not entry.inode.is_dir else None
+                shared = None if is_dir else self.plans.get(id(inode))
                 if shared is not None:
                     self.next_ino += 1  # the link still takes a number; its inode is the first link's
                     shared.nlink += 1
                     child = shared
                 else:
-                    child = self.new_plan(entry.inode, child_path)
-                    self.plans[id(entry.inode)] = child
-                    if entry.inode.is_dir:
+                    child = self.new_plan(inode, child_path)
+                    self.plans[id(inode)] = child
+                    if is_dir:
                         subdirs.append((child, child_path))
                     else:
                         self.place_child(child)
@@ -338,11 +349,15 @@ def plan_layout(tree: Tree, blobs: list[BlobInfo], *, chunk_size: int, compresso
     shift = meta_addr - orig_meta_addr
     meta_blkaddr = meta_addr // BLOCK
     inodes = list(planner.plans.values())
+    with_data = (FileKind.DIR, FileKind.SYMLINK)
+    offset_to_nid = erofs.offset_to_nid
     for plan in inodes:
         plan.offset += shift
-        if plan.inode.kind in (FileKind.DIR, FileKind.SYMLINK):
+        if plan.inode.kind in with_data:
             plan.data_offset += shift
-        plan.nid = erofs.offset_to_nid(meta_blkaddr, plan.offset)
+        plan.nid = offset_to_nid(meta_blkaddr, plan.offset)
+    for plan, parent in planner.parents:
+        plan.parent_nid = parent.nid
     meta_end = planner.alloc.end + shift
     chunk_table_offset = erofs.round_up(meta_end, BLOCK)
     table = chunk_table(order, positions)

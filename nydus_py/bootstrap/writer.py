@@ -6,6 +6,7 @@ so a layout bug (two records claiming the same bytes) is an InternalError naming
 
 from __future__ import annotations
 
+import functools
 import os
 from array import array
 
@@ -61,21 +62,25 @@ def render_meta_area(plan: LayoutPlan) -> bytes:
     def what_is(region: int) -> str:
         return names[region] if region in names else describe((nids[region], blocks[region]))
 
+    size = plan.size
+
     def place(offset: int, data: bytes, what: str | tuple[int, int]) -> None:
-        if offset < start or offset + len(data) > plan.size:
+        end = offset + len(data)
+        if offset < start or end > size:
             raise InternalError(f"bootstrap layout: {describe(what)} at {offset:#x} lies outside the meta area "
-                                f"[{start:#x}, {plan.size:#x})")
-        out[offset - start : offset - start + len(data)] = data
+                                f"[{start:#x}, {size:#x})")
+        out[offset - start : end - start] = data
         if isinstance(what, str):
             names[len(offsets)] = what
             what = (-1, -1)
         nids.append(what[0])
         blocks.append(what[1])
         offsets.append(offset)
-        ends.append(offset + len(data))
+        ends.append(end)
 
+    chunk_size, positions = plan.chunk_size, plan.blob_positions
     for inode_plan in plan.inodes:
-        for offset, data, what in inode_regions(inode_plan, plan.chunk_size, plan.blob_positions):
+        for offset, data, what in inode_regions(inode_plan, chunk_size, positions):
             place(offset, data, what)
     place(plan.chunk_table_offset, encode_chunk_table(plan.chunk_table, plan.blob_positions), "chunk table")
     order = sorted(range(len(offsets)), key=offsets.__getitem__)
@@ -205,40 +210,52 @@ def encode_xattrs(plan: InodePlan) -> bytes:
     return b"".join(parts)
 
 
+@functools.lru_cache(maxsize=8)
+def _chunk_format_of_size(size: int) -> int:
+    return erofs.chunk_format(size.bit_length() - 1)
+
+
 def chunk_format_word(plan: InodePlan, chunk_size: int) -> int:
     """i_u of a file: 8-byte indexes; one big chunk when the data is contiguous in one blob (page cache
     sharing: nydus's continuity trick; nydusd itself always uses the superblock chunk size)."""
     chunks = plan.inode.chunks
     if len(chunks) < 2:  # most files: nothing to be contiguous with
-        return erofs.chunk_format(chunk_size.bit_length() - 1)
+        return _chunk_format_of_size(chunk_size)
     contiguous = all(b.blob_index == a.blob_index and a.uncompressed_offset + chunk_size == b.uncompressed_offset
                      for a, b in zip(chunks, chunks[1:], strict=False))
     size = chunk_size
     if contiguous and plan.size > chunk_size:
         size = 1 << (plan.size - 1).bit_length()
-    return erofs.chunk_format(size.bit_length() - 1)
+    return _chunk_format_of_size(size)
 
 
 def encode_chunk_indexes(chunks: list[ChunkRef], positions: dict[int, int]) -> bytes:
     pack = erofs.FAST_CHUNK_ADDR.pack
+    if len(chunks) == 1:  # most files: no generator to make
+        c = chunks[0]
+        return pack(*erofs.blob_addr(positions[c.blob_index], c.ci_index), c.uncompressed_offset // BLOCK)
     return b"".join(pack(*erofs.blob_addr(positions[c.blob_index], c.ci_index), c.uncompressed_offset // BLOCK)
                     for c in chunks)
 
 
 def dirent_blocks(plan: InodePlan) -> list[bytes]:
     """Dirent blocks of a directory: full blocks padded to 4 KiB, the last one exact."""
-    blocks: list[list[tuple[bytes, InodePlan]]] = []
+    blocks: list[list[tuple[bytes, InodePlan | None]]] = []
     start = 0
     for count, _used in erofs.dirent_blocks([len(name) for name, _child in plan.dirents], BLOCK):
         blocks.append(plan.dirents[start : start + count])
         start += count
     pack = erofs.FAST_DIRENT.pack
+    dir_type = file_type_of(FileKind.DIR)
     out = []
     for entries in blocks:
         nameoff = DIRENT_SIZE * len(entries)
         heads = []
         for name, child in entries:
-            heads.append(pack(child.nid, nameoff, file_type_of(child.inode.kind), 0))
+            if child is None:  # "." or ".."
+                heads.append(pack(plan.nid if name == b"." else plan.parent_nid, nameoff, dir_type, 0))
+            else:
+                heads.append(pack(child.nid, nameoff, file_type_of(child.inode.kind), 0))
             nameoff += len(name)
         out.append(b"".join(heads) + b"".join(name for name, _ in entries))
     for i in range(len(out) - 1):
@@ -267,18 +284,18 @@ def inode_regions(plan: InodePlan, chunk_size: int, positions: dict[int, int]) -
     else:
         i_u = 0
     record = erofs.FAST_INODE_EXTENDED.pack(
-        _I_FORMAT[plan.datalayout], erofs.xattr_icount(plan.xattr_size), inode.mode, 0, plan.size, i_u,
-        plan.ino, inode.uid, inode.gid, inode.mtime & MASK64, inode.mtime_nsec, plan.nlink, b"",
+        _I_FORMAT[plan.datalayout], erofs.xattr_icount(plan.xattr_size) if plan.xattrs else 0, inode.mode, 0,
+        plan.size, i_u, plan.ino, inode.uid, inode.gid, inode.mtime & MASK64, inode.mtime_nsec, plan.nlink, b"",
     )
-    body = record + encode_xattrs(plan) if plan.xattrs else record
-    what = (plan.nid, -1)
-    regions: list[Region] = []
     if kind is FileKind.REG:
         indexes_at = erofs.chunk_indexes_offset(plan.offset, erofs.INODE_EXTENDED_SIZE, plan.xattr_size)
+        body = (record + encode_xattrs(plan) if plan.xattrs else record)
         body += bytes(indexes_at - plan.offset - len(body)) + encode_chunk_indexes(inode.chunks, positions)
-    elif data_blocks and plan.datalayout == erofs.DataLayout.FLAT_INLINE:
+        return [(plan.offset, body, (plan.nid, -1))]  # most inodes end here
+    body = record + encode_xattrs(plan) if plan.xattrs else record
+    if data_blocks and plan.datalayout == erofs.DataLayout.FLAT_INLINE:
         body += data_blocks.pop()  # the tail block lives right after the inode
-    regions.append((plan.offset, body, what))
+    regions: list[Region] = [(plan.offset, body, (plan.nid, -1))]
     for k, block in enumerate(data_blocks):
         regions.append((plan.data_offset + k * BLOCK, block, (plan.nid, k)))
     return regions

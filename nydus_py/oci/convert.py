@@ -27,7 +27,6 @@ from nydus_py.oci.package import gzip_bytes, history_per_layer, write_nydus_imag
 from nydus_py.oci.platforms import platform_of, platform_text
 from nydus_py.oci.publish import BuildResult, layer_blobs, publish_layers
 from nydus_py.oci.ref import ImageRef, Transport
-from nydus_py.oci.registry import RemoteBlob
 from nydus_py.oci.sources import RegistryOptions, SourceImage, open_source, registry_images, verified_layers
 from nydus_py.oci.targets import LayoutWriter, PushStats, Target, open_target, push_layout
 from nydus_py.pipeline import ReusedLayer, Source, build_layers
@@ -152,6 +151,8 @@ def _reusable_layers(target: Target, image: SourceImage, config: BuildConfig) ->
     """Blob layers of the image already at the target tag, by source layer, built with the same options."""
     if target.client is None or target.remote is None or config.cross_layer_dedup:
         return {}
+    from nydus_py.oci.registry import RemoteBlob  # only here: a registry target
+
     client, repo = target.client, target.remote.repository
     if not client.manifest_exists(repo, target.tag or "latest"):
         return {}

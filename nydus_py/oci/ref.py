@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nydus_py.errors import UsageError
-from nydus_py.oci.registry import Reference, parse_reference
+from nydus_py.oci.reference import Reference, parse_reference
 
 
 class Transport(enum.Enum):

@@ -25,7 +25,7 @@ import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from nydus_py.errors import FormatError, NydusError, UsageError
 from nydus_py.format import oci
@@ -50,8 +50,11 @@ from nydus_py.oci.documents import (
 )
 from nydus_py.oci.platforms import image_platform, select_platforms
 from nydus_py.oci.ref import ImageRef, Transport
-from nydus_py.oci.registry import Reference, RegistryClient, parse_creds
+from nydus_py.oci.reference import Reference, parse_creds
 from nydus_py.sources.tarball import BoundedTarInfo
+
+if TYPE_CHECKING:  # the HTTP stack is imported only by commands that reach a registry
+    from nydus_py.oci.registry import RegistryClient
 
 MAX_ARCHIVE_MEMBERS = 1 << 16
 _BLOB_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -64,6 +67,8 @@ class RegistryOptions:
     insecure: bool = False
 
     def client(self, registry: str) -> RegistryClient:
+        from nydus_py.oci.registry import RegistryClient
+
         return RegistryClient(registry, plain_http=self.plain_http, insecure=self.insecure,
                               creds=parse_creds(self.creds))
 

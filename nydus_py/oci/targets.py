@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import msgspec
 
@@ -27,9 +27,12 @@ from nydus_py.format import oci
 from nydus_py.oci.documents import MAX_DOCUMENT, Descriptor, IndexDoc, Json, ManifestDoc, decode, dumps, is_index
 from nydus_py.oci.platforms import platform_of
 from nydus_py.oci.ref import ImageRef, Transport
-from nydus_py.oci.registry import Reference, RegistryClient
+from nydus_py.oci.reference import Reference
 from nydus_py.oci.sources import LayoutStore, RegistryOptions, VerifiedStream
 from nydus_py.outdir import OutputDir
+
+if TYPE_CHECKING:  # the HTTP stack is imported only by commands that reach a registry
+    from nydus_py.oci.registry import RegistryClient
 
 
 class LayoutWriter:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable
 from typing import Protocol
 
 from nydus_py.model import Inode
@@ -14,7 +14,7 @@ class FileContent(Protocol):
     inode: Inode
     path: bytes  # for messages
 
-    def pieces(self, chunk_size: int) -> Iterator[tuple[int, int, bytes | None]]:
+    def pieces(self, chunk_size: int) -> Iterable[tuple[int, int, bytes | None]]:
         """(file offset, length, data) per chunk; data None for a chunk wholly inside a hole."""
         ...
 

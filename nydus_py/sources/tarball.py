@@ -23,7 +23,7 @@ import sys
 import tarfile
 import urllib.parse
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import BinaryIO
@@ -159,7 +159,7 @@ class TarFile:
     stream: BinaryIO
     extents: list[tuple[int, int]]  # (offset, length) of data; everything else reads as zeros
 
-    def pieces(self, chunk_size: int) -> Iterator[tuple[int, int, bytes | None]]:
+    def pieces(self, chunk_size: int) -> Iterable[tuple[int, int, bytes | None]]:
         size = self.inode.size
         for offset in range(0, size, chunk_size):
             length = min(chunk_size, size - offset)
