@@ -34,6 +34,7 @@ from nydus_py.config import WhiteoutSpec, XattrNamespace
 from nydus_py.errors import FormatError, UsageError
 from nydus_py.format import erofs
 from nydus_py.format.posix_acl import acl_xattrs_problem
+from nydus_py.sources.gunzip import threaded_gunzip
 from nydus_py.model import OPAQUE_MARKER, WHITEOUT_PREFIX, Entry, FileKind, Inode, Tree, is_marker, \
     is_void_whiteout, new_directory, new_marker, overlay_xattrs
 
@@ -144,7 +145,7 @@ def decompressed(raw: BinaryIO) -> BinaryIO:
     buffered = raw if isinstance(raw, io.BufferedReader) else io.BufferedReader(raw)  # type: ignore[arg-type]
     head = buffered.peek(4)[:4]
     if head.startswith(GZIP_MAGIC):
-        return gzip.GzipFile(fileobj=buffered, mode="rb")  # type: ignore[return-value]
+        return threaded_gunzip(buffered)
     if head.startswith(ZSTD_MAGIC):
         return pyzstd.ZstdFile(buffered, mode="rb")  # type: ignore[return-value]
     return buffered
