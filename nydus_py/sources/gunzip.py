@@ -119,4 +119,4 @@ class ThreadedGzipReader(io.RawIOBase):
 
 def threaded_gunzip(raw: BinaryIO) -> BinaryIO:
     """`raw`'s gzip stream, inflated ahead on a thread, behind a buffer."""
-    return io.BufferedReader(ThreadedGzipReader(raw), buffer_size=BLOCK)  # type: ignore[return-value]
+    return io.BufferedReader(ThreadedGzipReader(raw), buffer_size=BLOCK)
