@@ -187,3 +187,51 @@ def test_truncated_ci_array(tmp_path: Path, v1_boot: bytes) -> None:
         f.write((1000).to_bytes(4, "little"))
     with BlobReader(tmp_path / "blob") as blob, pytest.raises(FormatError, match="claims 1000 entries"):
         blob.chunk_infos(blob.ci_header(boot.blobs[0]))
+
+
+def _tree_facts(tree: object) -> list[tuple]:
+    """Every entry's attributes, chunks and hardlink group (the path of the first entry of its inode)."""
+    first: dict[int, bytes] = {}
+    facts = []
+    for path, inode in tree.walk():  # type: ignore[attr-defined]
+        group = first.setdefault(id(inode), path)
+        facts.append((path, inode.kind, inode.mode, inode.uid, inode.gid, inode.mtime, inode.mtime_nsec, inode.size,
+                      inode.rdev, sorted(inode.xattrs.items()), inode.symlink_target, list(inode.chunks), group))
+    return facts
+
+
+def test_batched_file_decoding_equals_the_per_inode_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reader decodes a directory's plain regular files (extended, chunk based, no xattrs, one chunk at most)
+    in one batch; every inode must be what the per-inode path makes of it, in directories that mix them with
+    empty files, hardlinks, xattrs, multi-chunk files, symlinks and devices."""
+    import os
+
+    from nydus_py.bootstrap import reader
+    from nydus_py.cli import main
+
+    src = tmp_path / "src"
+    for d in ("a", "b/c"):
+        (src / d).mkdir(parents=True)
+        (src / d / "plain").write_bytes(b"plain data\n" * 10)
+        (src / d / "empty").write_bytes(b"")
+        (src / d / "big").write_bytes(os.urandom(3 * 4096 + 100))  # 4 chunks of 4 KiB
+        (src / d / "same").write_bytes(b"plain data\n" * 10)  # a dedup hit: the chunk of "plain"
+        os.link(src / d / "plain", src / d / "plain-link")
+        (src / d / "xattr").write_bytes(b"x")
+        os.setxattr(src / d / "xattr", "user.note", b"v")
+        os.symlink("plain", src / d / "sym")
+        os.mknod(src / d / "null", 0o20644, os.makedev(1, 3))
+        os.chown(src / d / "plain", 1000, 2000)
+        os.utime(src / d / "empty", ns=(1, 1_234_567_891))
+    assert main(["build", str(src), "-o", str(tmp_path / "out"), "--chunk-size", "4KiB"]) == 0
+    data = (tmp_path / "out" / "bootstrap").read_bytes()
+    batch = reader.BootstrapParser._common_files
+    decoded: list[int] = []
+    monkeypatch.setattr(reader.BootstrapParser, "_common_files",
+                        lambda self, nids: decoded.append(len(out := batch(self, nids))) or out)
+    batched = _tree_facts(read_bootstrap(data).tree)
+    assert sum(decoded) == 2 * 3  # plain (and its link), same and empty, in each directory
+    monkeypatch.setattr(reader.BootstrapParser, "_common_files", lambda self, nids: {})
+    per_inode = _tree_facts(read_bootstrap(data).tree)
+    assert batched == per_inode
+    assert len(batched) == 2 * 8 + 4  # the entries, the root and the three directories

@@ -58,18 +58,23 @@ class FastStruct:
     """A `struct.Struct` with named fields, derived once from a flat construct `Struct`.
 
     `Padding` fields become pad bytes; `Const` fields are ordinary values that unpacking does not check
-    (the construct declaration checks them where a reader must).
+    (the construct declaration checks them where a reader must). With `only`, the other fields are skipped as
+    pad bytes too: a reader that needs a few fields of a record then makes no objects for the rest.
     """
 
-    def __init__(self, decl: Struct, name: str) -> None:
+    def __init__(self, decl: Struct, name: str, only: tuple[str, ...] | None = None) -> None:
         formats = []
         names = []
         for sub in decl.subcons:
             inner = sub.subcon if isinstance(sub, Renamed) else sub
             fmt, has_value = _field_format(inner)
+            if has_value and only is not None and sub.name not in only:
+                fmt, has_value = f"{inner.sizeof()}x", False
             formats.append(fmt)
             if has_value:
                 names.append(sub.name)
+        if only is not None and tuple(names) != only:
+            raise TypeError(f"{name}: fields {only} are not fields of the declaration, in its order")
         self.struct = struct.Struct("<" + "".join(formats))
         if self.struct.size != decl.sizeof():
             raise TypeError(f"{name}: derived size {self.struct.size} != {decl.sizeof()}")

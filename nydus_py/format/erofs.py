@@ -233,6 +233,9 @@ XattrEntry = Aligned(  # one inline xattr: header, name suffix, value, zero padd
 FAST_SUPER_BLOCK = FastStruct(SuperBlock, "SuperBlockRecord")
 FAST_INODE_EXTENDED = FastStruct(InodeExtended, "InodeExtendedRecord")
 FAST_INODE_COMPACT = FastStruct(InodeCompact, "InodeCompactRecord")
+# what a reader needs of a regular file's extended inode (a merge reads every file of every layer)
+FAST_INODE_EXTENDED_FILE = FastStruct(InodeExtended, "InodeExtendedFileRecord", only=(
+    "i_format", "i_xattr_icount", "i_mode", "i_size", "i_uid", "i_gid", "i_mtime", "i_mtime_nsec"))
 FAST_DIRENT = FastStruct(Dirent, "DirentRecord")
 FAST_CHUNK_ADDR = FastStruct(ChunkAddr, "ChunkAddrRecord")
 FAST_XATTR_ENTRY_HEADER = FastStruct(XattrEntryHeader, "XattrEntryHeaderRecord")
@@ -360,3 +363,10 @@ def blob_addr(blob_index: int, ci_index: int) -> tuple[int, int, int]:
 def split_blob_addr(c_blob_addr_lo: int, device_id: int, ci_index_hi: int) -> tuple[int, int]:
     """(blob_index, ci_index) of a ChunkAddr."""
     return device_id - 1, (ci_index_hi << 16) | c_blob_addr_lo
+
+
+def split_blob_addrs(records: Iterable[tuple[int, int, int, int]]) -> tuple[list[int], list[int]]:
+    """`split_blob_addr` of many FAST_CHUNK_ADDR records, as (blob indexes, ci_indexes): no call per record."""
+    records = list(records)
+    return ([device_id - 1 for _, device_id, _, _ in records],
+            [(ci_index_hi << 16) | c_blob_addr_lo for c_blob_addr_lo, _, ci_index_hi, _ in records])
