@@ -79,7 +79,17 @@ def render_meta_area(plan: LayoutPlan) -> bytes:
         ends.append(end)
 
     chunk_size, positions = plan.chunk_size, plan.blob_positions
+    plain: list[InodePlan] = []  # regular files without xattrs and with one chunk at most: most inodes
+    others: list[InodePlan] = []
     for inode_plan in plan.inodes:
+        is_plain = inode_plan.inode.kind is FileKind.REG and not inode_plan.xattrs and len(inode_plan.inode.chunks) < 2
+        (plain if is_plain else others).append(inode_plan)
+    file_offsets, file_ends = _render_plain_files(plain, out, start, size, chunk_size, positions)
+    offsets.extend(file_offsets)
+    ends.extend(file_ends)
+    nids.extend(p.nid for p in plain)
+    blocks.extend(-1 for _ in plain)
+    for inode_plan in others:
         for offset, data, what in inode_regions(inode_plan, chunk_size, positions):
             place(offset, data, what)
     place(plan.chunk_table_offset, encode_chunk_table(plan.chunk_table, plan.blob_positions), "chunk table")
@@ -89,6 +99,36 @@ def render_meta_area(plan: LayoutPlan) -> bytes:
             raise InternalError(f"bootstrap layout: {what_is(after)} at {offsets[after]:#x} overlaps "
                                 f"{what_is(before)} (ends {ends[before]:#x})")
     return bytes(out)
+
+
+def _render_plain_files(plans: list[InodePlan], out: bytearray, start: int, size: int, chunk_size: int,
+                        positions: dict[int, int]) -> tuple[list[int], list[int]]:
+    """Write the records of regular files without xattrs and with one chunk at most into `out` (which holds
+    the file from `start`), as `inode_regions` would render them; (offsets, ends) of each.
+
+    One loop over them all: rendering them one region list at a time cost about a third of the meta area."""
+    pack_inode = erofs.FAST_INODE_EXTENDED.pack_into
+    pack_addr = erofs.FAST_CHUNK_ADDR.pack_into
+    i_format = _I_FORMAT[erofs.DataLayout.CHUNK_BASED]
+    i_u = _chunk_format_of_size(chunk_size)
+    indexes_at = erofs.chunk_indexes_offset(0, erofs.INODE_EXTENDED_SIZE, 0)  # inode offsets are slot aligned
+    offsets, ends = [], []
+    for plan in plans:
+        inode = plan.inode
+        offset = plan.offset
+        end = offset + indexes_at + erofs.EROFS_CHUNK_INDEX_SIZE * len(inode.chunks)
+        if offset < start or end > size or plan.datalayout is not erofs.DataLayout.CHUNK_BASED:
+            raise InternalError(f"bootstrap layout: inode nid {plan.nid} at {offset:#x} lies outside the meta area "
+                                f"[{start:#x}, {size:#x}) or is not chunk based")
+        pack_inode(out, offset - start, i_format, 0, inode.mode, 0, plan.size, i_u, plan.ino, inode.uid, inode.gid,
+                   inode.mtime & MASK64, inode.mtime_nsec, plan.nlink, b"")
+        if inode.chunks:
+            c = inode.chunks[0]
+            pack_addr(out, offset - start + indexes_at, *erofs.blob_addr(positions[c.blob_index], c.ci_index),
+                      c.uncompressed_offset // BLOCK)
+        offsets.append(offset)
+        ends.append(end)
+    return offsets, ends
 
 
 def describe(what: str | tuple[int, int]) -> str:

@@ -35,7 +35,6 @@ _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()  # os.fsencode's
 _REG = FileKind.REG
 _DEVICES = (FileKind.CHR, FileKind.BLK)
-_KIND_OF_IFMT = {kind.ifmt: kind for kind in FileKind}
 _OPEN_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
@@ -219,7 +218,7 @@ class DirectorySource:
                 name: bytes, path: bytes, st: os.stat_result, fd: int | None) -> Inode | None:
         """Add one entry to its directory (a subdirectory also to `subdirs`); its inode when it is new, None
         for a hardlink already seen or a whiteout."""
-        kind = _KIND_OF_IFMT.get(stat.S_IFMT(st.st_mode)) or FileKind.from_mode(st.st_mode)
+        kind = FileKind.from_mode(st.st_mode)
         if is_marker(name) and self.spec is WhiteoutSpec.OVERLAYFS:
             raise UnsupportedError(f"{self._where(path)}: a file named '.wh.*' cannot be told apart from a "
                                    "whiteout in a layered image (build it alone with --whiteout-spec none)")
