@@ -45,6 +45,24 @@ _Piece = tuple[Inode, int, int, "bytes | None"]
 _Done = tuple[bytes, "int | None", "bytes | None", bool]
 
 
+_switch_lock = threading.Lock()
+_switch_users = 0  # pipelines with workers running, in every thread
+_switch_saved = 0.0  # the interval before the first of them started
+
+
+def _shorter_switch_interval(change: int) -> None:
+    """Count a pipeline whose workers start (+1) or stop (-1); the interval is WORKER_SWITCH_INTERVAL while
+    any run, and what it was before once the last one stops (it is one setting for the whole process)."""
+    global _switch_users, _switch_saved
+    with _switch_lock:
+        if change > 0 and _switch_users == 0:
+            _switch_saved = sys.getswitchinterval()
+            sys.setswitchinterval(min(_switch_saved, WORKER_SWITCH_INTERVAL))
+        _switch_users += change
+        if change < 0 and _switch_users == 0:
+            sys.setswitchinterval(_switch_saved)
+
+
 @dataclass(slots=True)
 class ChunkStats:
     files: int = 0
@@ -71,9 +89,8 @@ class ChunkPipeline:
         self._lock = threading.Lock()
         self._zero_digests: dict[int, bytes] = {}
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nydus-chunk") if workers > 1 else None
-        self._switch_interval = sys.getswitchinterval()
         if self._pool is not None:
-            sys.setswitchinterval(min(self._switch_interval, WORKER_SWITCH_INTERVAL))
+            _shorter_switch_interval(+1)
         self._max_pending = max(2 * workers, 4)
         self._batch: list[_Piece] = []
         self._batch_bytes = 0
@@ -184,5 +201,5 @@ class ChunkPipeline:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
-            sys.setswitchinterval(self._switch_interval)
+            _shorter_switch_interval(-1)
 

@@ -7,7 +7,6 @@ its job (bad options, unreadable or malformed input, I/O failure); 3 an unexpect
 from __future__ import annotations
 
 import contextlib
-import gc
 import json
 import os
 import signal
@@ -31,6 +30,7 @@ from nydus_py.config import (
 )
 from nydus_py.errors import NydusError, UsageError
 from nydus_py.fsutil import atomic_output
+from nydus_py.gcpause import cyclic_gc_paused
 
 if TYPE_CHECKING:
     from nydus_py.oci.publish import BuildResult
@@ -435,14 +435,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args:
         args = ["--help"]
     debug = "--debug" in args
-    # Images are millions of small objects without cycles: the default collector thresholds would rescan them
-    # over and over (25% of a small-file build). Collect far less often; cycles are still collected.
-    gc.set_threshold(100_000, 50, 1000)
     # SIGTERM (what `timeout`, systemd and container runtimes send) unwinds like Ctrl-C, so the same cleanup runs
     previous = signal.signal(signal.SIGTERM, _terminated) if threading.current_thread() is threading.main_thread() \
         else None
     try:
-        status = cli.main(args=args, prog_name="nydus-py", standalone_mode=False)
+        with cyclic_gc_paused():  # images are millions of objects without cycles (nydus_py/gcpause.py)
+            status = cli.main(args=args, prog_name="nydus-py", standalone_mode=False)
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.ClickException as exc:

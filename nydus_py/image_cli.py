@@ -35,6 +35,7 @@ from nydus_py.config import (BuildConfig, Compressor, Digester, WhiteoutSpec, ch
 from nydus_py.errors import NydusError, UsageError
 from nydus_py.format.blobmeta import BLOB_ID_PLACEHOLDER, BlobFeatures
 from nydus_py.fsutil import atomic_output
+from nydus_py.gcpause import cyclic_gc_paused
 from nydus_py.image import BlobInfo, is_blob_digest
 from nydus_py.locate import OpenedImage, is_bootstrap
 from nydus_py.merge import bootstrap_bytes
@@ -344,7 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     """Console entry point, with nydus-image's exit statuses: 1 on errors, 2 on usage errors."""
     args = sys.argv[1:] if argv is None else argv
     try:
-        cli.main(args=args, prog_name="nydus-py-image", standalone_mode=False)
+        with cyclic_gc_paused():  # images are millions of objects without cycles (nydus_py/gcpause.py)
+            cli.main(args=args, prog_name="nydus-py-image", standalone_mode=False)
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.UsageError as exc:

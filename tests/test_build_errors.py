@@ -177,3 +177,34 @@ def test_file_changing_size_is_detected(tmp_path: Path) -> None:
     with pytest.raises(FormatError, match="shrank"):
         pipeline.add(file)
     writer.discard()
+
+
+def test_process_settings_come_back_after_builds(src: Path, tmp_path: Path) -> None:
+    """A build changes two process-wide settings while it runs, the cyclic collector (paused) and the thread
+    switch interval (shorter while chunk workers run), and puts both back: after a failing build, and when
+    pipelines overlap (the interval is restored when the last one stops, not the first)."""
+    import gc
+
+    from nydus_py.blob.writer import BlobWriter
+    from nydus_py.chunker import WORKER_SWITCH_INTERVAL, ChunkPipeline
+
+    interval = sys.getswitchinterval()
+    assert gc.isenabled() and interval > WORKER_SWITCH_INTERVAL
+    assert main(["build", str(src), "-o", str(tmp_path / "out")]) == 0
+    assert main(["build", str(tmp_path / "missing"), "-o", str(tmp_path / "out2")]) == 2
+    assert gc.isenabled() and gc.get_freeze_count() == 0 and sys.getswitchinterval() == interval
+
+    def pipeline() -> tuple[ChunkPipeline, BlobWriter]:
+        writer = BlobWriter(tmp_path, blob_index=0, chunk_size=4096, compressor=CompressAlgo.ZSTD,
+                            digester=DigestAlgo.BLAKE3)
+        return ChunkPipeline(writer, chunk_size=4096, compressor=CompressAlgo.ZSTD, digester=DigestAlgo.BLAKE3,
+                             workers=2), writer
+
+    (first, w1), (second, w2) = pipeline(), pipeline()
+    assert sys.getswitchinterval() == WORKER_SWITCH_INTERVAL
+    first.close()
+    assert sys.getswitchinterval() == WORKER_SWITCH_INTERVAL  # the second still runs its workers
+    second.close()
+    assert sys.getswitchinterval() == interval
+    w1.discard()
+    w2.discard()

@@ -80,3 +80,46 @@ def test_closing_early_stops_the_reader_thread(payload: bytes, monkeypatch: pyte
     reader.close()
     assert not inner._thread.is_alive()  # type: ignore[attr-defined]
     assert raw.closed
+
+
+def test_members_split_anywhere_across_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A member may end at any byte of a read block, even with one byte of the next member's magic after it,
+    or between zero bytes of padding."""
+    monkeypatch.setattr(gunzip, "BLOCK", 512)
+    rng = random.Random(11)
+    for _ in range(60):
+        members = [_member(os.urandom(rng.randrange(0, 3000))) for _ in range(rng.randrange(1, 4))]
+        first = members[0]
+        # the first member ends 1 or 2 bytes before a block boundary in a third of the cases
+        if rng.random() < 0.3 and len(first) < 512:
+            members[0] = _member(b"")  # 20 bytes
+            members.insert(1, b"\0" * (512 - 20 - rng.randrange(1, 3)))
+        stream = b"".join(members) + b"\0" * rng.randrange(0, 600)
+        ours, reference = _both(stream)
+        assert ours == reference
+
+
+def test_a_bad_trailer_is_met_after_the_data(payload: bytes) -> None:
+    """zlib checks the CRC with the member's last bytes in hand: they are still read before the error, which
+    comes where GzipFile raises it (so a tar parser blames the stream, not its last entry)."""
+    good = _member(payload)
+    bad = good[:-8] + bytes([good[-8] ^ 1]) + good[-7:]
+    reader = threaded_gunzip(io.BufferedReader(io.BytesIO(bad)))
+    data = reader.read(len(payload))
+    assert data == payload
+    with pytest.raises(zlib.error):
+        reader.read(1)
+    reader.close()
+
+
+def test_pipes_are_not_read_on_a_thread() -> None:
+    """A pipe (stdin) can stall: a thread blocked reading it would abort interpreter exit."""
+    from nydus_py.sources.tarball import decompressed
+
+    read_end, write_end = os.pipe()
+    os.write(write_end, _member(b"x"))
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        stream = decompressed(pipe)
+        assert isinstance(stream, gzip.GzipFile)
+        assert stream.read() == b"x"

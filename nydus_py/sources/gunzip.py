@@ -2,7 +2,8 @@
 
 A gzip'd layer is the common case of `convert` and of building from a tar.gz, and inflating it (zlib
 releases the GIL) took a third of the thread that also parses the tar and feeds the chunker. Here a reader
-thread inflates ahead, at most `AHEAD` blocks of at most `BLOCK` bytes, while the caller reads.
+thread inflates ahead, at most `AHEAD` blocks of at most `BLOCK` bytes, while the caller reads. For regular
+files only: a read from a pipe can block for ever, and a thread blocked on stdin aborts interpreter exit.
 
 Same stream rules as `gzip.GzipFile`: members may be concatenated, zero bytes may pad the end, each member's
 CRC-32 and length are checked (zlib does it in gzip mode), a stream that ends inside a member is EOFError,
@@ -22,6 +23,7 @@ from typing import BinaryIO
 BLOCK = 1 << 20  # compressed bytes read, and decompressed bytes made, at a time
 AHEAD = 8  # blocks inflated ahead of the reader: memory is bounded by AHEAD * BLOCK
 _GZIP_WBITS = 16 + zlib.MAX_WBITS  # a gzip header and trailer around a deflate stream
+_REPLAY_STEP = 4096
 
 
 class ThreadedGzipReader(io.RawIOBase):
@@ -62,27 +64,58 @@ class ThreadedGzipReader(io.RawIOBase):
     def _inflate_members(self) -> None:
         pending = b""  # compressed bytes read but not inflated yet
         while True:  # one gzip member per pass
-            while not pending:
-                pending = self._raw.read(BLOCK)
-                if not pending:
-                    return
-            pending = pending.lstrip(b"\0") if self._started_member else pending
-            if not pending:
-                continue
+            if self._started_member:  # zero bytes may pad the end of the stream
+                while not (pending := pending.lstrip(b"\0")):
+                    pending = self._raw.read(BLOCK)
+                    if not pending:
+                        return
+            while len(pending) < 2 and (more := self._raw.read(BLOCK)):  # a magic split between two reads
+                pending += more
+            if not pending and not self._started_member:
+                return
             if not pending.startswith(b"\x1f\x8b"):
                 raise gzip.BadGzipFile(f"Not a gzipped file ({pending[:2]!r})")
             self._started_member = True
-            inflater = zlib.decompressobj(_GZIP_WBITS)
-            while not inflater.eof:
+            pending = self._inflate_member(zlib.decompressobj(_GZIP_WBITS), pending)
+            if pending is None:
+                return
+
+    def _inflate_member(self, inflater: zlib._Decompress, pending: bytes) -> bytes | None:
+        """Inflate one member starting in `pending`; the bytes after it, or None once the caller closed."""
+        while not inflater.eof:
+            if not pending:
+                pending = self._raw.read(BLOCK)
                 if not pending:
-                    pending = self._raw.read(BLOCK)
-                    if not pending:
-                        raise EOFError("Compressed file ended before the end-of-stream marker was reached")
+                    raise EOFError("Compressed file ended before the end-of-stream marker was reached")
+            before = inflater.copy()
+            try:
                 out = inflater.decompress(pending, BLOCK)  # at most BLOCK out, the rest in unconsumed_tail
-                pending = inflater.unconsumed_tail
-                if out and not self._put(out):
-                    return
-            pending = inflater.unused_data
+            except zlib.error:
+                self._put_before_error(before, pending)
+                raise
+            pending = inflater.unconsumed_tail
+            if out and not self._put(out):
+                return None
+        return inflater.unused_data
+
+    def _put_before_error(self, inflater: zlib._Decompress, pending: bytes) -> None:
+        """Hand over what `pending` inflates to before the error it ends in (zlib raises a bad CRC or length
+        in the trailer with the member's last bytes still in hand), so the caller reads the data first and
+        meets the error where GzipFile raises it, after the last entry. In 4 KiB steps, the failing one again
+        byte by byte; the output is under BLOCK, as the failed call stopped before BLOCK."""
+        out = []
+        for at in range(0, len(pending), _REPLAY_STEP):
+            saved = inflater.copy()
+            try:
+                out.append(inflater.decompress(pending[at : at + _REPLAY_STEP]))
+            except zlib.error:
+                for i in range(at, min(at + _REPLAY_STEP, len(pending))):
+                    try:
+                        out.append(saved.decompress(pending[i : i + 1]))
+                    except zlib.error:
+                        break
+                break
+        self._put(b"".join(out))
 
     # --- the caller ------------------------------------------------------------------------------------
 

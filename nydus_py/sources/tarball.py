@@ -19,6 +19,7 @@ import gzip
 import io
 import os
 import posixpath
+import stat
 import sys
 import tarfile
 import urllib.parse
@@ -140,12 +141,22 @@ def open_layer_file(path: str) -> tuple[BinaryIO, str]:
         raise UsageError(f"{path}: cannot open layer: {exc.strerror}") from exc
 
 
+def _is_regular_file(stream: BinaryIO) -> bool:
+    try:
+        return stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return False
+
+
 def decompressed(raw: BinaryIO) -> BinaryIO:
     """The tar stream inside `raw`: gzip and zstd are recognised by their magic, anything else is plain."""
     buffered = raw if isinstance(raw, io.BufferedReader) else io.BufferedReader(raw)  # type: ignore[arg-type]
     head = buffered.peek(4)[:4]
     if head.startswith(GZIP_MAGIC):
-        return threaded_gunzip(buffered)
+        if _is_regular_file(buffered):
+            return threaded_gunzip(buffered)
+        # a pipe (stdin) can stall: a thread blocked reading it would still hold it at interpreter exit
+        return gzip.GzipFile(fileobj=buffered, mode="rb")  # type: ignore[return-value]
     if head.startswith(ZSTD_MAGIC):
         return pyzstd.ZstdFile(buffered, mode="rb")  # type: ignore[return-value]
     return buffered
