@@ -256,8 +256,7 @@ class _Planner:
                 raise InternalError(f"file of {size} bytes has {len(inode.chunks)} chunks, expected {nchunks}")
             total = erofs.chunk_indexes_offset(0, INODE_SIZE, plan.xattr_size) + erofs.EROFS_CHUNK_INDEX_SIZE * nchunks
             plan.offset = offset = alloc.take_recycled(total) or alloc.take(total)
-            if offset + total > alloc.end:
-                alloc.end = offset + total
+            alloc.used(offset, total)
             plan.datalayout = _CHUNK_BASED
         elif inode.kind is FileKind.SYMLINK:
             plan.size = len(inode.symlink_target)

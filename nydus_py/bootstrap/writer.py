@@ -6,7 +6,6 @@ so a layout bug (two records claiming the same bytes) is an InternalError naming
 
 from __future__ import annotations
 
-import functools
 import os
 from array import array
 
@@ -110,7 +109,7 @@ def _render_plain_files(plans: list[InodePlan], out: bytearray, start: int, size
     pack_inode = erofs.FAST_INODE_EXTENDED.pack_into
     pack_addr = erofs.FAST_CHUNK_ADDR.pack_into
     i_format = _I_FORMAT[erofs.DataLayout.CHUNK_BASED]
-    i_u = _chunk_format_of_size(chunk_size)
+    i_u = erofs.chunk_format(chunk_size.bit_length() - 1)  # chunk_format_word of a file of one chunk
     indexes_at = erofs.chunk_indexes_offset(0, erofs.INODE_EXTENDED_SIZE, 0)  # inode offsets are slot aligned
     offsets, ends = [], []
     for plan in plans:
@@ -250,30 +249,22 @@ def encode_xattrs(plan: InodePlan) -> bytes:
     return b"".join(parts)
 
 
-@functools.lru_cache(maxsize=8)
-def _chunk_format_of_size(size: int) -> int:
-    return erofs.chunk_format(size.bit_length() - 1)
-
-
 def chunk_format_word(plan: InodePlan, chunk_size: int) -> int:
     """i_u of a file: 8-byte indexes; one big chunk when the data is contiguous in one blob (page cache
     sharing: nydus's continuity trick; nydusd itself always uses the superblock chunk size)."""
     chunks = plan.inode.chunks
     if len(chunks) < 2:  # most files: nothing to be contiguous with
-        return _chunk_format_of_size(chunk_size)
+        return erofs.chunk_format(chunk_size.bit_length() - 1)
     contiguous = all(b.blob_index == a.blob_index and a.uncompressed_offset + chunk_size == b.uncompressed_offset
                      for a, b in zip(chunks, chunks[1:], strict=False))
     size = chunk_size
     if contiguous and plan.size > chunk_size:
         size = 1 << (plan.size - 1).bit_length()
-    return _chunk_format_of_size(size)
+    return erofs.chunk_format(size.bit_length() - 1)
 
 
 def encode_chunk_indexes(chunks: list[ChunkRef], positions: dict[int, int]) -> bytes:
     pack = erofs.FAST_CHUNK_ADDR.pack
-    if len(chunks) == 1:  # most files: no generator to make
-        c = chunks[0]
-        return pack(*erofs.blob_addr(positions[c.blob_index], c.ci_index), c.uncompressed_offset // BLOCK)
     return b"".join(pack(*erofs.blob_addr(positions[c.blob_index], c.ci_index), c.uncompressed_offset // BLOCK)
                     for c in chunks)
 
@@ -324,18 +315,18 @@ def inode_regions(plan: InodePlan, chunk_size: int, positions: dict[int, int]) -
     else:
         i_u = 0
     record = erofs.FAST_INODE_EXTENDED.pack(
-        _I_FORMAT[plan.datalayout], erofs.xattr_icount(plan.xattr_size) if plan.xattrs else 0, inode.mode, 0,
-        plan.size, i_u, plan.ino, inode.uid, inode.gid, inode.mtime & MASK64, inode.mtime_nsec, plan.nlink, b"",
+        _I_FORMAT[plan.datalayout], erofs.xattr_icount(plan.xattr_size), inode.mode, 0, plan.size, i_u,
+        plan.ino, inode.uid, inode.gid, inode.mtime & MASK64, inode.mtime_nsec, plan.nlink, b"",
     )
+    body = record + encode_xattrs(plan) if plan.xattrs else record
+    what = (plan.nid, -1)
+    regions: list[Region] = []
     if kind is FileKind.REG:
         indexes_at = erofs.chunk_indexes_offset(plan.offset, erofs.INODE_EXTENDED_SIZE, plan.xattr_size)
-        body = (record + encode_xattrs(plan) if plan.xattrs else record)
         body += bytes(indexes_at - plan.offset - len(body)) + encode_chunk_indexes(inode.chunks, positions)
-        return [(plan.offset, body, (plan.nid, -1))]  # most inodes end here
-    body = record + encode_xattrs(plan) if plan.xattrs else record
-    if data_blocks and plan.datalayout == erofs.DataLayout.FLAT_INLINE:
+    elif data_blocks and plan.datalayout == erofs.DataLayout.FLAT_INLINE:
         body += data_blocks.pop()  # the tail block lives right after the inode
-    regions: list[Region] = [(plan.offset, body, (plan.nid, -1))]
+    regions.append((plan.offset, body, what))
     for k, block in enumerate(data_blocks):
         regions.append((plan.data_offset + k * BLOCK, block, (plan.nid, k)))
     return regions
