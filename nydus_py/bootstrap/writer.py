@@ -108,7 +108,6 @@ def _render_plain_files(plans: list[InodePlan], out: bytearray, start: int, size
     One loop over them all: rendering them one region list at a time cost about a third of the meta area."""
     pack_inode = erofs.FAST_INODE_EXTENDED.pack_into
     pack_addr = erofs.FAST_CHUNK_ADDR.pack_into
-    i_format = _I_FORMAT[erofs.DataLayout.CHUNK_BASED]
     i_u = erofs.chunk_format(chunk_size.bit_length() - 1)  # chunk_format_word of a file of one chunk
     indexes_at = erofs.chunk_indexes_offset(0, erofs.INODE_EXTENDED_SIZE, 0)  # inode offsets are slot aligned
     offsets, ends = [], []
@@ -119,8 +118,7 @@ def _render_plain_files(plans: list[InodePlan], out: bytearray, start: int, size
         if offset < start or end > size or plan.datalayout is not erofs.DataLayout.CHUNK_BASED:
             raise InternalError(f"bootstrap layout: inode nid {plan.nid} at {offset:#x} lies outside the meta area "
                                 f"[{start:#x}, {size:#x}) or is not chunk based")
-        pack_inode(out, offset - start, i_format, 0, inode.mode, 0, plan.size, i_u, plan.ino, inode.uid, inode.gid,
-                   inode.mtime & MASK64, inode.mtime_nsec, plan.nlink, b"")
+        pack_inode(out, offset - start, *inode_record_fields(plan, i_u))
         if inode.chunks:
             c = inode.chunks[0]
             pack_addr(out, offset - start + indexes_at, *erofs.blob_addr(positions[c.blob_index], c.ci_index),
@@ -297,6 +295,13 @@ def dirent_blocks(plan: InodePlan) -> list[bytes]:
 _I_FORMAT = {layout: erofs.i_format(layout) for layout in erofs.DataLayout}
 
 
+def inode_record_fields(plan: InodePlan, i_u: int) -> tuple[int | bytes, ...]:
+    """The extended inode record's fields, in FAST_INODE_EXTENDED's order; `i_u` as the inode's type uses it."""
+    inode = plan.inode
+    return (_I_FORMAT[plan.datalayout], erofs.xattr_icount(plan.xattr_size), inode.mode, 0, plan.size, i_u,
+            plan.ino, inode.uid, inode.gid, inode.mtime & MASK64, inode.mtime_nsec, plan.nlink, b"")
+
+
 def inode_regions(plan: InodePlan, chunk_size: int, positions: dict[int, int]) -> list[Region]:
     inode = plan.inode
     kind = inode.kind
@@ -314,10 +319,7 @@ def inode_regions(plan: InodePlan, chunk_size: int, positions: dict[int, int]) -
         i_u = erofs.encode_rdev(os.major(inode.rdev), os.minor(inode.rdev))
     else:
         i_u = 0
-    record = erofs.FAST_INODE_EXTENDED.pack(
-        _I_FORMAT[plan.datalayout], erofs.xattr_icount(plan.xattr_size), inode.mode, 0, plan.size, i_u,
-        plan.ino, inode.uid, inode.gid, inode.mtime & MASK64, inode.mtime_nsec, plan.nlink, b"",
-    )
+    record = erofs.FAST_INODE_EXTENDED.pack(*inode_record_fields(plan, i_u))
     body = record + encode_xattrs(plan) if plan.xattrs else record
     what = (plan.nid, -1)
     regions: list[Region] = []

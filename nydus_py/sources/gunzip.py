@@ -143,10 +143,8 @@ class ThreadedGzipReader(io.RawIOBase):
     def close(self) -> None:
         if not self.closed:
             self._stop.set()
-            # a reader thread blocked on a stalled pipe (stdin) is left to end with the process, with `raw`
-            self._thread.join(timeout=1.0)
-            if not self._thread.is_alive():
-                self._raw.close()
+            self._thread.join()  # a regular file's read returns: the thread sees the stop at its next block
+            self._raw.close()
         super().close()
 
 
