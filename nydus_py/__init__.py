@@ -12,7 +12,7 @@ _EXPORTS = {
     "BlobReader": "nydus_py.blob.reader",
     "expand_blob": "nydus_py.blob.device",
     "read_bootstrap": "nydus_py.bootstrap.reader",
-    "open_image": "nydus_py.locate",
+    "open_image": "nydus_py.read.locate",
     "FormatError": "nydus_py.errors",
     "InternalError": "nydus_py.errors",
     "NydusError": "nydus_py.errors",

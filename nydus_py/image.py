@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from nydus_py.format.blobmeta import BlobFeatures
 from nydus_py.format.rafs import CipherAlgo, CompressAlgo, DigestAlgo, SuperFlags, compressor_of, digester_of
@@ -41,6 +41,16 @@ class BlobInfo:
     meta_digest: bytes = bytes(32)
     meta_size: int = 0
     cipher: CipherAlgo = CipherAlgo.NONE
+
+    def merged_entry(self, *, blob_id: str, size: int, toc_digest: bytes, toc_size: int,
+                     blob_index: int | None = None) -> BlobInfo:
+        """The entry a plain or merged bootstrap records for this blob: its real id, the blob file's size and
+        TOC digest and size, no INLINED_FS_META (the bootstrap is not inside that blob), and, when given, its
+        index in the new table. The one rule for every builder, merge and reuse (docs/format.md §6, §11.9;
+        nydus `src/bin/nydus-image/merge.rs`)."""
+        return replace(self, blob_id=blob_id, compressed_size=size, toc_digest=toc_digest, toc_size=toc_size,
+                       features=self.features & ~BlobFeatures.INLINED_FS_META,
+                       blob_index=self.blob_index if blob_index is None else blob_index)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import enum
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 
 class FileKind(enum.Enum):
@@ -134,8 +134,9 @@ class Tree:
         return inode
 
 
-def new_directory(mode: int = 0o755, **attrs: int) -> Inode:
-    return Inode(kind=FileKind.DIR, mode=stat.S_IFDIR | (mode & 0o7777), **attrs)  # type: ignore[arg-type]
+def new_directory(mode: int = 0o755, *, mtime: int = 0) -> Inode:
+    """A directory; by default with the attributes a layer gives a parent it has no entry for: 0755, root, epoch."""
+    return Inode(kind=FileKind.DIR, mode=stat.S_IFDIR | (mode & 0o7777), mtime=mtime)
 
 
 def has_default_attributes(inode: Inode) -> bool:
@@ -204,3 +205,16 @@ def walk_bfs(tree: Tree) -> Iterator[Inode]:
             if inode.kind is directory_kind:
                 subdirs.append(inode)
         stack.extend(reversed(subdirs))
+
+
+class FileContent(Protocol):
+    """A regular file's data as a source hands it to the chunker: read once, in order."""
+
+    inode: Inode
+    path: bytes  # for messages
+
+    def pieces(self, chunk_size: int) -> Iterable[tuple[int, int, bytes | None]]:
+        """(file offset, length, data) per chunk; data None for a chunk wholly inside a hole."""
+        ...
+
+    def close(self) -> None: ...

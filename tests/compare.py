@@ -11,7 +11,7 @@ import os
 import stat
 from pathlib import Path
 
-from nydus_py.fsutil import file_sha256
+from nydus_py.util.fsutil import file_sha256
 
 
 def _xattrs(path: Path) -> dict[str, bytes]:

@@ -1,5 +1,5 @@
-"""Shared test fixtures: where the real nydus fixtures are, and kernel-mount helpers that skip on a user's
-machine but fail in CI (NYDUS_PY_REQUIRE_MOUNT=1, NYDUS_PY_REQUIRE_FIXTURES=1)."""
+"""Shared test fixtures: where the real nydus-image vectors are (fixtures/nydus/), and kernel-mount helpers that
+skip on a user's machine but fail in CI (NYDUS_PY_REQUIRE_MOUNT=1)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-NYDUS_FIXTURES = ROOT.parent / "shared" / "nydus-fixtures"
+NYDUS_FIXTURES = ROOT / "fixtures" / "nydus"  # real nydus-image output (fixtures/README.md)
 GOLDEN = ROOT / "fixtures" / "golden"
 V1_BOOT = NYDUS_FIXTURES / "rafs-v6-2.2.boot"
 V1_BLOB = NYDUS_FIXTURES / "be7d77eeb719f70884758d1aa800ed0fb09d701aaec469964e9d54325f0d5fef"
@@ -24,13 +24,6 @@ V3_META = NYDUS_FIXTURES / "233c72f2b6b698c07021c4da367cfe2dff4f049efbaa885ca0ff
 
 def _required(var: str) -> bool:
     return os.environ.get(var) == "1"
-
-
-def need_nydus_fixtures() -> None:
-    if not V1_BOOT.exists():
-        if _required("NYDUS_PY_REQUIRE_FIXTURES"):
-            pytest.fail(f"NYDUS_PY_REQUIRE_FIXTURES=1 but {NYDUS_FIXTURES} is missing")
-        pytest.skip(f"{NYDUS_FIXTURES} is not present")
 
 
 def need_tool(name: str) -> str:
@@ -64,7 +57,7 @@ def _can_load_erofs() -> bool:
 @contextlib.contextmanager
 def kernel_mount(bootstrap: Path, devices: Sequence[Path]) -> Iterator[Path]:
     """Mount `bootstrap` with one device image per slot; yields the mount point, unmounts after."""
-    from nydus_py.kmount import mount_erofs, umount
+    from nydus_py.read.kmount import mount_erofs, umount
 
     need_mount()
     mountpoint = Path(tempfile.mkdtemp(prefix="nydus-py-mnt-"))
@@ -78,12 +71,6 @@ def kernel_mount(bootstrap: Path, devices: Sequence[Path]) -> Iterator[Path]:
 
 def golden_bytes(name: str) -> bytes:
     return gzip.decompress((GOLDEN / name).read_bytes())
-
-
-@pytest.fixture()
-def nydus_fixtures() -> Path:
-    need_nydus_fixtures()
-    return NYDUS_FIXTURES
 
 
 @contextlib.contextmanager
@@ -106,3 +93,16 @@ def fsck_extract(bootstrap: Path, devices: Sequence[Path], out: Path) -> None:
     args = [fsck, *(f"--device={d}" for d in devices), f"--extract={out}", str(bootstrap)]
     done = subprocess.run(args, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.fixture(scope="session")
+def corpus_image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The test corpus (fixtures/trees.py) and its nydus-py build (OUTDIR), made once per session."""
+    from fixtures.trees import make_corpus
+    from nydus_py.cli.main import main
+
+    need_mount()
+    corpus = make_corpus(tmp_path_factory.mktemp("corpus"))
+    out = tmp_path_factory.mktemp("img") / "out"
+    assert main(["build", str(corpus), "-o", str(out)]) == 0
+    return corpus, out

@@ -10,7 +10,7 @@ import pytest
 
 from fixtures.bad_inputs import CASES, Case
 from nydus_py.bootstrap.reader import read_bootstrap
-from nydus_py.cli import main
+from nydus_py.cli.main import main
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from nydus_py.blob.reader import BlobChunk, BlobReader
-from nydus_py.compress import compress
-from nydus_py.digests import chunk_digest
+from nydus_py.blob.compress import compress
+from nydus_py.blob.digests import chunk_digest
 from nydus_py.errors import FormatError
 from nydus_py.format.rafs import MAX_CHUNK_SIZE, CompressAlgo, DigestAlgo
 

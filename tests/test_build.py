@@ -12,10 +12,10 @@ import pytest
 from fixtures.trees import large_sparse, make_corpus, fix_times
 from nydus_py import read_bootstrap
 from nydus_py.blob.reader import BlobReader
-from nydus_py.cli import main
+from nydus_py.cli.main import main
 from nydus_py.format.blobmeta import BLOB_ID_PLACEHOLDER
-from nydus_py.locate import file_sha256, open_image
-from nydus_py.validate import validate_tables
+from nydus_py.read.locate import file_sha256, open_image
+from nydus_py.read.validate import validate_tables
 from tests.compare import differences
 from tests.conftest import fsck_extract, mount_output, need_mount
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from nydus_py.bootstrap.layout import plan_layout
-from nydus_py.cli import main
+from nydus_py.cli.main import main
 from nydus_py.errors import FormatError, UnsupportedError
 from nydus_py.format.rafs import CompressAlgo, DigestAlgo
 from nydus_py.model import Entry, FileKind, Inode, Tree, new_directory
@@ -143,8 +143,8 @@ def test_failure_late_in_the_build_leaves_outdir_as_it_was(capsys: pytest.Captur
     def fail(*_: object, **__: object) -> bytes:
         raise FormatError("injected failure")
 
-    monkeypatch.setattr("nydus_py.pipeline.overlay.merge_layers", fail)  # after every layer blob is written
-    monkeypatch.setattr("nydus_py.pipeline.retarget", fail)  # the same point for a one-layer image
+    monkeypatch.setattr("nydus_py.build.pipeline.overlay.merge_layers", fail)  # after every layer blob is written
+    monkeypatch.setattr("nydus_py.build.pipeline.retarget", fail)  # the same point for a one-layer image
     status, err = run(capsys, "build", str(src), "-o", str(out))
     assert status == 2 and "injected failure" in err
     assert sorted(os.listdir(out)) == ["keep"]  # no blobs/, no hidden temporary files
@@ -161,7 +161,7 @@ def test_unsupported_xattr_prefix_names_the_file() -> None:
 
 def test_file_changing_size_is_detected(tmp_path: Path) -> None:
     from nydus_py.blob.writer import BlobWriter
-    from nydus_py.chunker import ChunkPipeline
+    from nydus_py.blob.chunker import ChunkPipeline
     from nydus_py.sources.directory import DirectorySource
 
     src = tmp_path / "src"
@@ -186,7 +186,7 @@ def test_process_settings_come_back_after_builds(src: Path, tmp_path: Path) -> N
     import gc
 
     from nydus_py.blob.writer import BlobWriter
-    from nydus_py.chunker import WORKER_SWITCH_INTERVAL, ChunkPipeline
+    from nydus_py.blob.chunker import WORKER_SWITCH_INTERVAL, ChunkPipeline
 
     interval = sys.getswitchinterval()
     assert gc.isenabled() and interval > WORKER_SWITCH_INTERVAL

@@ -12,7 +12,7 @@ import subprocess
 import tarfile
 from pathlib import Path
 
-from nydus_py.cli import main
+from nydus_py.cli.main import main
 from tests.compare import differences
 from tests.conftest import need_mount, need_tool
 from tests.nydus_stack import need_nydus, nydusd_mount

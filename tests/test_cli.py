@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from nydus_py.cli import main
-from tests.conftest import V1_BOOT, V2_BLOB, need_nydus_fixtures
+from nydus_py.cli.main import main
+from tests.conftest import V1_BOOT, V2_BLOB
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -20,7 +20,6 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
 
 
 def test_inspect_text(capsys: pytest.CaptureFixture[str]) -> None:
-    need_nydus_fixtures()
     status, out, err = run(capsys, "inspect", str(V1_BOOT))
     assert status == 0 and err == ""
     assert "flags:       0x194 (HASH_BLAKE3, EXPLICIT_UID_GID, COMPRESSION_ZSTD, INLINED_CHUNK_DIGEST)" in out
@@ -29,7 +28,6 @@ def test_inspect_text(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_inspect_json_of_inline_blob(capsys: pytest.CaptureFixture[str]) -> None:
-    need_nydus_fixtures()
     status, out, _ = run(capsys, "inspect", "--json", str(V2_BLOB), "/lib.rs")
     doc = json.loads(out)
     assert status == 0
@@ -68,7 +66,7 @@ def test_console_script_runs() -> None:
 
 def test_build_passes_the_exact_config(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
                                        tmp_path: Path) -> None:
-    from nydus_py.config import BuildConfig, Compressor, Digester
+    from nydus_py.build.config import BuildConfig, Compressor, Digester
 
     seen = {}
 
@@ -117,7 +115,6 @@ def test_merge_end_to_end(capsys: pytest.CaptureFixture[str], tmp_path: Path) ->
 
 
 def test_check_unpack_mount_umount_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    need_nydus_fixtures()
     status, out, _ = run(capsys, "check", str(V1_BOOT))
     assert status == 0 and out.rstrip().endswith("(3 inodes, 1 blobs, 2 chunks verified)")
     (tmp_path / "full").mkdir()

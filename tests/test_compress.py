@@ -1,11 +1,11 @@
-"""nydus_py.compress: each codec round-trips a chunk, stores data raw when compressing does not shrink it,
+"""nydus_py.blob.compress: each codec round-trips a chunk, stores data raw when compressing does not shrink it,
 and refuses data that does not expand to exactly the recorded size."""
 
 from __future__ import annotations
 
 import pytest
 
-from nydus_py.compress import compress, decompress
+from nydus_py.blob.compress import compress, decompress
 from nydus_py.errors import FormatError
 from nydus_py.format.rafs import CompressAlgo
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from fixtures.bad_inputs import entry, tar_bytes
-from nydus_py.cli import main
+from nydus_py.cli.main import main
 from tests.compare import differences
 from tests.conftest import kernel_mount, mount_output, need_mount, need_tool
 from tests.format.test_golden import ACL_ACCESS_GOLDEN, ACL_DEFAULT_GOLDEN

@@ -18,7 +18,7 @@ from pathlib import Path
 import pyzstd
 import pytest
 
-from nydus_py.cli import main
+from nydus_py.cli.main import main
 from nydus_py.format import oci
 from nydus_py.oci.platforms import normalize_platform, parse_platform, platform_of
 from tests.compare import differences

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import pytest
 
-from nydus_py.cli import main
+from nydus_py.cli.main import main
 from tests.conftest import need_mount, need_tool
 from tests.layers import make_umoci_image
 from tests.nydus_stack import missing, need_fuse, need_nydus

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from nydus_py.image_cli import main as image_main
+from nydus_py.cli.nydus_image import main as image_main
 from tests.compare import differences
 from tests.conftest import need_mount
 from tests.layers import OverlayStack, upper_to_oci_tar
@@ -94,7 +94,7 @@ def test_the_converter_builds_with_either_builder(stack: OverlayStack, layer_tar
             assert differences(view, mnt, mtime_ns=not whole_seconds) == []
         mnt = tmp_path / "kernel"
         mnt.mkdir()
-        from nydus_py.cli import main
+        from nydus_py.cli.main import main
 
         assert main(["mount", str(boot), str(mnt), "--blob-dir", str(blobs), "--cache-dir", str(tmp_path / "c")]) == 0
         try:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from nydus_py.bootstrap.reader import BootstrapParser, read_bootstrap
-from nydus_py.cli import main
+from nydus_py.cli.main import main
 from tests.conftest import need_mount
 
 
@@ -46,9 +46,11 @@ def test_disk_full(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def _start_build(src: Path, out: Path) -> subprocess.Popen[bytes]:
-    code = "import sys; from nydus_py.cli import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from nydus_py.cli.main import main; sys.exit(main(sys.argv[1:]))"
+    # SIGINT as a terminal delivers it, also when the suite runs in a background job (which ignores SIGINT)
     return subprocess.Popen([sys.executable, "-c", code, "build", str(src), "-o", str(out), "--jobs", "1",
-                             "--compressor", "zstd", "--quiet"], stderr=subprocess.PIPE)
+                             "--compressor", "zstd", "--quiet"], stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for_work(out: Path, timeout: float = 20.0) -> None:

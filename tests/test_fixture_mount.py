@@ -8,11 +8,10 @@ from pathlib import Path
 import blake3
 
 from nydus_py import expand_blob, open_image
-from tests.conftest import V1_BOOT, kernel_mount, need_nydus_fixtures, need_tool
+from tests.conftest import V1_BOOT, kernel_mount, need_tool
 
 
 def test_kernel_mounts_v1_with_our_device_image(tmp_path: Path) -> None:
-    need_nydus_fixtures()
     opened = open_image(V1_BOOT)
     info = opened.bootstrap.blobs[0]
     device = expand_blob(opened.blob_path(info), info, tmp_path / "blob-cache-1").path

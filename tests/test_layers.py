@@ -14,8 +14,8 @@ import pytest
 from fixtures.trees import fix_times
 from nydus_py import read_bootstrap
 from nydus_py.blob.reader import BlobReader
-from nydus_py.cli import main
-from nydus_py.locate import open_image
+from nydus_py.cli.main import main
+from nydus_py.read.locate import open_image
 from tests.compare import differences
 from tests.conftest import mount_output, need_mount
 from tests.layers import OverlayStack, upper_to_oci_tar
@@ -131,7 +131,7 @@ def test_oci_tars_of_the_same_stack(stack: OverlayStack, tmp_path: Path, compres
 
 def test_tar_from_stdin(stack: OverlayStack, tmp_path: Path) -> None:
     tars = [upper_to_oci_tar(u, tmp_path / f"layer{i}.tar", "zstd") for i, u in enumerate(stack.uppers[:2])]
-    code = "import sys; from nydus_py.cli import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from nydus_py.cli.main import main; sys.exit(main(sys.argv[1:]))"
     with open(tars[1], "rb") as stdin:
         done = subprocess.run(["python3", "-c", code, "build", str(tars[0]), "-", "-o", str(tmp_path / "a")],
                               stdin=stdin, capture_output=True)

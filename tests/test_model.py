@@ -24,7 +24,7 @@ def test_walk_bfs_lists_a_directory_then_its_subdirectories() -> None:
 
 
 def test_walk_bfs_gives_merge_its_blob_order() -> None:
-    from nydus_py.merge import referenced_blobs
+    from nydus_py.build.plan import referenced_blobs
 
     def chunked(blob: int) -> Inode:
         ref = ChunkRef(blob_index=blob, ci_index=0, uncompressed_offset=0, uncompressed_size=1, compressed_offset=0,

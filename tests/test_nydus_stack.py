@@ -20,7 +20,7 @@ import pytest
 
 from fixtures.trees import fix_times, make_corpus
 from nydus_py.format.rafs import SuperFlags
-from nydus_py.cli import main
+from nydus_py.cli.main import main
 from tests.compare import differences
 from tests.conftest import need_mount, need_tool
 from tests.layers import OverlayStack, make_umoci_image, upper_to_oci_tar
@@ -261,7 +261,7 @@ def test_we_read_nydus_image_output(corpus_22: Path, tmp_path: Path, name: str, 
 
 # --- byte comparison ----------------------------------------------------------------------------------------
 
-# Fields where nydus-image 2.2 and current nydus-image (which we follow) differ: ../shared reference §14.3.
+# Fields where nydus-image 2.2 and current nydus-image (which we follow) differ: docs/format.md §14.3.
 FORMAT_CHANGES = {
     "device.mapped_blkaddr",  # 2.2 writes 0; current nydus-image aligns device slots to 512 KiB
     "ext.s_flags",  # current nydus-image adds ENCRYPTION_NONE
@@ -269,7 +269,7 @@ FORMAT_CHANGES = {
     "chunk.flags", "chunk.crc32",  # current nydus-image records a CRC-32C per chunk
 }
 # A merge as nydus-snapshotter runs it passes no --blob-sizes/--blob-toc-digests for ordinary layers: the blob
-# table keeps what each layer's inline table says (the size before image.boot, no TOC), ../shared reference §14.3
+# table keeps what each layer's inline table says (the size before image.boot, no TOC), docs/format.md §14.3
 SNAPSHOTTER_MERGE = {"blob.compressed_size", "blob.blob_toc_size", "blob.blob_toc_digest"}
 # Deliberate differences of ours (README "Deliberate differences")
 OURS = {

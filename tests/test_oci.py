@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from nydus_py.cli import main
+from nydus_py.cli.main import main
 from nydus_py.format import oci
 from tests.compare import differences
 from tests.conftest import need_mount, need_tool

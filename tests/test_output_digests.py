@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from fixtures.trees import MTIME_NS, fix_times, make_corpus
-from nydus_py.cli import main
+from nydus_py.cli.main import main
 from tests.conftest import need_mount
 
 STORED = Path(__file__).with_name("output_digests.json")

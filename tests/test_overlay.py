@@ -1,4 +1,4 @@
-"""nydus_py.overlay: the whiteout rules, on small in-memory layer trees (no files, no builds).
+"""nydus_py.build.overlay: the whiteout rules, on small in-memory layer trees (no files, no builds).
 
 The end-to-end layer tests (test_layers.py, test_tar_layers.py) check the same rules through real
 sources and a kernel mount; these pin each rule alone.
@@ -12,9 +12,9 @@ import tarfile
 
 import pytest
 
-from nydus_py.config import WhiteoutSpec
+from nydus_py.sources import WhiteoutSpec
 from nydus_py.model import OPAQUE_MARKER, Entry, FileKind, Inode, Tree, new_directory, new_marker
-from nydus_py.overlay import apply_layer, merge_layers
+from nydus_py.build.overlay import apply_layer, merge_layers
 from nydus_py.sources.tarball import TarSource
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from nydus_py.cli import main
+from nydus_py.cli.main import main
 from nydus_py.format import erofs, parse, rafs
 from tests.conftest import need_mount
 
@@ -224,7 +224,7 @@ def test_bounded_work_on_hostile_metadata(tmp_path: Path, hostile: str) -> None:
 
 def test_a_dirent_name_with_a_slash_is_refused_everywhere(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A crafted name `c/d` would become a path in a tar, a merge or a directory: every reader refuses it."""
-    from nydus_py.image_cli import main as image_main
+    from nydus_py.cli.nydus_image import main as image_main
 
     build_tree(tmp_path, "img", {"etc": b"x"})
     data = bytearray((tmp_path / "img" / "bootstrap").read_bytes())

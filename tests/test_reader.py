@@ -16,12 +16,11 @@ from nydus_py.blob.reader import read_blob_meta_cache
 from nydus_py.format import blobmeta, tar
 from nydus_py.format.blobmeta import BLOB_ID_PLACEHOLDER
 from nydus_py.model import FileKind
-from tests.conftest import V1_BLOB, V1_BOOT, V2_BLOB, V3_META, golden_bytes, need_nydus_fixtures
+from tests.conftest import V1_BLOB, V1_BOOT, V2_BLOB, V3_META, golden_bytes
 
 
 @pytest.fixture()
 def v1_boot() -> bytes:
-    need_nydus_fixtures()
     return V1_BOOT.read_bytes()
 
 
@@ -65,7 +64,6 @@ def test_v1_toc_and_blob_id_rule(v1_boot: bytes) -> None:
 
 
 def test_v2_inline_bootstrap() -> None:
-    need_nydus_fixtures()
     opened = open_image(V2_BLOB)
     boot = opened.bootstrap
     assert [p for p, _ in boot.tree.walk()] == [b"/", b"/error.rs", b"/lib.rs", b"/logger.rs"]
@@ -81,7 +79,6 @@ def test_v2_inline_bootstrap() -> None:
 
 
 def test_v3_zran_blob_meta_cache() -> None:
-    need_nydus_fixtures()
     header, infos = read_blob_meta_cache(V3_META)
     assert header.chunk_info_v2 and header.ci_entries == len(infos) == 163
     assert header.zran_offset == 163 * 24 and header.zran_count == 21
@@ -172,7 +169,6 @@ def test_unsupported_block_size(v1_boot: bytes) -> None:
     ("inline bootstrap digest", lambda d: corrupt(d, 8000, b"\xff\xff"), r"image.boot|does not decompress"),
 ])
 def test_corrupt_blob_is_a_format_error(tmp_path: Path, name: str, mutate, message: str) -> None:  # type: ignore[no-untyped-def]
-    need_nydus_fixtures()
     path = tmp_path / "blob"
     path.write_bytes(mutate(V2_BLOB.read_bytes()))
     with pytest.raises(FormatError, match=message):
@@ -207,7 +203,7 @@ def test_batched_file_decoding_equals_the_per_inode_path(tmp_path: Path, monkeyp
     import os
 
     from nydus_py.bootstrap import reader
-    from nydus_py.cli import main
+    from nydus_py.cli.main import main
 
     src = tmp_path / "src"
     for d in ("a", "b/c"):

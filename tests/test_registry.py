@@ -19,7 +19,7 @@ from typing import TypeVar
 import pytest
 import requests
 
-from nydus_py.cli import main
+from nydus_py.cli.main import main
 from tests.compare import differences
 from tests.conftest import need_mount, need_tool
 from tests.layers import make_umoci_image
@@ -249,7 +249,7 @@ def test_bearer_token_flow(open_registry: str, tmp_path: Path) -> None:
 
 
 def test_reference_parsing() -> None:
-    from nydus_py.oci.reference import parse_reference
+    from nydus_py.oci.ref import parse_reference
 
     assert str(parse_reference("docker://alpine")) == "registry-1.docker.io/library/alpine:latest"
     ref = parse_reference("docker://localhost:5000/a/b:t")

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from nydus_py.cli import main
+from nydus_py.cli.main import main
 from nydus_py.oci import registry as reg
 from tests.test_registry import registry as distribution_registry
 from tests.test_registry import serving

@@ -14,8 +14,8 @@ import pytest
 import pyzstd
 
 from fixtures.trees import fix_times
-from nydus_py.cli import main
-from nydus_py.locate import open_image
+from nydus_py.cli.main import main
+from nydus_py.read.locate import open_image
 from tests.compare import differences
 from tests.conftest import mount_output, need_mount, need_tool
 

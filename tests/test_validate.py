@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from nydus_py.cli import main
-from nydus_py.validate import validate_tables
+from nydus_py.cli.main import main
+from nydus_py.read.validate import validate_tables
 
 
 @pytest.fixture(scope="module")

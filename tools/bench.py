@@ -312,7 +312,7 @@ def nydus_image_create(source: Path, kind: str = "dir-rafs", compressor: str = "
 def drop_in_create(source: Path, kind: str = "dir-rafs", compressor: str = "zstd", jobs: str = "") -> dict[str, str]:
     """nydus-py's drop-in builder with nydus-image create's arguments: the same job (one blob with its
     bootstrap inline, no OCI image around it), for a like-for-like row."""
-    return {"nydus-py-image create": f"{PY} -m nydus_py.image_cli create --log-level warn --fs-version 6 -t {kind} "
+    return {"nydus-py-image create": f"{PY} -m nydus_py.cli.nydus_image create --log-level warn --fs-version 6 -t {kind} "
                                      f"--blob-inline-meta --features blob-toc --compressor {compressor} "
                                      f"--digester blake3 --chunk-size 0x100000 -D {{out}} {source}"}
 

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from nydus_py.cli import main  # noqa: E402
+from nydus_py.cli.main import main  # noqa: E402
 
 NAMES = st.sampled_from(["a", "b", "dir", "dir/a", "dir/b", "dir/sub/c", "..", "../x", "a/../b", "/abs", ".wh.a",
                          ".wh..wh..opq", "dir/.wh.a", "dir/.wh..wh..opq", "x" * 300, "long/" * 20 + "f", "",

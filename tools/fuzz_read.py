@@ -3,7 +3,7 @@
 `mount` does before mount(2) (the structural pre-check, blob verification and device-image expansion).
 
 Every run must end in exit 0, 1 or 2 (never 3, our bug), with a one-line message on stderr for exit 2,
-within a time bound, with bounded memory. Seeds: the real nydus fixtures (when ../shared is there) and a
+within a time bound, with bounded memory. Seeds: the real nydus-image vectors (fixtures/nydus/) and a
 small image built here. Prints counts; exits 1 listing the failing cases.
 Usage: python3 tools/fuzz_read.py [--cases N] [--seed S] [--max-seconds T] [--max-memory-mib M]
 """
@@ -25,9 +25,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from nydus_py.cli import main  # noqa: E402
+from nydus_py.cli.main import main  # noqa: E402
 
-FIXTURES = ROOT.parent / "shared" / "nydus-fixtures"
+FIXTURES = ROOT / "fixtures" / "nydus"
 
 
 class Timeout(Exception):
@@ -86,9 +86,9 @@ def mutate(data: bytes, rng: random.Random) -> bytes:
 
 def premount(image: Path, blob_dir: Path) -> int:
     """What `nydus-py mount` does before mount(2), as an exit status: 0 ready to mount, 2 refused, 3 our bug."""
-    from nydus_py.devices import prepare_devices, require_sound_bootstrap
+    from nydus_py.read.mount import prepare_devices, require_sound_bootstrap
     from nydus_py.errors import NydusError
-    from nydus_py.locate import open_image
+    from nydus_py.read.locate import open_image
 
     try:
         opened = open_image(image, blob_dir)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from nydus_py.blob.reader import BlobReader
 from nydus_py.errors import FormatError
-from nydus_py.fsutil import atomic_output
+from nydus_py.util.fsutil import atomic_output
 from nydus_py.image import BlobInfo
 
 

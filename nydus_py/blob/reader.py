@@ -3,24 +3,26 @@
 A blob is read from its end: the last 512 bytes are a tail tar header (`rafs.blob.toc` when the blob has
 a TOC), and every section is the data just before its header. Blobs without a TOC are walked header by
 header; blobs without tar headers need the blob table entry from a bootstrap (`BlobInfo`).
-References: ../shared/reference/rafs-v6-format.md §11; ../shared/reference/oci-packaging.md §2.1.
+References: docs/format.md §11; docs/oci.md §2.1.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from nydus_py import compress
-from nydus_py.digests import chunk_digest
+from nydus_py.blob import compress
+from nydus_py.blob.digests import chunk_digest
 from nydus_py.errors import FormatError, UnsupportedError
 from nydus_py.format import blobmeta, parse, rafs, tar
 from nydus_py.format.blobmeta import BlobFeatures
 from nydus_py.format.rafs import MAX_CHUNK_SIZE, CompressAlgo, DigestAlgo
-from nydus_py.image import BlobInfo
+from nydus_py.image import BlobInfo, is_blob_digest
 
 MAX_TOC_SIZE = 1 << 20  # nydus-snapshotter refuses bigger TOCs
 MAX_META_SIZE = 1 << 30  # bound on any metadata section we decompress into memory
@@ -121,6 +123,19 @@ class LocalFile:
 
     def close(self) -> None:
         os.close(self._fd)
+
+
+def find_blob_file(folders: list[Path], blob_id: str) -> Path | None:
+    """The regular file named `blob_id` in the first of `folders` that has one; only an id of 64 lowercase hex
+    digits is ever used as a name (an image's other ids, `../x` among them, find nothing)."""
+    if not is_blob_digest(blob_id):
+        return None
+    for folder in folders:
+        candidate = folder / blob_id
+        with contextlib.suppress(OSError):
+            if stat.S_ISREG(os.lstat(candidate).st_mode):  # a symlink is not followed out of the folder
+                return candidate
+    return None
 
 
 class BlobReader:

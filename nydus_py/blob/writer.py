@@ -5,7 +5,7 @@
 
 Each 512-byte GNU header follows its data. A layer without file data has only the bootstrap and TOC.
 Data is streamed to a temporary file as chunks arrive; the blob id is the sha256 of the whole file.
-References: ../shared/reference/oci-packaging.md §2.1; rafs-v6-format.md §11; nydus builder/src/core/blob.rs.
+References: docs/oci.md §2.1; docs/format.md §11; nydus builder/src/core/blob.rs.
 """
 
 from __future__ import annotations
@@ -15,16 +15,16 @@ import hashlib
 import os
 import queue
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from nydus_py import compress
+from nydus_py.blob import compress
 from nydus_py.errors import InternalError, UnsupportedError
 from nydus_py.format import blobmeta, build, rafs, tar
 from nydus_py.format.blobmeta import BLOB_ID_PLACEHOLDER, BlobFeatures
 from nydus_py.format.rafs import CompressAlgo, DigestAlgo
-from nydus_py.fsutil import temporary_file
+from nydus_py.util.fsutil import temporary_file
 from nydus_py.image import BlobInfo
 from nydus_py.model import ChunkRef
 
@@ -59,7 +59,11 @@ class BlobWriter:
 
     def __init__(self, directory: Path, *, blob_index: int, chunk_size: int, compressor: CompressAlgo,
                  digester: DigestAlgo, output: BinaryIO | None = None) -> None:
-        self.file, self.path = (output, None) if output is not None else temporary_file(directory, "blob")
+        self.path: Path | None = None
+        if output is not None:
+            self.file = output
+        else:
+            self.file, self.path = temporary_file(directory, "blob")
         self.hash = hashlib.sha256()
         self.pos = 0
         # Writing and hashing run on a thread of their own (both release the GIL), overlapping the reads and
@@ -149,8 +153,7 @@ class BlobWriter:
     def finish_data(self) -> BlobInfo:
         """Write everything up to the inline bootstrap; returns the blob table entry that bootstrap carries."""
         features = BASE_FEATURES
-        ci_info = {"ci_compressor": CompressAlgo.NONE, "ci_offset": 0, "ci_compressed_size": 0,
-                   "ci_uncompressed_size": 0}
+        ci_compressor, ci_offset, ci_stored, ci_raw = CompressAlgo.NONE, 0, b"", b""
         if self.ci:
             features |= BlobFeatures.INLINED_CHUNK_DIGEST
             data_size = self.pos
@@ -181,12 +184,11 @@ class BlobWriter:
             self._tail_header(blobmeta.TOC_ENTRY_BLOB_DIGEST, len(digests))
             self.toc.append(_TocRecord(blobmeta.TOC_ENTRY_BLOB_DIGEST, CompressAlgo.NONE,
                                        hashlib.sha256(digests).digest(), digests_offset, len(digests), len(digests)))
-            ci_info = {"ci_compressor": ci_compressor, "ci_offset": ci_offset, "ci_compressed_size": len(ci_stored),
-                       "ci_uncompressed_size": len(ci_raw)}
         self._data_info = BlobInfo(
             blob_id=BLOB_ID_PLACEHOLDER, blob_index=self.blob_index, chunk_size=self.chunk_size,
             chunk_count=self.chunk_count, compressor=self.compressor, digester=self.digester, features=features,
-            compressed_size=self.pos, uncompressed_size=self.uncompressed_size, **ci_info,
+            compressed_size=self.pos, uncompressed_size=self.uncompressed_size, ci_compressor=ci_compressor,
+            ci_offset=ci_offset, ci_compressed_size=len(ci_stored), ci_uncompressed_size=len(ci_raw),
         )
         return self._data_info
 
@@ -215,11 +217,8 @@ class BlobWriter:
         if self.path is not None:  # our own file; a caller's output may be a FIFO, which cannot be synced
             os.fsync(self.file.fileno())
         self.file.close()
-        return replace(
-            self._data_info, blob_id=self.hash.hexdigest(), compressed_size=self.pos,
-            features=self._data_info.features & ~BlobFeatures.INLINED_FS_META,
-            toc_size=len(entries) + len(header), toc_digest=toc_digest,
-        )
+        return self._data_info.merged_entry(blob_id=self.hash.hexdigest(), size=self.pos, toc_digest=toc_digest,
+                                            toc_size=len(entries) + len(header))
 
     def _stop(self) -> None:
         if self._thread.is_alive():

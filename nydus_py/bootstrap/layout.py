@@ -17,7 +17,7 @@ Bootstrap layout (nydus `v6_dump`, with the offsets this module computes):
 Inode numbering and placement follow nydus-image's builder (`build_rafs`, `v6_set_offset*`,
 `allocate_available_block`): directories depth first, the children of each directory numbered in name
 order, non-directories placed at once, leftover block tails recycled for small records.
-References: ../shared/reference/rafs-v6-format.md §2, §8; nydus builder/src/core/{bootstrap,v6,context}.rs.
+References: docs/format.md §2, §8; nydus builder/src/core/{bootstrap,v6,context}.rs.
 """
 
 from __future__ import annotations

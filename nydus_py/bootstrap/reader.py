@@ -2,7 +2,7 @@
 
 Every count and offset read from the image is bounded against the buffer before it is used, so corrupt
 input ends in a FormatError naming the structure and offset, never an IndexError.
-References: ../shared/reference/rafs-v6-format.md §13.2 (reader recipe), §3-§9.
+References: docs/format.md §13.2 (reader recipe), §3-§9.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, fields
 from itertools import compress, repeat
 from typing import TypeVar
+
+from construct import Container
 
 from nydus_py.errors import FormatError, UnsupportedError
 from nydus_py.format import erofs, parse, rafs
@@ -42,6 +44,12 @@ def xattr_name(index: int, suffix: bytes) -> bytes:
     if prefix is None:
         raise FormatError(f"xattr name index {index} is unknown")
     return prefix + suffix
+
+
+def is_bootstrap(head: bytes) -> bool:
+    magic_at = erofs.EROFS_SUPER_OFFSET
+    return len(head) >= magic_at + 4 and int.from_bytes(head[magic_at : magic_at + 4], "little") == (
+        erofs.EROFS_SUPER_MAGIC_V1)
 
 
 def read_bootstrap(data: bytes, relabel: Callable[[list[BlobInfo]], dict[int, int]] | None = None) -> Bootstrap:
@@ -104,9 +112,9 @@ def _check_range(data: bytes, offset: int, size: int, what: str) -> None:
         raise FormatError(f"{what} at {offset:#x} (+{size:#x} bytes): past the end of the bootstrap ({len(data):#x})")
 
 
-def _read_devices(data: bytes, sb: object) -> list[DeviceInfo]:
-    start = erofs.device_table_offset(sb.devt_slotoff)  # type: ignore[attr-defined]
-    count = sb.extra_devices  # type: ignore[attr-defined]
+def _read_devices(data: bytes, sb: Container) -> list[DeviceInfo]:
+    start = erofs.device_table_offset(sb.devt_slotoff)
+    count = sb.extra_devices
     _check_range(data, start, count * erofs.EROFS_DEVT_SLOT_SIZE, "device table")
     slots = []
     for i in range(count):
@@ -115,9 +123,9 @@ def _read_devices(data: bytes, sb: object) -> list[DeviceInfo]:
     return slots
 
 
-def _read_blob_table(data: bytes, ext: object) -> list[BlobInfo]:
-    offset = ext.s_blob_table_offset  # type: ignore[attr-defined]
-    size = ext.s_blob_table_size  # type: ignore[attr-defined]
+def _read_blob_table(data: bytes, ext: Container) -> list[BlobInfo]:
+    offset = ext.s_blob_table_offset
+    size = ext.s_blob_table_size
     if size % rafs.Blob.sizeof():
         raise FormatError(f"extended superblock s_blob_table_size={size} at 0x490: not a multiple of 256")
     _check_range(data, offset, size, "blob table")
@@ -129,35 +137,35 @@ def _read_blob_table(data: bytes, ext: object) -> list[BlobInfo]:
     return blobs
 
 
-def blob_info_from_record(rec: object) -> BlobInfo:
+def blob_info_from_record(rec: Container) -> BlobInfo:
     """A BlobInfo from a parsed `rafs.Blob` container."""
     r = rec
     return BlobInfo(
-        blob_id=rafs.blob_id_text(r.blob_id),  # type: ignore[attr-defined]
-        blob_index=r.blob_index,  # type: ignore[attr-defined]
-        chunk_size=r.chunk_size,  # type: ignore[attr-defined]
-        chunk_count=r.chunk_count,  # type: ignore[attr-defined]
-        compressor=r.compression_algo,  # type: ignore[attr-defined]
-        digester=r.digest_algo,  # type: ignore[attr-defined]
-        features=r.features,  # type: ignore[attr-defined]
-        compressed_size=r.compressed_size,  # type: ignore[attr-defined]
-        uncompressed_size=r.uncompressed_size,  # type: ignore[attr-defined]
-        ci_compressor=r.ci_compressor,  # type: ignore[attr-defined]
-        ci_offset=r.ci_offset,  # type: ignore[attr-defined]
-        ci_compressed_size=r.ci_compressed_size,  # type: ignore[attr-defined]
-        ci_uncompressed_size=r.ci_uncompressed_size,  # type: ignore[attr-defined]
-        toc_size=r.blob_toc_size,  # type: ignore[attr-defined]
-        toc_digest=r.blob_toc_digest,  # type: ignore[attr-defined]
-        meta_digest=r.blob_meta_digest,  # type: ignore[attr-defined]
-        meta_size=r.blob_meta_size,  # type: ignore[attr-defined]
-        cipher=r.cipher_algo,  # type: ignore[attr-defined]
+        blob_id=rafs.blob_id_text(r.blob_id),
+        blob_index=r.blob_index,
+        chunk_size=r.chunk_size,
+        chunk_count=r.chunk_count,
+        compressor=r.compression_algo,
+        digester=r.digest_algo,
+        features=r.features,
+        compressed_size=r.compressed_size,
+        uncompressed_size=r.uncompressed_size,
+        ci_compressor=r.ci_compressor,
+        ci_offset=r.ci_offset,
+        ci_compressed_size=r.ci_compressed_size,
+        ci_uncompressed_size=r.ci_uncompressed_size,
+        toc_size=r.blob_toc_size,
+        toc_digest=r.blob_toc_digest,
+        meta_digest=r.blob_meta_digest,
+        meta_size=r.blob_meta_size,
+        cipher=r.cipher_algo,
     )
 
 
-def _chunk_table_bytes(data: bytes, ext: object) -> bytes:
+def _chunk_table_bytes(data: bytes, ext: Container) -> bytes:
     """The chunk table's bytes, its size and range checked."""
-    offset = ext.s_chunk_table_offset  # type: ignore[attr-defined]
-    size = ext.s_chunk_table_size  # type: ignore[attr-defined]
+    offset = ext.s_chunk_table_offset
+    size = ext.s_chunk_table_size
     entry = rafs.FAST_CHUNK_INFO.size
     if size % entry:
         raise FormatError(f"extended superblock s_chunk_table_size={size} at 0x4a0: not a multiple of {entry}")
@@ -180,9 +188,9 @@ def _decode_chunk_table(rows: bytes, blob_key: dict[int, int]) -> list[ChunkRef]
     return list(map(tuple.__new__, repeat(ChunkRef), fields))  # ChunkRef(*f), without its Python-level __new__
 
 
-def _read_prefetch_table(data: bytes, ext: object) -> list[int]:
-    offset = ext.s_prefetch_table_offset  # type: ignore[attr-defined]
-    size = ext.s_prefetch_table_size  # type: ignore[attr-defined]
+def _read_prefetch_table(data: bytes, ext: Container) -> list[int]:
+    offset = ext.s_prefetch_table_offset
+    size = ext.s_prefetch_table_size
     if size == 0:
         return []
     _check_range(data, offset, size - size % rafs.PREFETCH_ENTRY_SIZE, "prefetch table")
@@ -245,7 +253,7 @@ class RawInode:
     offset: int
     extended: bool
     datalayout: int
-    record: object  # FAST_INODE_* named tuple
+    record: erofs.InodeCompactRecord | erofs.InodeExtendedRecord
     xattr_size: int
 
     @property
@@ -378,22 +386,22 @@ class BootstrapParser:
     def make_inode(self, raw: RawInode) -> Inode:
         rec = raw.record
         try:
-            kind = FileKind.from_mode(rec.i_mode)  # type: ignore[attr-defined]
+            kind = FileKind.from_mode(rec.i_mode)
         except ValueError:
-            raise FormatError(f"inode nid {raw.nid} at {raw.offset:#x}: i_mode={rec.i_mode:#o} has no valid "  # type: ignore[attr-defined]
+            raise FormatError(f"inode nid {raw.nid} at {raw.offset:#x}: i_mode={rec.i_mode:#o} has no valid "
                               "file type") from None
         inode = Inode(
             kind=kind,
-            mode=rec.i_mode,  # type: ignore[attr-defined]
-            uid=rec.i_uid,  # type: ignore[attr-defined]
-            gid=rec.i_gid,  # type: ignore[attr-defined]
-            mtime=_signed64(rec.i_mtime) if raw.extended else 0,  # type: ignore[attr-defined]
-            mtime_nsec=rec.i_mtime_nsec if raw.extended else 0,  # type: ignore[attr-defined]
-            size=rec.i_size,  # type: ignore[attr-defined]
+            mode=rec.i_mode,
+            uid=rec.i_uid,
+            gid=rec.i_gid,
+            mtime=_signed64(rec.i_mtime) if isinstance(rec, erofs.InodeExtendedRecord) else 0,
+            mtime_nsec=rec.i_mtime_nsec if isinstance(rec, erofs.InodeExtendedRecord) else 0,
+            size=rec.i_size,
             xattrs=self.xattrs(raw),
         )
         if kind in (FileKind.CHR, FileKind.BLK):
-            major, minor = erofs.decode_rdev(rec.i_u)  # type: ignore[attr-defined]
+            major, minor = erofs.decode_rdev(rec.i_u)
             inode.rdev = os.makedev(major, minor)
             inode.size = 0
         elif kind is FileKind.SYMLINK:
@@ -433,7 +441,7 @@ class BootstrapParser:
 
     def data_blocks(self, raw: RawInode) -> list[tuple[int, int]]:
         """(offset, length) of each data block of a flat (plain or inline) dir or symlink."""
-        size = raw.record.i_size  # type: ignore[attr-defined]
+        size = raw.record.i_size
         bs = erofs.EROFS_BLKSIZ
         nblocks = (size + bs - 1) // bs
         if raw.datalayout not in (erofs.DataLayout.FLAT_PLAIN, erofs.DataLayout.FLAT_INLINE):
@@ -448,7 +456,7 @@ class BootstrapParser:
                 if at % bs + length > bs:
                     raise FormatError(f"inode nid {raw.nid} at {raw.offset:#x}: inline data crosses a block boundary")
             else:
-                at = (raw.record.i_u + k) * bs  # type: ignore[attr-defined]
+                at = (raw.record.i_u + k) * bs
             _check_range(self.data, at, length, f"data block {k} of inode nid {raw.nid}")
             blocks.append((at, length))
         return blocks
@@ -506,10 +514,10 @@ class BootstrapParser:
     def chunk_addrs(self, raw: RawInode) -> list[tuple[int, int, int, int]]:
         """(index offset, blob_index, ci_index, blkaddr) of each chunk index of a regular file."""
         rec = raw.record
-        size = rec.i_size  # type: ignore[attr-defined]
+        size = rec.i_size
         if raw.datalayout != erofs.DataLayout.CHUNK_BASED:
             raise UnsupportedError(f"regular file nid {raw.nid}: data layout {raw.datalayout} is not chunk based")
-        chunk_size = self.chunk_size or (1 << erofs.chunkbits_of(rec.i_u))  # type: ignore[attr-defined]
+        chunk_size = self.chunk_size or (1 << erofs.chunkbits_of(rec.i_u))
         count = (size + chunk_size - 1) // chunk_size
         start = erofs.chunk_indexes_offset(raw.offset, erofs.inode_size(raw.extended), raw.xattr_size)
         end = start + count * erofs.EROFS_CHUNK_INDEX_SIZE
@@ -526,7 +534,7 @@ class BootstrapParser:
         if raw.datalayout != erofs.DataLayout.CHUNK_BASED:
             raise UnsupportedError(f"regular file nid {raw.nid}: data layout {raw.datalayout} is not chunk based")
         start = erofs.chunk_indexes_offset(raw.offset, erofs.inode_size(raw.extended), raw.xattr_size)
-        return self._chunk_list(raw.nid, start, rec.i_size, rec.i_u)  # type: ignore[attr-defined]
+        return self._chunk_list(raw.nid, start, rec.i_size, rec.i_u)
 
     def _chunk_list(self, nid: int, start: int, size: int, i_u: int) -> list[ChunkRef]:
         """The chunk table entries a regular file's chunk indexes (from `start`) name, each checked against
@@ -558,8 +566,8 @@ class BootstrapParser:
 
     def _plain_chunk_refs(self, raw: RawInode) -> list[ChunkRef]:
         """A plain EROFS image's chunks: known only by their index and block."""
-        size = raw.record.i_size  # type: ignore[attr-defined]
-        chunk_size = self.chunk_size or (1 << erofs.chunkbits_of(raw.record.i_u))  # type: ignore[attr-defined]
+        size = raw.record.i_size
+        chunk_size = self.chunk_size or (1 << erofs.chunkbits_of(raw.record.i_u))
         return [ChunkRef(blob_index=blob_index, ci_index=ci_index, uncompressed_offset=blkaddr << 12,
                          uncompressed_size=min(chunk_size, size - k * chunk_size), compressed_offset=0,
                          compressed_size=0, compressed=False, digest=b"")
@@ -590,4 +598,5 @@ assert [f.name for f in fields(Inode)][:11] == [  # the argument order `_common_
     "kind", "mode", "uid", "gid", "mtime", "mtime_nsec", "size", "rdev", "xattrs", "symlink_target", "chunks"]
 
 
-__all__ = ["BootstrapParser", "blob_info_from_record", "file_type_of", "read_bootstrap", "xattr_name"]
+__all__ = ["BootstrapParser", "blob_info_from_record", "file_type_of", "is_bootstrap", "read_bootstrap",
+           "xattr_name"]

@@ -148,8 +148,8 @@ def assemble(regions: list[Region], size: int, start: int = 0) -> bytes:
         out += data
         previous = what
     if start + len(out) > size:
-        raise InternalError(f"bootstrap layout: {describe(previous)} ends at {start + len(out):#x}, past the planned size "
-                            f"{size:#x}")
+        raise InternalError(f"bootstrap layout: {describe(previous)} ends at {start + len(out):#x}, past the planned "
+                            f"size {size:#x}")
     out += bytes(size - start - len(out))
     return bytes(out)
 
@@ -232,8 +232,8 @@ def encode_chunk_table(chunks: list[ChunkRef], positions: dict[int, int]) -> byt
     out = []
     for c in chunks:
         flags = (_COMPRESSED if c.compressed else 0) | (_HAS_CRC32 if c.crc32 is not None else 0)
-        out.append(pack(c.digest, positions[c.blob_index], flags, c.compressed_size, c.uncompressed_size, c.compressed_offset,
-                        c.uncompressed_offset, c.file_offset, c.ci_index, c.crc32 or 0))
+        out.append(pack(c.digest, positions[c.blob_index], flags, c.compressed_size, c.uncompressed_size,
+                        c.compressed_offset, c.uncompressed_offset, c.file_offset, c.ci_index, c.crc32 or 0))
     return b"".join(out)
 
 

@@ -27,7 +27,8 @@ def parse(fmt: Construct, data: bytes | memoryview, *, what: str, offset: int = 
 def build(fmt: Construct, obj: Any, *, what: str) -> bytes:
     """Build `fmt` from `obj`; a failure is our own bug (the values came from our planner)."""
     try:
-        return fmt.build(obj)  # type: ignore[no-any-return]
+        data: bytes = fmt.build(obj)
+        return data
     except (ConstructError, KeyError, TypeError, ValueError) as exc:
         raise InternalError(f"cannot encode {what}: {exc}") from exc
 

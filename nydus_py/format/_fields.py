@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import enum
 import struct
-from collections import namedtuple
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from construct import Adapter, Bytes, Const, Construct, FormatField, Renamed, Struct, ValidationError
 from construct.core import Padded
 
 
-class IntEnumField(Adapter):  # type: ignore[misc]
+class IntEnumField(Adapter):  # type: ignore[misc]  # construct ships no types: its classes are Any
     """An integer field decoded to an `IntEnum` or `IntFlag` member.
 
     Unknown values are a ValidationError, except for flags declared with `boundary=enum.KEEP`
@@ -54,15 +53,20 @@ def _field_format(subcon: Construct) -> tuple[str, bool]:
     raise TypeError(f"cannot derive a struct format from {subcon!r}")
 
 
-class FastStruct:
-    """A `struct.Struct` with named fields, derived once from a flat construct `Struct`.
+Record = TypeVar("Record", bound=tuple[Any, ...])  # a NamedTuple class, one field per value field
+
+
+class FastStruct(Generic[Record]):
+    """A `struct.Struct` with named, typed fields, derived once from a flat construct `Struct`.
 
     `Padding` fields become pad bytes; `Const` fields are ordinary values that unpacking does not check
     (the construct declaration checks them where a reader must). With `only`, the other fields are skipped as
-    pad bytes too: a reader that needs a few fields of a record then makes no objects for the rest.
+    pad bytes too: a reader that needs a few fields of a record then makes no objects for the rest. `record`
+    is the NamedTuple records decode into; its fields must be the declaration's value fields, in order.
     """
 
-    def __init__(self, decl: Struct, name: str, only: tuple[str, ...] | None = None) -> None:
+    def __init__(self, decl: Struct, record: type[Record], only: tuple[str, ...] | None = None) -> None:
+        name = record.__name__
         formats = []
         names = []
         for sub in decl.subcons:
@@ -80,15 +84,18 @@ class FastStruct:
             raise TypeError(f"{name}: derived size {self.struct.size} != {decl.sizeof()}")
         self.size = self.struct.size
         self.fields = tuple(names)
-        self.record = namedtuple(name, names)  # type: ignore[misc]
+        declared = getattr(record, "_fields", None)  # a NamedTuple's field names (typeshed hides them)
+        if declared != self.fields:
+            raise TypeError(f"{name}: fields {declared} are not the declaration's {self.fields}")
+        self.record = record
         self.pack = self.struct.pack
         self.pack_into = self.struct.pack_into
         self.unpack_from = self.struct.unpack_from
         self.iter_unpack = self.struct.iter_unpack
 
-    def unpack_record(self, buffer: bytes | memoryview, offset: int = 0) -> Any:
-        """One record as a named tuple (fields in declaration order, pad fields left out)."""
-        return self.record._make(self.struct.unpack_from(buffer, offset))  # type: ignore[attr-defined]
+    def unpack_record(self, buffer: bytes | memoryview, offset: int = 0) -> Record:
+        """One record as its NamedTuple (fields in declaration order, pad fields left out)."""
+        return self.record(*self.struct.unpack_from(buffer, offset))
 
 
 __all__ = ["FastStruct", "IntEnumField"]

@@ -3,12 +3,13 @@ and the tail tar header's names (the header itself: format/tar.py).
 
 References: nydus storage/src/meta/mod.rs (BlobCompressionContextHeader, BlobFeatures),
 storage/src/meta/chunk_info_v1.rs and chunk_info_v2.rs, storage/src/meta/toc.rs;
-../shared/reference/rafs-v6-format.md §11; ../shared/reference/oci-packaging.md §2.1.
+docs/format.md §11; docs/oci.md §2.1.
 """
 
 from __future__ import annotations
 
 import enum
+from typing import NamedTuple
 import struct
 
 from construct import (
@@ -143,7 +144,20 @@ TocEntry = Struct(  # 128 B, an array of them ends the blob, before the `rafs.bl
 assert TocEntry.sizeof() == 128
 
 
-FAST_TOC_ENTRY = FastStruct(TocEntry, "TocEntryRecord")
+class TocEntryRecord(NamedTuple):
+    """FAST_TOC_ENTRY's record: TocEntry's value fields, in order (plain ints, no enums)."""
+
+    flags: int
+    reserved1: int
+    name: bytes
+    uncompressed_digest: bytes
+    compressed_offset: int
+    compressed_size: int
+    uncompressed_size: int
+    reserved2: bytes
+
+
+FAST_TOC_ENTRY = FastStruct(TocEntry, TocEntryRecord)
 _U64_PAIR = struct.Struct("<QQ")
 _U64_TRIPLE = struct.Struct("<QQQ")
 _MASK20 = (1 << 20) - 1

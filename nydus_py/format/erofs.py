@@ -3,12 +3,13 @@
 Field names follow erofs-utils 1.5 `include/erofs_fs.h` (the version Debian ships, which made our golden
 images); newer EROFS names and nydus `rafs/src/metadata/layout/v6.rs` names are given in comments.
 References: erofs-utils include/erofs_fs.h; nydus rafs/src/metadata/layout/v6.rs;
-../shared/reference/rafs-v6-format.md §3, §5, §8.
+docs/format.md §3, §5, §8.
 """
 
 from __future__ import annotations
 
 import enum
+from typing import NamedTuple
 from collections.abc import Iterable
 
 from construct import (
@@ -229,18 +230,149 @@ XattrEntry = Aligned(  # one inline xattr: header, name suffix, value, zero padd
     ),
 )
 
+
 # Fast codecs for the records a builder or reader handles a million times.
-FAST_SUPER_BLOCK = FastStruct(SuperBlock, "SuperBlockRecord")
-FAST_INODE_EXTENDED = FastStruct(InodeExtended, "InodeExtendedRecord")
-FAST_INODE_COMPACT = FastStruct(InodeCompact, "InodeCompactRecord")
+class SuperBlockRecord(NamedTuple):
+    """FAST_SUPER_BLOCK's record: SuperBlock's value fields, in order (plain ints, no enums)."""
+
+    magic: int
+    checksum: int
+    feature_compat: int
+    blkszbits: int
+    sb_extslots: int
+    root_nid: int
+    inos: int
+    build_time: int
+    build_time_nsec: int
+    blocks: int
+    meta_blkaddr: int
+    xattr_blkaddr: int
+    uuid: bytes
+    volume_name: bytes
+    feature_incompat: int
+    u1: int
+    extra_devices: int
+    devt_slotoff: int
+    reserved2: bytes
+
+
+FAST_SUPER_BLOCK = FastStruct(SuperBlock, SuperBlockRecord)
+
+
+class InodeExtendedRecord(NamedTuple):
+    """FAST_INODE_EXTENDED's record: InodeExtended's value fields, in order (plain ints, no enums)."""
+
+    i_format: int
+    i_xattr_icount: int
+    i_mode: int
+    i_reserved: int
+    i_size: int
+    i_u: int
+    i_ino: int
+    i_uid: int
+    i_gid: int
+    i_mtime: int
+    i_mtime_nsec: int
+    i_nlink: int
+    i_reserved2: bytes
+
+
+FAST_INODE_EXTENDED = FastStruct(InodeExtended, InodeExtendedRecord)
+
+
+class InodeCompactRecord(NamedTuple):
+    """FAST_INODE_COMPACT's record: InodeCompact's value fields, in order (plain ints, no enums)."""
+
+    i_format: int
+    i_xattr_icount: int
+    i_mode: int
+    i_nlink: int
+    i_size: int
+    i_reserved: int
+    i_u: int
+    i_ino: int
+    i_uid: int
+    i_gid: int
+    i_reserved2: bytes
+
+
+FAST_INODE_COMPACT = FastStruct(InodeCompact, InodeCompactRecord)
+
+
 # what a reader needs of a regular file's extended inode (a merge reads every file of every layer)
-FAST_INODE_EXTENDED_FILE = FastStruct(InodeExtended, "InodeExtendedFileRecord", only=(
+class InodeExtendedFileRecord(NamedTuple):
+    """FAST_INODE_EXTENDED_FILE's record: InodeExtended's value fields, in order (plain ints, no enums)."""
+
+    i_format: int
+    i_xattr_icount: int
+    i_mode: int
+    i_size: int
+    i_uid: int
+    i_gid: int
+    i_mtime: int
+    i_mtime_nsec: int
+
+
+FAST_INODE_EXTENDED_FILE = FastStruct(InodeExtended, InodeExtendedFileRecord, only=(
     "i_format", "i_xattr_icount", "i_mode", "i_size", "i_uid", "i_gid", "i_mtime", "i_mtime_nsec"))
-FAST_DIRENT = FastStruct(Dirent, "DirentRecord")
-FAST_CHUNK_ADDR = FastStruct(ChunkAddr, "ChunkAddrRecord")
-FAST_XATTR_ENTRY_HEADER = FastStruct(XattrEntryHeader, "XattrEntryHeaderRecord")
-FAST_XATTR_IBODY_HEADER = FastStruct(XattrIbodyHeader, "XattrIbodyHeaderRecord")
-FAST_DEVICE_SLOT = FastStruct(DeviceSlot, "DeviceSlotRecord")
+
+
+class DirentRecord(NamedTuple):
+    """FAST_DIRENT's record: Dirent's value fields, in order (plain ints, no enums)."""
+
+    nid: int
+    nameoff: int
+    file_type: int
+    reserved: int
+
+
+FAST_DIRENT = FastStruct(Dirent, DirentRecord)
+
+
+class ChunkAddrRecord(NamedTuple):
+    """FAST_CHUNK_ADDR's record: ChunkAddr's value fields, in order (plain ints, no enums)."""
+
+    c_blob_addr_lo: int
+    device_id: int
+    ci_index_hi: int
+    c_blk_addr: int
+
+
+FAST_CHUNK_ADDR = FastStruct(ChunkAddr, ChunkAddrRecord)
+
+
+class XattrEntryHeaderRecord(NamedTuple):
+    """FAST_XATTR_ENTRY_HEADER's record: XattrEntryHeader's value fields, in order (plain ints, no enums)."""
+
+    e_name_len: int
+    e_name_index: int
+    e_value_size: int
+
+
+FAST_XATTR_ENTRY_HEADER = FastStruct(XattrEntryHeader, XattrEntryHeaderRecord)
+
+
+class XattrIbodyHeaderRecord(NamedTuple):
+    """FAST_XATTR_IBODY_HEADER's record: XattrIbodyHeader's value fields, in order (plain ints, no enums)."""
+
+    h_reserved: int
+    h_shared_count: int
+    h_reserved2: bytes
+
+
+FAST_XATTR_IBODY_HEADER = FastStruct(XattrIbodyHeader, XattrIbodyHeaderRecord)
+
+
+class DeviceSlotRecord(NamedTuple):
+    """FAST_DEVICE_SLOT's record: DeviceSlot's value fields, in order (plain ints, no enums)."""
+
+    tag: bytes
+    blocks: int
+    mapped_blkaddr: int
+    reserved: bytes
+
+
+FAST_DEVICE_SLOT = FastStruct(DeviceSlot, DeviceSlotRecord)
 
 
 # --- layout formulas -------------------------------------------------------------------------------

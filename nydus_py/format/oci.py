@@ -1,6 +1,6 @@
 """OCI and Docker image strings Nydus images use: media types, annotation keys, layout file names.
 
-References: ../shared/reference/oci-packaging.md §1.1-§1.5, §2.2; OCI image-spec (image-layout.md).
+References: docs/oci.md §1.1-§1.5, §2.2; OCI image-spec (image-layout.md).
 """
 
 from __future__ import annotations

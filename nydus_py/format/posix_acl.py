@@ -12,6 +12,7 @@ fs/posix_acl.c (posix_acl_from_xattr / make_posix_acl, posix_acl_valid).
 from __future__ import annotations
 
 import enum
+from typing import NamedTuple
 from collections.abc import Mapping
 
 from construct import Const, Int16ul, Int32ul, Struct
@@ -45,8 +46,24 @@ PosixAclXattrEntry = Struct(  # posix_acl_xattr_entry: the rest of the value is 
 )
 assert PosixAclXattrEntry.sizeof() == 8
 
-FAST_POSIX_ACL_XATTR_HEADER = FastStruct(PosixAclXattrHeader, "PosixAclXattrHeaderRecord")
-FAST_POSIX_ACL_XATTR_ENTRY = FastStruct(PosixAclXattrEntry, "PosixAclXattrEntryRecord")
+class PosixAclXattrHeaderRecord(NamedTuple):
+    """FAST_POSIX_ACL_XATTR_HEADER's record: PosixAclXattrHeader's value fields, in order (plain ints, no enums)."""
+
+    a_version: int
+
+
+FAST_POSIX_ACL_XATTR_HEADER = FastStruct(PosixAclXattrHeader, PosixAclXattrHeaderRecord)
+
+
+class PosixAclXattrEntryRecord(NamedTuple):
+    """FAST_POSIX_ACL_XATTR_ENTRY's record: PosixAclXattrEntry's value fields, in order (plain ints, no enums)."""
+
+    e_tag: int
+    e_perm: int
+    e_id: int
+
+
+FAST_POSIX_ACL_XATTR_ENTRY = FastStruct(PosixAclXattrEntry, PosixAclXattrEntryRecord)
 
 # posix_acl_valid(): per tag, the states it may come in and the state after it (a state names the tag
 # expected next; None once OTHER has ended the ACL)

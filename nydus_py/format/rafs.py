@@ -2,12 +2,13 @@
 
 The kernel never reads these; nydusd does. Field names follow nydus rafs/src/metadata/layout/v6.rs
 (RafsV6SuperBlockExt, RafsV6Blob) and layout/v5.rs (RafsV5ChunkInfo).
-References: ../shared/reference/rafs-v6-format.md §2, §4, §6, §7, §9, §12.
+References: docs/format.md §2, §4, §6, §7, §9, §12.
 """
 
 from __future__ import annotations
 
 import enum
+from typing import NamedTuple
 
 from construct import Bytes, Int32ul, Int64ul, Struct
 
@@ -150,9 +151,68 @@ ChunkInfo = Struct(  # RafsV5ChunkInfo: one chunk table entry, 80 B; the table i
 )
 assert ChunkInfo.sizeof() == 80
 
-FAST_SUPER_BLOCK_EXT = FastStruct(SuperBlockExt, "SuperBlockExtRecord")
-FAST_BLOB = FastStruct(Blob, "BlobRecord")
-FAST_CHUNK_INFO = FastStruct(ChunkInfo, "ChunkInfoRecord")
+class SuperBlockExtRecord(NamedTuple):
+    """FAST_SUPER_BLOCK_EXT's record: SuperBlockExt's value fields, in order (plain ints, no enums)."""
+
+    s_flags: int
+    s_blob_table_offset: int
+    s_blob_table_size: int
+    s_chunk_size: int
+    s_chunk_table_offset: int
+    s_chunk_table_size: int
+    s_prefetch_table_offset: int
+    s_prefetch_table_size: int
+    s_padding: int
+    s_reserved: bytes
+
+
+FAST_SUPER_BLOCK_EXT = FastStruct(SuperBlockExt, SuperBlockExtRecord)
+
+
+class BlobRecord(NamedTuple):
+    """FAST_BLOB's record: Blob's value fields, in order (plain ints, no enums)."""
+
+    blob_id: bytes
+    blob_index: int
+    chunk_size: int
+    chunk_count: int
+    compression_algo: int
+    digest_algo: int
+    features: int
+    compressed_size: int
+    uncompressed_size: int
+    blob_toc_size: int
+    ci_compressor: int
+    ci_offset: int
+    ci_compressed_size: int
+    ci_uncompressed_size: int
+    blob_toc_digest: bytes
+    blob_meta_digest: bytes
+    blob_meta_size: int
+    cipher_iv: bytes
+    cipher_algo: int
+    reserved2: bytes
+
+
+FAST_BLOB = FastStruct(Blob, BlobRecord)
+
+
+class ChunkInfoRecord(NamedTuple):
+    """FAST_CHUNK_INFO's record: ChunkInfo's value fields, in order (plain ints, no enums)."""
+
+    block_id: bytes
+    blob_index: int
+    flags: int
+    compressed_size: int
+    uncompressed_size: int
+    compressed_offset: int
+    uncompressed_offset: int
+    file_offset: int
+    index: int  # type: ignore[assignment]  # nydus's field name; it shadows tuple.index, unused here
+    crc32: int
+
+
+FAST_CHUNK_INFO = FastStruct(ChunkInfo, ChunkInfoRecord)
 PREFETCH_ENTRY_SIZE = 4  # the prefetch table is a plain array of u32 nids
 
 

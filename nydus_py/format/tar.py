@@ -7,7 +7,7 @@ are zero here). Two dialects, each matched byte for byte:
 - GO_USTAR: the ustar header Go's archive/tar writes for the bootstrap layer of an image (numeric fields
   as octal text; checksum as 6 octal digits, NUL and space).
 References: POSIX pax/ustar; GNU tar manual "Standard" (the GNU format); Rust tar crate `Header::new_gnu`;
-Go archive/tar writer.go; ../shared/reference/oci-packaging.md §2.1.
+Go archive/tar writer.go; docs/oci.md §2.1.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ USTAR_VERSION = b"00"
 CHKSUM_FIELD = slice(148, 156)  # TarHeader.chksum: the bytes the checksum reads as spaces
 
 
-class _Octal(Adapter):  # type: ignore[misc]
+class _Octal(Adapter):  # type: ignore[misc]  # construct ships no types: its classes are Any
     """A tar numeric field: octal digits followed by NUL (all-NUL reads as 0)."""
 
     def _decode(self, obj: bytes, context: object, path: str) -> int:
@@ -107,4 +107,5 @@ def encode_tar_header(name: str, size: int, dialect: TarDialect, *, mode: int = 
     }
     checksum = tar_checksum(TarHeader.build(fields))
     fields["chksum"] = b"%06o\0 " % checksum if go else octal(checksum, 8)
-    return TarHeader.build(fields)  # type: ignore[no-any-return]
+    header: bytes = TarHeader.build(fields)
+    return header

@@ -5,7 +5,7 @@ own Nydus blob, the layers are merged into one bootstrap, and the image is packa
 platform gives a plain manifest; several give an index; `--merge-platform` writes one index holding the
 original manifests (an empty first layer added, so they never share snapshots with plain OCI images) and
 the Nydus ones (artifactType and config media type of Nydus). An image that is already Nydus is left alone.
-References: ../shared/reference/oci-packaging.md §1.3-§1.5.
+References: docs/oci.md §1.3-§1.5.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from nydus_py.config import BuildConfig
+from nydus_py.build.config import BuildConfig
 from nydus_py.errors import NydusError, UnsupportedError
 from nydus_py.format import oci
 from nydus_py.oci.documents import Descriptor
@@ -27,9 +27,10 @@ from nydus_py.oci.package import gzip_bytes, history_per_layer, write_nydus_imag
 from nydus_py.oci.platforms import platform_of, platform_text
 from nydus_py.oci.publish import BuildResult, layer_blobs, publish_layers
 from nydus_py.oci.ref import ImageRef, Transport
-from nydus_py.oci.sources import RegistryOptions, SourceImage, open_source, registry_images, verified_layers
-from nydus_py.oci.targets import LayoutWriter, PushStats, Target, open_target, push_layout
-from nydus_py.pipeline import ReusedLayer, Source, build_layers
+from nydus_py.oci.images import RegistryOptions, SourceImage, open_source, registry_images, verified_layers
+from nydus_py.oci.targets import LayoutWriter, PushStats, Target, open_target
+from nydus_py.build.pipeline import ReusedLayer, build_layers
+from nydus_py.sources.layer import Source
 from nydus_py.sources.tarball import TarSource
 
 
@@ -200,6 +201,11 @@ def _about(source: ImageRef, platform: str) -> Iterator[None]:
         raise type(exc)(f"{source} ({platform}): {message}") from exc
 
 
+def _warner(result: ConvertResult, where: str) -> Callable[[str], None]:
+    """A warning callback that records one line about `where` in `result`."""
+    return lambda message: result.warnings.append(f"{where}: {message}")
+
+
 def _convert(source: ImageRef, images: list[SourceImage], target: Target, config: BuildConfig,
              opts: ConvertOptions) -> ConvertResult:
     writer = target.writer
@@ -213,14 +219,13 @@ def _convert(source: ImageRef, images: list[SourceImage], target: Target, config
         with _about(source, name):
             reusable = _reusable_layers(target, image, config)
             manifest, built = _convert_one(image, writer, config, opts, bootstrap,
-                                           lambda m, n=name: result.warnings.append(f"{source} ({n}): {m}"),
-                                           config_media_type=config_type, reusable=reusable)
+                                           _warner(result, f"{source} ({name})"), config_media_type=config_type,
+                                           reusable=reusable)
         result.reused_layers += len(reusable)
         result.reused_bytes += sum(layer.size for layer in image.layers if layer.digest in reusable)
         result.platforms.append((name, built))
-        extra = {"artifact_type": oci.NYDUS_MANIFEST_ARTIFACT} if opts.merge_platform else {}
         entries.append(Descriptor(manifest.media_type, manifest.digest, manifest.size, platform=image.platform,
-                                  **extra))
+                                  artifact_type=oci.NYDUS_MANIFEST_ARTIFACT if opts.merge_platform else None))
     if opts.merge_platform:
         originals = []
         for image in images:
@@ -233,14 +238,10 @@ def _convert(source: ImageRef, images: list[SourceImage], target: Target, config
     else:
         top = writer.put_json({"schemaVersion": 2, "mediaType": oci.OCI_INDEX,
                                "manifests": [d.to_json() for d in entries]}, oci.OCI_INDEX)
-    if target.tag:
-        top = Descriptor(top.media_type, top.digest, top.size, annotations={oci.REF_NAME: target.tag})
-    writer.write_index([top])
-    result.top = top
-    if target.client is not None and target.remote is not None:
-        same_registry = source.remote is not None and source.remote.registry == target.remote.registry
-        mount_from = source.remote.repository if same_registry and source.remote is not None else None
-        result.push = push_layout(writer.root, top, target.remote, target.client, mount_from=mount_from)
+    same_registry = (source.remote is not None and target.remote is not None
+                     and source.remote.registry == target.remote.registry)
+    mount_from = source.remote.repository if same_registry and source.remote is not None else None
+    result.top, result.push = target.publish(top, mount_from=mount_from)
     return result
 
 

@@ -19,8 +19,8 @@ from nydus_py.oci.documents import (
     is_index,
 )
 from nydus_py.oci.ref import ImageRef, Transport
-from nydus_py.oci.sources import BlobStore, LayoutStore, RegistryOptions, registry_store
-from nydus_py.oci.targets import LayoutWriter, open_target, push_layout
+from nydus_py.oci.images import BlobStore, LayoutStore, RegistryOptions, registry_store
+from nydus_py.oci.targets import LayoutWriter, open_target
 
 
 @dataclass(slots=True)
@@ -53,8 +53,9 @@ def copy_image(source: ImageRef, target: ImageRef, registry: RegistryOptions | N
     registry = registry or RegistryOptions()
     if source.transport is Transport.OCI:
         assert source.path is not None
-        store: BlobStore = LayoutStore(source.path, str(source))
-        top, data = _layout_top(store, source)
+        layout = LayoutStore(source.path, str(source))
+        top, data = _layout_top(layout, source)
+        store: BlobStore = layout
     elif source.transport is Transport.DOCKER:
         remote = source.registry_ref()
         store, top, data = registry_store(registry.client(remote.registry), remote)
@@ -62,11 +63,7 @@ def copy_image(source: ImageRef, target: ImageRef, registry: RegistryOptions | N
         raise UsageError(f"{source}: copy reads oci:DIR[:TAG] or docker://REF")
     with open_target(target, registry) as out:
         _Copy(store, out.writer).manifest(top, 0, data)
-        tagged = Descriptor(top.media_type, top.digest, top.size,
-                            annotations={oci.REF_NAME: out.tag} if out.tag else {})
-        out.writer.write_index([tagged])
-        if out.remote is not None and out.client is not None:
-            push_layout(out.writer.root, top, out.remote, out.client)
+        out.publish(top)
     return top
 
 

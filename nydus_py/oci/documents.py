@@ -15,7 +15,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, overload
 
 import msgspec
 
@@ -108,7 +108,13 @@ DockerArchive = Annotated[list[DockerArchiveEntry], msgspec.Meta(min_length=1, m
 T = TypeVar("T")
 
 
-def decode(data: bytes, kind: type[T] | Any, where: str) -> T:
+@overload
+def decode(data: bytes, kind: type[T], where: str) -> T: ...
+@overload
+def decode(data: bytes, kind: Any, where: str) -> Any: ...  # an Annotated type (a capped list)
+
+
+def decode(data: bytes, kind: Any, where: str) -> Any:
     """`data` as `kind`, or a FormatError naming `where` and the field."""
     if len(data) > MAX_DOCUMENT:
         raise FormatError(f"{where}: {len(data)} bytes is over the {MAX_DOCUMENT >> 20} MiB document limit")

@@ -1,6 +1,6 @@
 """Reading Nydus images out of an OCI layout: the bootstrap layer, the blobs, and the manifest rules.
 
-The rules (../shared/reference/oci-packaging.md §1.2-§1.4, what nydusify check and the snapshotter need):
+The rules (docs/oci.md §1.2-§1.4, what nydusify check and the snapshotter need):
 blob layers have the Nydus media type and `nydus-blob: "true"`; the last layer is a gzip'd tar with
 `nydus-bootstrap: "true"` holding `image/image.boot`; `len(diff_ids) == len(layers)`, a blob's diff_id is
 its digest and the bootstrap's is the digest of the uncompressed tar; every blob id in the merged bootstrap
@@ -21,12 +21,13 @@ from pathlib import Path
 from nydus_py.bootstrap.reader import read_bootstrap
 from nydus_py.errors import FormatError, UsageError
 from nydus_py.format import oci
-from nydus_py.locate import OpenedImage, find_blob_file, open_image
+from nydus_py.blob.reader import find_blob_file
+from nydus_py.read.locate import OpenedImage, open_image
 from nydus_py.oci.documents import digest_hex
 from nydus_py.oci.platforms import platform_text
 from nydus_py.oci.ref import ImageRef, Transport, parse_image_ref
-from nydus_py.oci.sources import SourceImage, open_regular, open_source
-from nydus_py.validate import Defect
+from nydus_py.oci.images import SourceImage, open_regular, open_source
+from nydus_py.read.validate import Defect
 
 MAX_BOOTSTRAP_TAR = 4 << 30
 
@@ -53,7 +54,7 @@ def read_bootstrap_layer(image: SourceImage) -> tuple[bytes, str]:
     raw = image.open_blob(layer)
     try:
         parts, total = [], 0
-        with gzip.GzipFile(fileobj=raw) as plain:  # type: ignore[arg-type]
+        with gzip.GzipFile(fileobj=raw) as plain:
             while (block := plain.read(1 << 20)) and total <= MAX_BOOTSTRAP_TAR:
                 parts.append(block)
                 total += len(block)

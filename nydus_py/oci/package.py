@@ -6,7 +6,7 @@ Blob layers: media type `application/vnd.oci.image.layer.nydus.blob.v1`, annotat
 layer: a gzip'd tar with `image/`, `image/image.boot` (0444, mtime 0) and `image/<blob id>.blob.meta` per
 layer with chunk data, as nydus-snapshotter's converter writes for fs v6; annotations nydus-bootstrap and
 nydus-fs-version. The source config is patched only in `rootfs` and `history`.
-References: ../shared/reference/oci-packaging.md §1.3-§1.5, §2.2.
+References: docs/oci.md §1.3-§1.5, §2.2.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nydus_py.errors import InternalError
 from nydus_py.blob.reader import BlobReader, RandomAccess
-from nydus_py.compress import decompress
+from nydus_py.blob.compress import decompress
 from nydus_py.format import blobmeta, oci, tar
 from nydus_py.oci.documents import Descriptor, Json
 from nydus_py.oci.targets import LayoutWriter
@@ -37,6 +38,14 @@ class LayerBlob:
     remote: RandomAccess | None  # where a reused blob already is
     has_data: bool  # chunk data (so a blob.meta cache file)
     annotations: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def source(self) -> Path | RandomAccess:
+        """Where the blob's bytes are read from."""
+        found = self.path or self.remote
+        if found is None:
+            raise InternalError(f"blob {self.blob_id}: neither a file nor a remote blob")
+        return found
 
 
 def blob_meta_cache(source: Path | RandomAccess) -> bytes:
@@ -89,7 +98,7 @@ def write_nydus_image(writer: LayoutWriter, blobs: list[LayerBlob], bootstrap: b
                       docker_types: bool = False, layer_history: list[Json] | None = None,
                       config_media_type: str | None = None) -> tuple[Descriptor, Json]:
     """Write the bootstrap layer, config and manifest of one image; returns (manifest descriptor, config)."""
-    metas = [(b.blob_id, blob_meta_cache(b.path or b.remote)) for b in blobs if b.has_data]  # type: ignore[arg-type]
+    metas = [(b.blob_id, blob_meta_cache(b.source)) for b in blobs if b.has_data]
     tar = bootstrap_tar(bootstrap, metas)
     diff_id = "sha256:" + hashlib.sha256(tar).hexdigest()
     manifest_type = oci.DOCKER_MANIFEST if docker_types else oci.OCI_MANIFEST
@@ -107,4 +116,4 @@ def write_nydus_image(writer: LayoutWriter, blobs: list[LayerBlob], bootstrap: b
         "config": config_desc.to_json(),
         "layers": [layer.to_json() for layer in [*layers, boot_desc]],
     }
-    return writer.put_json(manifest, manifest["mediaType"]), config
+    return writer.put_json(manifest, manifest_type), config

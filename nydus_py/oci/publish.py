@@ -4,7 +4,7 @@ The pipeline (../pipeline.py) makes the blobs and the merged bootstrap in the ta
 they become an OCI image layout in OUTDIR (`blobs/sha256/<blob id>`, the plain `bootstrap` beside the layout,
 `oci-layout`, `index.json` last) or are pushed to a registry, and the result is described for
 `--output-json`. Every write goes through the target's one `OutputDir` transaction (../outdir.py).
-References: ../shared/DESIGN.md "Outputs and results".
+References: docs/design.md "Outputs and results".
 """
 
 from __future__ import annotations
@@ -18,20 +18,22 @@ from pathlib import Path
 from typing import Any
 
 from nydus_py.blob.reader import RandomAccess
-from nydus_py.chunker import ChunkStats
-from nydus_py.config import BuildConfig
+from nydus_py.blob.chunker import ChunkStats
+from nydus_py.build.config import BuildConfig
 from nydus_py.errors import UsageError
 from nydus_py.format import oci
-from nydus_py.fsutil import atomic_output
+from nydus_py.util.fsutil import atomic_output
 from nydus_py.image import BlobInfo
 from nydus_py.oci.documents import Descriptor, Json, decode_object
 from nydus_py.oci.package import LayerBlob, write_nydus_image
 from nydus_py.oci.platforms import parse_platform
 from nydus_py.oci.ref import ImageRef
-from nydus_py.oci.sources import RegistryOptions
-from nydus_py.oci.targets import LayoutWriter, PushStats, open_target, push_layout
-from nydus_py.outdir import OutputDir
-from nydus_py.pipeline import BuiltImage, build_layers, merge_layer_files, open_layer
+from nydus_py.oci.images import RegistryOptions
+from nydus_py.oci.targets import LayoutWriter, PushStats, open_target
+from nydus_py.util.outdir import OutputDir
+from nydus_py.build.merge import merge_layer_files
+from nydus_py.build.pipeline import BuiltImage, build_layers
+from nydus_py.sources.layer import open_layer
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,26 +158,22 @@ def build_image(layers: list[str], target: ImageRef, config: BuildConfig, *, ext
     image = image or ImageOptions()
     base = base_config(image)
     started = time.perf_counter()
-    sources = tuple(Path(layer) for layer in layers if layer != "-")
-    with open_target(target, registry, source_dirs=sources) as out:
+    source_dirs = tuple(Path(layer) for layer in layers if layer != "-")
+    with open_target(target, registry, source_dirs=source_dirs) as out:
         writer = out.writer
-        built = build_layers(((layer, open_layer(layer, config)) for layer in layers), writer.work, config,
+        sources = ((layer, open_layer(layer, whiteout_spec=config.whiteout_spec, overlay_ns=config.overlay_xattr_ns))
+                   for layer in layers)
+        built = build_layers(sources, writer.work, config,
                              layered=len(layers) > 1)
         data_done = time.perf_counter()
         outputs = publish_layers(built, writer)
         manifest, _ = write_nydus_image(writer, layer_blobs(outputs), built.bootstrap, base,
                                         docker_types=image.docker_types)
-        tag = image.tag or out.tag
-        if tag:
-            manifest = Descriptor(manifest.media_type, manifest.digest, manifest.size,
-                                  annotations={oci.REF_NAME: tag})
         bootstrap = writer.out.publish_bytes(built.bootstrap, "bootstrap")
-        writer.write_index([manifest])
+        manifest, push = out.publish(manifest, tag=image.tag)
         result = BuildResult(bootstrap=bootstrap, blobs=[outputs[k] for k in built.keys], layers=outputs,
-                             entries=built.entries, stats=built.stats, manifest=manifest, layout=out.layout)
-        if out.remote is not None and out.client is not None:
-            result.push = push_layout(writer.root, manifest, out.remote, out.client)
-            result.pushed_to = str(out.remote)
+                             entries=built.entries, stats=built.stats, manifest=manifest, layout=out.layout,
+                             push=push, pushed_to=str(out.remote) if out.remote is not None else None)
     write_extra_bootstrap(extra_bootstrap, built.bootstrap)
     finished = time.perf_counter()
     result.timings = {"data": data_done - started, "bootstrap": finished - data_done, "total": finished - started}
@@ -191,6 +189,7 @@ def merge_images(inputs: list[Path], outdir: Path, config: BuildConfig, *, blob_
     with OutputDir.open(outdir) as out:
         published: dict[int, BlobOutput] = {}
         for key, (info, path) in merged.blobs.items():
+            assert path is not None  # merge_layer_files found every blob on disk
             staged = out.staging / f"blob.{key}"
             try:
                 os.link(path, staged)

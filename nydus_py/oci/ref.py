@@ -16,7 +16,52 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nydus_py.errors import UsageError
-from nydus_py.oci.reference import Reference, parse_reference
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    registry: str
+    repository: str
+    tag: str | None = None
+    digest: str | None = None
+
+    @property
+    def ref(self) -> str:
+        return self.digest or self.tag or "latest"
+
+    def __str__(self) -> str:
+        suffix = f"@{self.digest}" if self.digest else f":{self.tag or 'latest'}"
+        return f"{self.registry}/{self.repository}{suffix}"
+
+
+def parse_reference(text: str) -> Reference:
+    """`docker://REGISTRY/REPO[:TAG|@sha256:...]`; Docker Hub names as docker does."""
+    if not text.startswith("docker://"):
+        raise UsageError(f"{text}: a registry reference starts with docker://")
+    rest = text[len("docker://") :]
+    name, at, digest_text = rest.partition("@")
+    digest = digest_text if at else None
+    tag = None
+    last = name.rsplit("/", 1)[-1]
+    if ":" in last:
+        name, tag = name.rsplit(":", 1)
+    first, _, remainder = name.partition("/")
+    if not remainder or ("." not in first and ":" not in first and first != "localhost"):
+        registry, repository = "registry-1.docker.io", name if "/" in name else f"library/{name}"
+    else:
+        registry, repository = first, remainder
+    if not repository or (digest is not None and not digest.startswith("sha256:")):
+        raise UsageError(f"{text}: not a valid image reference")
+    return Reference(registry=registry, repository=repository, tag=tag, digest=digest)
+
+
+def parse_creds(text: str | None) -> tuple[str, str] | None:
+    if text is None:
+        return None
+    user, sep, secret = text.partition(":")
+    if not sep:
+        raise UsageError("--creds takes USER:PASSWORD")
+    return user, secret
 
 
 class Transport(enum.Enum):
@@ -113,4 +158,5 @@ def output_ref(text: str) -> ImageRef:
     return ImageRef(Transport.OCI, text, path=Path(text))
 
 
-__all__ = ["FORMS", "ImageRef", "Transport", "output_ref", "parse_image_ref", "parse_target_ref"]
+__all__ = ["FORMS", "ImageRef", "Reference", "Transport", "output_ref", "parse_creds", "parse_image_ref",
+           "parse_reference", "parse_target_ref"]

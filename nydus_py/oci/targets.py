@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -27,9 +27,9 @@ from nydus_py.format import oci
 from nydus_py.oci.documents import MAX_DOCUMENT, Descriptor, IndexDoc, Json, ManifestDoc, decode, dumps, is_index
 from nydus_py.oci.platforms import platform_of
 from nydus_py.oci.ref import ImageRef, Transport
-from nydus_py.oci.reference import Reference
-from nydus_py.oci.sources import LayoutStore, RegistryOptions, VerifiedStream
-from nydus_py.outdir import OutputDir
+from nydus_py.oci.ref import Reference
+from nydus_py.oci.images import LayoutStore, RegistryOptions, VerifiedStream
+from nydus_py.util.outdir import OutputDir
 
 if TYPE_CHECKING:  # the HTTP stack is imported only by commands that reach a registry
     from nydus_py.oci.registry import RegistryClient
@@ -122,6 +122,19 @@ class Target:
     def layout(self) -> Path | None:
         return None if self.remote is not None else self.writer.root
 
+    def publish(self, top: Descriptor, *, tag: str | None = None,
+                mount_from: str | None = None) -> tuple[Descriptor, PushStats | None]:
+        """The last step of every command that writes an image: `top` (a manifest or index already in the
+        layout) goes into index.json under `tag` (default: the target's), then, for a registry target, the
+        layout is pushed (`mount_from`: a repository of the same registry to mount blobs from). Returns the
+        index entry and the push statistics (None for a layout)."""
+        tag = tag or self.tag
+        entry = Descriptor(top.media_type, top.digest, top.size, annotations={oci.REF_NAME: tag} if tag else {})
+        self.writer.write_index([entry])
+        if self.remote is None or self.client is None:
+            return entry, None
+        return entry, push_layout(self.writer.root, top, self.remote, self.client, mount_from=mount_from)
+
 
 @contextlib.contextmanager
 def open_target(ref: ImageRef, registry: RegistryOptions | None = None,
@@ -186,8 +199,8 @@ def push_layout(root: Path, top: Descriptor, ref: Reference, client: RegistryCli
             for blob in [doc.config, *doc.layers]:
                 blob_desc = Descriptor.of(blob)
 
-                def opener(d: Descriptor = blob_desc) -> BinaryIO:
-                    return store.open(d)  # type: ignore[return-value]
+                def opener(d: Descriptor = blob_desc) -> VerifiedStream:
+                    return store.open(d)
 
                 how = client.push_blob(ref.repository, blob_desc.digest, blob_desc.size, opener,
                                        mount_from=mount_from)

@@ -1,21 +1,28 @@
-"""Layer sources: each turns its input into a `Tree` and hands out file contents in data order."""
+"""Layer sources: each turns its input into a `Tree` and hands out file contents (`model.FileContent`) in
+data order. `open_layer` picks the source for a layer argument; the options every source takes live here.
+
+References: docs/design.md "Layers and whiteouts".
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Protocol
-
-from nydus_py.model import Inode
+import enum
 
 
-class FileContent(Protocol):
-    """A regular file's data, read once, in order, by the chunker."""
+class WhiteoutSpec(enum.Enum):
+    """How a layer source marks removals: `auto` is overlayfs for directories and OCI for tars."""
 
-    inode: Inode
-    path: bytes  # for messages
+    AUTO = "auto"
+    OCI = "oci"
+    OVERLAYFS = "overlayfs"
+    NONE = "none"
 
-    def pieces(self, chunk_size: int) -> Iterable[tuple[int, int, bytes | None]]:
-        """(file offset, length, data) per chunk; data None for a chunk wholly inside a hole."""
-        ...
 
-    def close(self) -> None: ...
+class XattrNamespace(enum.Enum):
+    """The xattr namespace an overlayfs mount used for its bookkeeping (`userxattr` mounts: user)."""
+
+    TRUSTED = "trusted"
+    USER = "user"
+
+
+__all__ = ["WhiteoutSpec", "XattrNamespace"]

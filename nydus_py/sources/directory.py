@@ -24,10 +24,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nydus_py.config import WhiteoutSpec, XattrNamespace
+from nydus_py.sources import WhiteoutSpec, XattrNamespace
 from nydus_py.errors import FormatError, UnsupportedError, UsageError
 from nydus_py.format.posix_acl import acl_xattrs_problem
-from nydus_py.fsutil import raise_fd_limit
+from nydus_py.util.fsutil import raise_fd_limit
 from nydus_py.model import OPAQUE_MARKER, WHITEOUT_PREFIX, Entry, FileKind, Inode, Tree, is_marker, \
     is_void_whiteout, new_marker, overlay_xattrs
 

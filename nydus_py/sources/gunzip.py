@@ -18,7 +18,10 @@ import io
 import queue
 import threading
 import zlib
-from typing import BinaryIO
+from typing import BinaryIO, TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 BLOCK = 1 << 20  # compressed bytes read, and decompressed bytes made, at a time
 AHEAD = 8  # blocks inflated ahead of the reader: memory is bounded by AHEAD * BLOCK
@@ -76,9 +79,10 @@ class ThreadedGzipReader(io.RawIOBase):
             if not pending.startswith(b"\x1f\x8b"):
                 raise gzip.BadGzipFile(f"Not a gzipped file ({pending[:2]!r})")
             self._started_member = True
-            pending = self._inflate_member(zlib.decompressobj(_GZIP_WBITS), pending)
-            if pending is None:
+            rest = self._inflate_member(zlib.decompressobj(_GZIP_WBITS), pending)
+            if rest is None:
                 return
+            pending = rest
 
     def _inflate_member(self, inflater: zlib._Decompress, pending: bytes) -> bytes | None:
         """Inflate one member starting in `pending`; the bytes after it, or None once the caller closed."""
@@ -122,7 +126,8 @@ class ThreadedGzipReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+    def readinto(self, target: WriteableBuffer) -> int:
+        buffer = memoryview(target).cast("B")
         if self._error is not None:
             raise self._error
         while not self._buffer and not self._done:

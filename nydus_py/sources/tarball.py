@@ -20,24 +20,26 @@ import io
 import os
 import posixpath
 import stat
-import sys
 import tarfile
 import urllib.parse
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import BinaryIO
+from typing import BinaryIO, IO, TYPE_CHECKING, cast
 
 import pyzstd
 
-from nydus_py.config import WhiteoutSpec, XattrNamespace
-from nydus_py.errors import FormatError, UsageError
+from nydus_py.sources import WhiteoutSpec, XattrNamespace
+from nydus_py.errors import FormatError
 from nydus_py.format import erofs
 from nydus_py.format.posix_acl import acl_xattrs_problem
 from nydus_py.sources.gunzip import threaded_gunzip
 from nydus_py.model import OPAQUE_MARKER, WHITEOUT_PREFIX, Entry, FileKind, Inode, Tree, is_marker, \
     is_void_whiteout, new_directory, new_marker, overlay_xattrs
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -63,45 +65,47 @@ class BoundedTarInfo(tarfile.TarInfo):
     """tarfile's TarInfo with caps on what a header makes it read into memory: a PAX record set, a GNU long
     name or link, and the extents of a sparse map (old GNU, PAX 0.x and 1.0)."""
 
+    _sparse_structs: tuple[list[tuple[int, int]], bool, int]  # set by tarfile's old GNU sparse header reader
+
     def _proc_pax(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
         _cap(self.size, MAX_HEADER_RECORD, f"PAX header of {self.size} bytes")
-        return super()._proc_pax(tarfile_)  # type: ignore[misc, no-any-return]
+        return super()._proc_pax(tarfile_)  # type: ignore[misc, no-any-return]  # tarfile's private reader, untyped
 
     def _proc_gnulong(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
         _cap(self.size, MAX_HEADER_RECORD, f"GNU long name of {self.size} bytes")
-        return super()._proc_gnulong(tarfile_)  # type: ignore[misc, no-any-return]
+        return super()._proc_gnulong(tarfile_)  # type: ignore[misc, no-any-return]  # tarfile's private reader, untyped
 
     def _proc_sparse(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
-        structs, isextended, origsize = self._sparse_structs  # type: ignore[attr-defined]
+        structs, isextended, origsize = self._sparse_structs
         blocks = 0
         while isextended:  # tarfile's loop, counted: each extension block holds 21 extents
-            buf = tarfile_.fileobj.read(tarfile.BLOCKSIZE)  # type: ignore[union-attr]
+            buf = _fileobj(tarfile_).read(tarfile.BLOCKSIZE)
             blocks += 1
             _cap(len(structs) + 21, MAX_SPARSE_EXTENTS, "GNU sparse map")
             for pos in range(0, 21 * 24, 24):
                 try:
-                    offset, numbytes = tarfile.nti(buf[pos : pos + 12]), tarfile.nti(buf[pos + 12 : pos + 24])
+                    offset, numbytes = _nti(buf[pos : pos + 12]), _nti(buf[pos + 12 : pos + 24])
                 except ValueError:
                     break
                 if offset and numbytes:
                     structs.append((offset, numbytes))
             isextended = len(buf) == tarfile.BLOCKSIZE and bool(buf[504])
         self._sparse_structs = (structs, False, origsize)
-        return super()._proc_sparse(tarfile_)  # type: ignore[misc, no-any-return]
+        return super()._proc_sparse(tarfile_)  # type: ignore[misc, no-any-return]  # tarfile's private reader, untyped
 
     def _proc_gnusparse_00(self, next_: tarfile.TarInfo, pax_headers: dict[str, str], buf: bytes) -> None:
-        super()._proc_gnusparse_00(next_, pax_headers, buf)  # type: ignore[misc]
+        super()._proc_gnusparse_00(next_, pax_headers, buf)  # type: ignore[misc]  # tarfile's private reader
         _cap(len(next_.sparse or []), MAX_SPARSE_EXTENTS, "PAX 0.0 sparse map")
 
     def _proc_gnusparse_01(self, next_: tarfile.TarInfo, pax_headers: dict[str, str]) -> None:
         _cap(pax_headers.get("GNU.sparse.map", "").count(","), 2 * MAX_SPARSE_EXTENTS, "PAX 0.1 sparse map")
-        super()._proc_gnusparse_01(next_, pax_headers)  # type: ignore[misc]
+        super()._proc_gnusparse_01(next_, pax_headers)  # type: ignore[misc]  # tarfile's private reader
 
     def _proc_gnusparse_10(self, next_: tarfile.TarInfo, pax_headers: dict[str, str],
                            tarfile_: tarfile.TarFile) -> None:
         """tarfile's reader of the map in front of the data, with its extent count capped (and an end of
         stream inside the map an error, where tarfile's own loop never ends)."""
-        read = tarfile_.fileobj.read  # type: ignore[union-attr]
+        read = _fileobj(tarfile_).read
         buf = read(tarfile.BLOCKSIZE)
         count, _, buf = buf.partition(b"\n")
         if not count.isdigit():
@@ -118,8 +122,21 @@ class BoundedTarInfo(tarfile.TarInfo):
             if not number.isdigit():
                 raise HeaderLimitError("PAX 1.0 sparse map: not a number")
             numbers.append(int(number))
-        next_.offset_data = tarfile_.fileobj.tell()  # type: ignore[union-attr]
-        next_.sparse = list(zip(numbers[::2], numbers[1::2], strict=True))
+        next_.offset_data = _fileobj(tarfile_).tell()
+        # typeshed says bytes; tarfile keeps the map of a sparse member here as (offset, size) pairs
+        next_.sparse = list(zip(numbers[::2], numbers[1::2], strict=True))  # type: ignore[assignment]
+
+
+def _fileobj(archive: tarfile.TarFile) -> IO[bytes]:
+    """The stream an open archive reads (typeshed allows None, which an archive being read never has)."""
+    assert archive.fileobj is not None
+    return cast(IO[bytes], archive.fileobj)
+
+
+def _nti(field: bytes) -> int:
+    """A numeric tar header field: tarfile's own decoder (octal or base-256), which typeshed does not list."""
+    decoder: Callable[[bytes], int] = vars(tarfile)["nti"]
+    return decoder(field)
 
 
 def _cap(value: int, limit: int, what: str) -> None:
@@ -131,16 +148,6 @@ def _bytes(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
 
 
-def open_layer_file(path: str) -> tuple[BinaryIO, str]:
-    """A layer file (or '-' for stdin) opened for reading, and a name for messages."""
-    if path == "-":
-        return sys.stdin.buffer, "<stdin>"
-    try:
-        return open(path, "rb"), path  # noqa: SIM115 - handed to the caller
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot open layer: {exc.strerror}") from exc
-
-
 def _is_regular_file(stream: BinaryIO) -> bool:
     try:
         return stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
@@ -150,15 +157,15 @@ def _is_regular_file(stream: BinaryIO) -> bool:
 
 def decompressed(raw: BinaryIO) -> BinaryIO:
     """The tar stream inside `raw`: gzip and zstd are recognised by their magic, anything else is plain."""
-    buffered = raw if isinstance(raw, io.BufferedReader) else io.BufferedReader(raw)  # type: ignore[arg-type]
+    buffered = raw if isinstance(raw, io.BufferedReader) else io.BufferedReader(cast(io.RawIOBase, raw))
     head = buffered.peek(4)[:4]
     if head.startswith(GZIP_MAGIC):
         if _is_regular_file(buffered):
             return threaded_gunzip(buffered)
         # a pipe (stdin) can stall: a thread blocked reading it would still hold it at interpreter exit
-        return gzip.GzipFile(fileobj=buffered, mode="rb")  # type: ignore[return-value]
+        return gzip.GzipFile(fileobj=buffered, mode="rb")  # type: ignore[return-value]  # a binary stream, typed apart
     if head.startswith(ZSTD_MAGIC):
-        return pyzstd.ZstdFile(buffered, mode="rb")  # type: ignore[return-value]
+        return pyzstd.ZstdFile(buffered, mode="rb")  # type: ignore[return-value]  # a binary stream, typed apart
     return buffered
 
 
@@ -168,7 +175,7 @@ class TarFile:
 
     inode: Inode
     path: bytes
-    stream: BinaryIO
+    stream: IO[bytes]
     extents: list[tuple[int, int]]  # (offset, length) of data; everything else reads as zeros
 
     def pieces(self, chunk_size: int) -> Iterable[tuple[int, int, bytes | None]]:
@@ -199,7 +206,8 @@ class _Counting(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+    def readinto(self, target: WriteableBuffer) -> int:
+        buffer = memoryview(target).cast("B")
         data = self._stream.read(len(buffer))
         buffer[: len(data)] = data
         self.total += len(data)
@@ -237,7 +245,8 @@ class TarSource:
     def files(self) -> Iterator[TarFile]:
         counted = _Counting(self.stream)
         try:
-            archive = tarfile.open(fileobj=counted, mode="r|", errors="surrogateescape", tarinfo=BoundedTarInfo)
+            archive = tarfile.open(fileobj=counted, mode="r|", errors="surrogateescape",  # noqa: SIM115 - closed below
+                                   tarinfo=BoundedTarInfo)
         except _STREAM_ERRORS as exc:
             if isinstance(exc, tarfile.ReadError) and "empty file" in str(exc):
                 self._finish()
@@ -346,7 +355,8 @@ class TarSource:
             self._children[id(parent)][name] = Entry(name=name, inode=new_marker())
             return None
         if member.islnk():
-            return self._link(member, parent, path, name)
+            self._link(member, parent, path, name)
+            return None
         kind = inode.kind
         if whiteout:  # overlayfs: a char device 0:0
             marker = WHITEOUT_PREFIX + name
@@ -373,9 +383,9 @@ class TarSource:
             stream = archive.extractfile(member)
             if stream is None:
                 raise self._fail("regular file without data", member.name)
-            extents = [(o, n) for o, n in member.sparse] if member.sparse else [(0, inode.size)]
-            return TarFile(inode=inode, path=_bytes(f"{self.name}: {member.name}"), stream=stream,  # type: ignore[arg-type]
-                           extents=extents)
+            sparse: list[tuple[int, int]] | None = member.sparse  # type: ignore[assignment]  # see _proc_gnusparse_10
+            extents = list(sparse) if sparse else [(0, inode.size)]
+            return TarFile(inode=inode, path=_bytes(f"{self.name}: {member.name}"), stream=stream, extents=extents)
         return None
 
     def _is_whiteout(self, name: bytes, inode: Inode, member: str) -> bool:
@@ -410,7 +420,7 @@ class TarSource:
         self._remove(parent, path, name)  # every type shares its inode, as `tar x` links it (DESIGN.md)
         self._children[id(parent)][name] = Entry(name=name, inode=target)
         self._files[path] = target
-        return None
+        return
 
     @staticmethod
     def _copy_attrs(dst: Inode, src: Inode) -> None:

@@ -1,8 +1,8 @@
 """Golden round trips: every on-disk struct parses real bytes written by nydus-image or mkfs.erofs and
-builds them back byte for byte. Never bytes from our own writer (../shared/DESIGN.md).
+builds them back byte for byte. Never bytes from our own writer (docs/design.md).
 
 Sources: V1 = rafs-v6-2.2.boot + its blob be7d77ee..., V2 = inline-meta blob 2fa78cad..., V3 = ZRAN
-blob.meta cache file (all in ../shared/nydus-fixtures); mkfs-erofs-*.img.gz = Debian erofs-utils 1.5,
+blob.meta cache file (all in fixtures/nydus/); mkfs-erofs-*.img.gz = Debian erofs-utils 1.5,
 made by tools/regen_golden.py (nids below come from `dump.erofs --path=...` on those images).
 """
 
@@ -19,7 +19,7 @@ import construct
 from construct import Construct, Container, SizeofError
 
 from nydus_py.format import blobmeta, erofs, posix_acl, rafs, tar
-from tests.conftest import V1_BLOB, V1_BOOT, V2_BLOB, V3_META, golden_bytes, need_nydus_fixtures
+from tests.conftest import V1_BLOB, V1_BOOT, V2_BLOB, V3_META, golden_bytes
 
 # Struct name -> the test functions that hold its golden round trips (checked by tests/test_meta.py).
 GOLDEN_COVERAGE: dict[str, str] = {}
@@ -62,7 +62,6 @@ def assert_roundtrip(fmt: Construct, data: bytes, expected: Mapping[str, Any] | 
 
 @pytest.fixture(scope="module")
 def v1() -> tuple[bytes, bytes]:
-    need_nydus_fixtures()
     return V1_BOOT.read_bytes(), V1_BLOB.read_bytes()
 
 
@@ -237,7 +236,6 @@ def test_chunk_info_v1(v1: tuple[bytes, bytes]) -> None:
 
 @covers("ChunkInfoV2")
 def test_chunk_info_v2() -> None:
-    need_nydus_fixtures()
     meta = V3_META.read_bytes()
     for i in range(0, 163, 40):
         raw = meta[24 * i : 24 * i + 24]

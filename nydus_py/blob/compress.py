@@ -1,6 +1,6 @@
 """Chunk codecs: none, lz4 block and zstd, as nydus frames them (one block or frame per chunk).
 
-References: nydus utils/src/compress/mod.rs; ../shared/reference/rafs-v6-format.md §12.
+References: nydus utils/src/compress/mod.rs; docs/format.md §12.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from nydus_py.errors import FormatError, UnsupportedError
 from nydus_py.format.rafs import CompressAlgo
 
 ZSTD_LEVEL = 3  # nydus-image's zstd level
-_ZSTD_OPTIONS = {pyzstd.CParameter.compressionLevel: ZSTD_LEVEL, pyzstd.CParameter.checksumFlag: 0}
+_ZSTD_OPTIONS: dict[int, int] = {pyzstd.CParameter.compressionLevel: ZSTD_LEVEL, pyzstd.CParameter.checksumFlag: 0}
 # One compression context per thread: making one costs ~12 us, more than compressing a small file's chunk.
 # Each call ends its frame (FLUSH_FRAME), so the bytes are those of a one-shot pyzstd.compress.
 _zstd_contexts = threading.local()

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from nydus_py.errors import UsageError
+from nydus_py.sources import WhiteoutSpec, XattrNamespace
 from nydus_py.format.rafs import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, CompressAlgo, DigestAlgo
 
 
@@ -32,21 +33,6 @@ class Digester(enum.Enum):
     def algo(self) -> DigestAlgo:
         return DigestAlgo.BLAKE3 if self is Digester.BLAKE3 else DigestAlgo.SHA256
 
-
-class WhiteoutSpec(enum.Enum):
-    """How a layer source marks removals: `auto` is overlayfs for directories and OCI for tars."""
-
-    AUTO = "auto"
-    OCI = "oci"
-    OVERLAYFS = "overlayfs"
-    NONE = "none"
-
-
-class XattrNamespace(enum.Enum):
-    """The xattr namespace an overlayfs mount used for its bookkeeping (`userxattr` mounts: user)."""
-
-    TRUSTED = "trusted"
-    USER = "user"
 
 
 @dataclass(frozen=True, slots=True)

@@ -169,7 +169,7 @@ def validate_blob_table(data: bytes) -> list[Defect]:
     return out
 
 
-def _blob_rules(data: bytes, at: int, index: int, ext: object) -> list[str]:
+def _blob_rules(data: bytes, at: int, index: int, ext: rafs.SuperBlockExtRecord) -> list[str]:
     b = rafs.FAST_BLOB.unpack_record(data, at)
     rules = []
     if not _valid_id(b.blob_id):
@@ -177,7 +177,7 @@ def _blob_rules(data: bytes, at: int, index: int, ext: object) -> list[str]:
     if b.blob_index != index:
         rules.append(f"blob_index={b.blob_index}: must equal its position {index}")
     c = b.chunk_size
-    if c & (c - 1) or not rafs.MIN_CHUNK_SIZE <= c <= rafs.MAX_CHUNK_SIZE or c != ext.s_chunk_size:  # type: ignore[attr-defined]
+    if c & (c - 1) or not rafs.MIN_CHUNK_SIZE <= c <= rafs.MAX_CHUNK_SIZE or c != ext.s_chunk_size:
         rules.append(f"chunk_size={c:#x}: must be a valid chunk size equal to the superblock's")
     if b.chunk_count > rafs.MAX_CHUNKS_PER_BLOB:
         rules.append(f"chunk_count={b.chunk_count}: at most 2^24")
@@ -195,7 +195,7 @@ def _blob_rules(data: bytes, at: int, index: int, ext: object) -> list[str]:
         features = BlobFeatures(b.features)
     except ValueError:
         return [*rules, f"features={b.features:#x}: unknown bits"]
-    tarfs = bool(ext.s_flags & rafs.SuperFlags.TARFS_MODE)  # type: ignore[attr-defined]
+    tarfs = bool(ext.s_flags & rafs.SuperFlags.TARFS_MODE)
     if bool(features & BlobFeatures.ALIGNED) == tarfs:
         rules.append("ALIGNED must be set (and must not be in tarfs mode)")
     if b.ci_compressed_size > b.ci_uncompressed_size:

@@ -13,7 +13,7 @@ from nydus_py.model import FileKind, Inode
 
 
 def flag_names(flags: enum.IntFlag) -> list[str]:
-    return [member.name for member in type(flags) if member in flags and member.name]  # type: ignore[union-attr]
+    return [member.name for member in type(flags) if member in flags and member.name]
 
 
 def summary(bootstrap: Bootstrap) -> dict[str, Any]:

@@ -11,7 +11,7 @@ we do not).
 
 Layer trees are never modified: merged directories are new inodes; everything else is shared, so
 hardlinks (one Inode object) stay linked.
-References: ../shared/reference/rafs-v6-format.md §14.1; OCI image-spec layer.md (whiteouts).
+References: docs/format.md §14.1; OCI image-spec layer.md (whiteouts).
 """
 
 from __future__ import annotations

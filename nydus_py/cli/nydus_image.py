@@ -8,39 +8,28 @@ patterns on stdin; `merge --bootstrap OUT --output-json J BOOT...` over bootstra
 `unpack --bootstrap B --blob DATA --output FIFO`; `check`. Unlike `nydus-py`, this command follows nydus-image's
 conventions: the blob and the unpacked tar are written in place, strictly sequentially (they are FIFOs the caller
 reads); exit 1 on errors and 2 on usage errors; a merged blob table takes sizes and TOC digests from the flags or
-the inline tables, as nydus-image does (../shared/DESIGN.md, "Outputs and results").
+the inline tables, as nydus-image does (docs/design.md, "Outputs and results").
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
-import tempfile
-from dataclasses import replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from nydus_py import overlay
-from nydus_py.bootstrap.reader import read_bootstrap
-from nydus_py.pipeline import build_layer
-from nydus_py.check import check_bootstrap_bytes
-from nydus_py.chunker import ChunkStats
-from nydus_py.config import (BuildConfig, Compressor, Digester, WhiteoutSpec, check_chunk_size,
-                             parse_prefetch_patterns, parse_size)
+from nydus_py.build.config import (BuildConfig, Compressor, Digester, check_chunk_size, parse_prefetch_patterns,
+                                   parse_size)
 from nydus_py.errors import NydusError, UsageError
-from nydus_py.format.blobmeta import BLOB_ID_PLACEHOLDER, BlobFeatures
-from nydus_py.fsutil import atomic_output
-from nydus_py.gcpause import cyclic_gc_paused
-from nydus_py.image import BlobInfo, is_blob_digest
-from nydus_py.locate import OpenedImage, is_bootstrap
-from nydus_py.merge import bootstrap_bytes
-from nydus_py.sources.directory import DirectorySource
-from nydus_py.sources.tarball import TarSource
+from nydus_py.sources import WhiteoutSpec
+from nydus_py.util.fsutil import atomic_output
+from nydus_py.util.gcpause import cyclic_gc_paused
+
+if TYPE_CHECKING:
+    from nydus_py.build.merge import BlobFacts
 
 EXIT_ERROR = 1  # nydus-image: anyhow errors
 EXIT_USAGE = 2  # nydus-image: clap usage errors
@@ -120,47 +109,18 @@ def create(source: Path, source_type: str, blob: Path | None, inline_meta: bool,
                          "inside the blob")
     if blob is None and blob_dir is None:
         raise click.UsageError("give --blob or --blob-dir")
+    from nydus_py.build.pipeline import build_blob_file
+    from nydus_py.sources.layer import LayerKind, open_layer
+
     config = BuildConfig(compressor=Compressor(compressor), digester=Digester(digester),
                          chunk_size=check_chunk_size(parse_size(chunk_size)), whiteout_spec=WhiteoutSpec(whiteout_spec))
     patterns = _prefetch_patterns(prefetch_policy)
-    if source_type == "tar-rafs":
-        layer: DirectorySource | TarSource = TarSource(*_open_stream(source), whiteout_spec=config.whiteout_spec,
-                                                       overlay_ns=config.overlay_xattr_ns)
-    else:
-        if not source.is_dir():
-            raise UsageError(f"{source}: not a directory (use --type tar-rafs for a tar)")
-        layer = DirectorySource(str(source), whiteout_spec=config.whiteout_spec, overlay_ns=config.overlay_xattr_ns)
-    info = _write_blob(layer, blob, blob_dir, config, patterns)
+    kind = LayerKind.TAR if source_type == "tar-rafs" else LayerKind.DIRECTORY
+    layer = open_layer(str(source), whiteout_spec=config.whiteout_spec, overlay_ns=config.overlay_xattr_ns, kind=kind)
+    info = build_blob_file(layer, config, blob=blob, blob_dir=blob_dir, prefetch=patterns)
     if output_json is not None:
         _write_json(output_json, {"version": _version(), "bootstrap": "", "blobs": [info.blob_id],
                                   "fs_version": "6", "compressor": compressor})
-
-
-def _open_stream(source: Path) -> tuple[Any, str]:
-    """The layer stream, opened as it is (a FIFO or a file; its name says nothing about its compression)."""
-    try:
-        return open(source, "rb"), str(source)  # noqa: SIM115 - the tar source owns it
-    except OSError as exc:
-        raise UsageError(f"{source}: cannot open the layer: {exc.strerror}") from exc
-
-
-def _write_blob(layer: DirectorySource | TarSource, blob: Path | None, blob_dir: Path | None,
-                config: BuildConfig, patterns: tuple[bytes, ...]) -> BlobInfo:
-    """Build the layer into `blob` in place (a FIFO stays a FIFO), or into `blob_dir` named by its id."""
-    if blob is not None:
-        out = open(blob, "wb")  # noqa: SIM115 - the blob writer closes it; no O_EXCL, no rename: may be a FIFO
-        return build_layer(0, str(layer), layer, blob.parent, config, [], ChunkStats(), blob_output=out,
-                           inline_prefetch=patterns).info
-    assert blob_dir is not None
-    work = Path(tempfile.mkdtemp(prefix=".nydus-py-image-", dir=blob_dir))  # one file system: an atomic rename
-    try:
-        built = build_layer(0, str(layer), layer, work, config, [], ChunkStats(), inline_prefetch=patterns)
-        assert built.path is not None
-        os.chmod(built.path, 0o644)
-        os.replace(built.path, blob_dir / built.info.blob_id)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return built.info
 
 
 def _write_json(path: Path, doc: dict[str, Any]) -> None:
@@ -192,6 +152,8 @@ def merge(sources: tuple[Path, ...], target: Path, output_json: Path | None, pre
           blob_toc_sizes: str | None, chunk_dict: str | None, parent_bootstrap: Path | None,
           blob_dir: Path | None, log_level: str) -> None:
     """Merge per-layer bootstraps (lowest first) into one bootstrap, applying each layer's whiteouts."""
+    from nydus_py.build.merge import merge_bootstraps
+
     del blob_dir, log_level
     if chunk_dict or parent_bootstrap:
         raise UsageError("--chunk-dict and --parent-bootstrap are not supported yet")
@@ -202,75 +164,30 @@ def merge(sources: tuple[Path, ...], target: Path, output_json: Path | None, pre
     for flag, values in columns.items():
         if values and len(values) != len(sources):
             raise click.UsageError(f"{flag}: {len(values)} values for {len(sources)} sources")
-    patterns = _prefetch_patterns(prefetch_policy)
-    trees, infos, flags = [], {}, None
-    for i, source in enumerate(sources):
-        column = {flag: values[i] if values else None for flag, values in columns.items()}
-        tree, info, boot_flags = _read_source(source, len(infos), column)
-        trees.append(tree)
-        if info is not None:
-            infos[len(infos)] = info
-        flags = boot_flags
-        chunk_sizes = {i.chunk_size for i in infos.values()}
-        if len(chunk_sizes) > 1:
-            raise UsageError(f"{source}: its chunk size differs from the other layers'")
-    assert flags is not None
-    merged = overlay.merge_layers(trees)
-    data, keys = bootstrap_bytes(merged, infos, chunk_size=flags[0], compressor=flags[1], digester=flags[2],
-                                 prefetch=patterns)
+    facts = [_blob_facts({flag: values[i] if values else None for flag, values in columns.items()})
+             for i in range(len(sources))]
+    merged = merge_bootstraps(list(sources), facts, _prefetch_patterns(prefetch_policy))
     with atomic_output(target) as f:
-        f.write(data)
+        f.write(merged.bootstrap)
     if output_json is not None:
         _write_json(output_json, {"version": _version(), "bootstrap": str(target),
-                                  "blobs": [infos[k].blob_id for k in keys], "fs_version": "6",
-                                  "compressor": str(flags[1].name.lower())})
+                                  "blobs": [info.blob_id for info in merged.device_table], "fs_version": "6",
+                                  "compressor": merged.compressor.name.lower()})
 
 
-def _read_source(source: Path, key: int, column: dict[str, str | None]) -> tuple[Any, BlobInfo | None, tuple]:
-    """One layer's tree (chunks relabelled to `key`), its blob table entry as the merged table records it, and
-    its (chunk size, compressor, digester)."""
-    try:
-        data = source.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"{source}: cannot read: {exc.strerror}") from exc
-    if not is_bootstrap(data):
-        raise UsageError(f"{source}: not a RAFS bootstrap")
-    own: list[BlobInfo] = []
+def _blob_facts(column: dict[str, str | None]) -> BlobFacts:
+    """One source's values of the blob flags, parsed."""
+    from nydus_py.build.merge import BlobFacts
+    from nydus_py.image import is_blob_digest
 
-    def relabel(table: list[BlobInfo]) -> dict[int, int]:
-        if len(table) > 1:
-            raise UsageError(f"{source}: invalid per layer bootstrap, having multiple associated data blobs")
-        own.extend(table)
-        return {info.blob_index: key for info in table}
-
-    boot = read_bootstrap(data, relabel)
-    flags = (boot.chunk_size, boot.compressor, boot.digester)
-    if not own:
-        return boot.tree, None, flags
-    blob_id = column["--blob-digests"] or _id_from_name(source, own[0])
-    blob_id = blob_id.removeprefix("sha256:")
-    if not is_blob_digest(blob_id):
-        raise UsageError(f"{source}: blob id {blob_id!r} is not 64 lowercase hex digits")
-    info = replace(own[0], blob_id=blob_id, blob_index=key,
-                   features=own[0].features & ~BlobFeatures.INLINED_FS_META)
-    if column["--blob-sizes"]:
-        info = replace(info, compressed_size=int(column["--blob-sizes"]))
-    if column["--blob-toc-digests"]:
-        info = replace(info, toc_digest=bytes.fromhex(column["--blob-toc-digests"].removeprefix("sha256:")))
-    if column["--blob-toc-sizes"]:
-        info = replace(info, toc_size=int(column["--blob-toc-sizes"]))
-    return boot.tree, info, flags
-
-
-def _id_from_name(source: Path, info: BlobInfo) -> str:
-    """nydus-snapshotter names each extracted bootstrap by its layer digest's hex: that is the blob id."""
-    if info.blob_id != BLOB_ID_PLACEHOLDER and is_blob_digest(info.blob_id):
-        return info.blob_id
-    name = source.name.split(".", 1)[0]
-    if not is_blob_digest(name):
-        raise UsageError(f"{source}: the blob id is neither in the bootstrap, nor given with --blob-digests, nor "
-                         "the file's name (64 hex digits)")
-    return name
+    blob_id = column["--blob-digests"]
+    if blob_id is not None:
+        blob_id = blob_id.removeprefix("sha256:")
+        if not is_blob_digest(blob_id):
+            raise UsageError(f"blob id {blob_id!r} is not 64 lowercase hex digits")
+    size, toc_size, toc_digest = column["--blob-sizes"], column["--blob-toc-sizes"], column["--blob-toc-digests"]
+    return BlobFacts(blob_id=blob_id, size=int(size) if size else None, toc_size=int(toc_size) if toc_size else None,
+                     toc_digest=bytes.fromhex(toc_digest.removeprefix("sha256:")) if toc_digest else None)
 
 
 @cli.command(context_settings=_HELP)
@@ -286,31 +203,16 @@ def _id_from_name(source: Path, info: BlobInfo) -> str:
 def unpack(bootstrap_arg: Path | None, bootstrap: Path | None, blob: Path | None, output: Path,
            backend_type: str | None, backend_config: str | None, blob_dir: Path | None, log_level: str) -> None:
     """Write the filesystem of a bootstrap and its blob as a tar."""
-    del log_level
-    from nydus_py.unpack import write_tar
+    from nydus_py.read.locate import open_image
+    from nydus_py.read.unpack import write_tar_in_place
 
+    del log_level
     if backend_type or backend_config:
         raise UsageError("--backend-type/--backend-config: storage backends are not supported; give --blob")
-    opened = _open_bootstrap(bootstrap or bootstrap_arg, blob, blob_dir)
-    try:
-        out = open(output, "wb")  # noqa: SIM115 - may be a FIFO the caller reads: in place, sequentially
-    except OSError as exc:
-        raise UsageError(f"{output}: cannot write: {exc.strerror}") from exc
-    with out:
-        write_tar(opened, out)
-
-
-def _open_bootstrap(bootstrap: Path | None, blob: Path | None, blob_dir: Path | None) -> OpenedImage:
-    from nydus_py.locate import open_image
-
-    if bootstrap is None:
+    path = bootstrap or bootstrap_arg
+    if path is None:
         raise click.UsageError("give the bootstrap (--bootstrap)")
-    opened = open_image(bootstrap, blob_dir)
-    if blob is not None:
-        for info in opened.bootstrap.blobs:  # a layer's own blob, whatever id its bootstrap gives it
-            opened.blob_paths[info.blob_id] = blob
-        opened.inline_blob = None
-    return opened
+    write_tar_in_place(open_image(path, blob_dir, own_blob=blob), output)
 
 
 @cli.command(context_settings=_HELP)
@@ -323,22 +225,18 @@ def _open_bootstrap(bootstrap: Path | None, blob: Path | None, blob_dir: Path | 
 def check(bootstrap_arg: Path | None, bootstrap: Path | None, output_json: Path | None, blob_dir: Path | None,
           verbose: bool, log_level: str) -> None:
     """Validate a bootstrap's metadata (what nydusd validates)."""
+    from nydus_py.read.check import check_bootstrap_file
+
     del blob_dir, verbose, log_level
     path = bootstrap or bootstrap_arg
     if path is None:
         raise click.UsageError("give the bootstrap (--bootstrap)")
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read: {exc.strerror}") from exc
-    report = check_bootstrap_bytes(data)
+    report = check_bootstrap_file(path)
     if report.defects:
         raise NydusError(f"{path}: {report.defects[0]} ({len(report.defects)} defects)")
-    boot = read_bootstrap(data)
-    click.echo(f"RAFS filesystem metadata is valid, referenced data blobs: {len(boot.blobs)}")
+    click.echo(f"RAFS filesystem metadata is valid, referenced data blobs: {len(report.blob_ids)}")
     if output_json is not None:
-        _write_json(output_json, {"version": _version(), "bootstrap": str(path),
-                                  "blobs": [b.blob_id for b in boot.blobs]})
+        _write_json(output_json, {"version": _version(), "bootstrap": str(path), "blobs": report.blob_ids})
 
 
 def main(argv: list[str] | None = None) -> int:

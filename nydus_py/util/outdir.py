@@ -13,7 +13,7 @@ existed is first hardlinked into the staging area, so that a failure can put it 
 the command published is removed or restored, the directories it made are removed with `rmdir`, and OUTDIR
 itself only when the command created it and it is empty again (never a recursive delete of anything but
 the command's own staging directory).
-References: ../shared/DESIGN.md "Outputs and results"; flock(2), openat(2), renameat(2).
+References: docs/design.md "Outputs and results"; flock(2), openat(2), renameat(2).
 """
 
 from __future__ import annotations

@@ -20,14 +20,17 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TYPE_CHECKING
 
 from nydus_py.blob.reader import BlobReader
-from nydus_py.digests import chunk_digest
+from nydus_py.blob.digests import chunk_digest
 from nydus_py.errors import FormatError, UsageError
-from nydus_py.fsutil import atomic_output, raise_fd_limit
-from nydus_py.locate import OpenedImage
-from nydus_py.model import ChunkRef, FileKind, Inode
+from nydus_py.util.fsutil import atomic_output, raise_fd_limit
+from nydus_py.read.locate import OpenedImage
+from nydus_py.model import ChunkRef, Entry, FileKind, Inode
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 _CACHE_CHUNKS = 8
 _OPEN_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -127,11 +130,13 @@ class _Unpacker:
 
     def set_attrs(self, dir_fd: int, name: bytes | None, inode: Inode) -> None:
         """Owner, then mode (chown clears suid/sgid), xattrs, mtime; never following a symlink."""
+        # the directory itself by its descriptor, or the entry `name` in it without following a symlink
         target: int | bytes = dir_fd if name is None else name
-        kwargs = {} if name is None else {"dir_fd": dir_fd, "follow_symlinks": False}
-        os.chown(target, inode.uid, inode.gid, **kwargs)
+        at: int | None = None if name is None else dir_fd
+        follow = name is None
+        os.chown(target, inode.uid, inode.gid, dir_fd=at, follow_symlinks=follow)
         if inode.kind is not FileKind.SYMLINK:
-            os.chmod(target, stat.S_IMODE(inode.mode), **kwargs)
+            os.chmod(target, stat.S_IMODE(inode.mode), dir_fd=at, follow_symlinks=follow)
         for key, value in inode.xattrs.items():
             try:
                 if name is None:
@@ -145,7 +150,7 @@ class _Unpacker:
                     raise
                 self.skipped_xattrs += 1
         mtime = inode.mtime * 1_000_000_000 + inode.mtime_nsec
-        os.utime(target, ns=(mtime, mtime), **kwargs)
+        os.utime(target, ns=(mtime, mtime), dir_fd=at, follow_symlinks=follow)
         self.count += 1
 
 
@@ -187,7 +192,7 @@ def _unpack_into(opened: OpenedImage, staging: Path, target: Path) -> int:
     chunks = ChunkReader(opened)
     unpacker = _Unpacker(chunks=chunks, root_fd=root_fd)
     # (directory inode, its fd, its path, iterator over its entries); attributes set when it is finished
-    stack: list[tuple[Inode, int, bytes, Iterator]] = [(opened.bootstrap.tree.root, root_fd, b"",
+    stack: list[tuple[Inode, int, bytes, Iterator[Entry]]] = [(opened.bootstrap.tree.root, root_fd, b"",
                                                          iter(opened.bootstrap.tree.root.entries))]
     try:
         while stack:
@@ -232,7 +237,8 @@ class _ChunkStream(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+    def readinto(self, target: WriteableBuffer) -> int:
+        buffer = memoryview(target).cast("B")
         while not self._buffer:
             part = next(self._parts, None)
             if part is None:
@@ -254,10 +260,10 @@ def _tar_info(path: bytes, inode: Inode) -> tarfile.TarInfo:
     info.uid, info.gid = inode.uid, inode.gid
     info.uname = info.gname = ""
     info.mtime = inode.mtime
+    pax = {f"SCHILY.xattr.{_pax_text(key)}": _pax_text(value) for key, value in inode.xattrs.items()}
     if inode.mtime_nsec:
-        info.pax_headers["mtime"] = f"{inode.mtime}.{inode.mtime_nsec:09d}"
-    for key, value in inode.xattrs.items():
-        info.pax_headers["SCHILY.xattr." + _pax_text(key)] = _pax_text(value)
+        pax = {"mtime": f"{inode.mtime}.{inode.mtime_nsec:09d}", **pax}
+    info.pax_headers = pax
     return info
 
 
@@ -276,8 +282,8 @@ def _sparse_member(info: tarfile.TarInfo, chunks: ChunkReader, inode: Inode) -> 
     real = info.name
     head, _, base = real.rpartition("/")
     info.name = f"{head + '/' if head else ''}GNUSparseFile.0/{base}"
-    info.pax_headers.update({"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.name": real,
-                             "GNU.sparse.realsize": str(inode.size)})
+    info.pax_headers = {**info.pax_headers, "GNU.sparse.major": "1", "GNU.sparse.minor": "0",
+                        "GNU.sparse.name": real, "GNU.sparse.realsize": str(inode.size)}
     info.size = len(block) + sum(n for _, n in ranges)
     return _ChunkStream(iter([block, *(chunks.read(c) for _, c in chunks.extents(inode))]))
 
@@ -338,6 +344,17 @@ def write_tar(opened: OpenedImage, out: BinaryIO) -> int:
     return count
 
 
+def write_tar_in_place(opened: OpenedImage, output: Path) -> int:
+    """`write_tar` into `output` opened as it is: in place, strictly sequentially (the drop-in builder's
+    `unpack --output`, usually a FIFO the caller reads)."""
+    try:
+        out = open(output, "wb")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise UsageError(f"{output}: cannot write: {exc.strerror}") from exc
+    with out:
+        return write_tar(opened, out)
+
+
 def unpack(opened: OpenedImage, target: Path) -> int:
     """Unpack to `target`: a tar when it ends in `.tar`, else a directory."""
     if target.suffix == ".tar":
@@ -345,4 +362,4 @@ def unpack(opened: OpenedImage, target: Path) -> int:
     return unpack_to_directory(opened, target)
 
 
-__all__ = ["ChunkReader", "unpack", "unpack_to_directory", "unpack_to_tar", "write_tar"]
+__all__ = ["ChunkReader", "unpack", "unpack_to_directory", "unpack_to_tar", "write_tar", "write_tar_in_place"]

@@ -3,7 +3,7 @@
 It checks rules, not "what our writer would emit": legitimate older layouts (2 MiB mapped_blkaddr, root
 i_ino 0, junk in TOC reserved bytes, nydus-image's own blob-id rule) pass. Each defect names the structure,
 its offset and the rule broken.
-References: ../shared/reference/rafs-v6-format.md §3-§13; nydus rafs/src/metadata/layout/v6.rs.
+References: docs/format.md §3-§13; nydus rafs/src/metadata/layout/v6.rs.
 """
 
 from __future__ import annotations
@@ -16,13 +16,14 @@ from pathlib import Path
 
 from nydus_py.blob.reader import BlobChunk, BlobReader, TocItem, blob_id_digests
 from nydus_py.bootstrap.reader import BootstrapParser, RawInode, file_type_of, read_bootstrap
-from nydus_py.errors import FormatError, NydusError, UnsupportedError
+from nydus_py.errors import FormatError, NydusError, UnsupportedError, UsageError
 from nydus_py.format import blobmeta, erofs, tar
 from nydus_py.format.blobmeta import BLOB_ID_PLACEHOLDER, BlobFeatures
 from nydus_py.image import BlobInfo, Bootstrap, is_blob_digest
-from nydus_py.locate import OpenedImage, is_bootstrap, open_image
+from nydus_py.bootstrap.reader import is_bootstrap
+from nydus_py.read.locate import OpenedImage, open_image
 from nydus_py.model import FileKind
-from nydus_py.validate import Defect, validate_tables
+from nydus_py.read.validate import Defect, validate_tables
 
 _FLAT = (erofs.DataLayout.FLAT_PLAIN, erofs.DataLayout.FLAT_INLINE)
 
@@ -34,6 +35,7 @@ class CheckReport:
     inodes: int = 0
     chunks_verified: int = 0
     blobs_checked: int = 0
+    blob_ids: list[str] = field(default_factory=list)  # the bootstrap's blob table, when it could be decoded
 
     @property
     def sound(self) -> bool:
@@ -113,6 +115,15 @@ def check_image(opened: OpenedImage) -> CheckReport:
     return report
 
 
+def check_bootstrap_file(path: Path) -> CheckReport:
+    """`check_bootstrap_bytes` of a bootstrap file (UsageError when it cannot be read)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read: {exc.strerror}") from exc
+    return check_bootstrap_bytes(data)
+
+
 def check_bootstrap_bytes(data: bytes) -> CheckReport:
     """Check a bootstrap alone (no blobs); a bootstrap that cannot even be decoded is one defect."""
     report = CheckReport()
@@ -122,6 +133,7 @@ def check_bootstrap_bytes(data: bytes) -> CheckReport:
     except NydusError as exc:
         report.defects.append(_defect_of(exc, "bootstrap"))
         return report
+    report.blob_ids = [b.blob_id for b in boot.blobs]
     _check_tree(data, boot, report)
     _check_chunk_table(boot, report)
     return report
@@ -174,10 +186,10 @@ def _check_tree(data: bytes, boot: Bootstrap, report: CheckReport) -> None:
                 links[child_nid] = links.get(child_nid, 0) + 1
                 if links[child_nid] == 1:
                     report.inodes += 1
-                    nlinks[child_nid] = (child.record.i_nlink, child.offset)  # type: ignore[attr-defined]
+                    nlinks[child_nid] = (child.record.i_nlink, child.offset)
                     _check_leaf(parser, child, kind, blobs, report)
-        if raw.record.i_nlink != 2 + subdirs:  # type: ignore[attr-defined]
-            report.defects.append(Defect(what, raw.offset, f"i_nlink={raw.record.i_nlink}: a directory has "  # type: ignore[attr-defined]
+        if raw.record.i_nlink != 2 + subdirs:
+            report.defects.append(Defect(what, raw.offset, f"i_nlink={raw.record.i_nlink}: a directory has "
                                          f"2 + {subdirs} subdirectories"))
     for child_nid, count in links.items():
         nlink, offset = nlinks[child_nid]
@@ -192,7 +204,7 @@ def _check_tree(data: bytes, boot: Bootstrap, report: CheckReport) -> None:
 
 def _kind(raw: RawInode) -> FileKind | None:
     try:
-        return FileKind.from_mode(raw.record.i_mode)  # type: ignore[attr-defined]
+        return FileKind.from_mode(raw.record.i_mode)
     except ValueError:
         return None
 
@@ -218,9 +230,9 @@ def _check_leaf(parser: BootstrapParser, raw: RawInode, kind: FileKind, blobs: l
                 report.defects.append(Defect(f"chunk index of {what}", at, f"block {blkaddr} is past the device "
                                              "image"))
     elif kind is FileKind.SYMLINK:
-        if raw.datalayout not in _FLAT or not 0 < rec.i_size < erofs.EROFS_BLKSIZ:  # type: ignore[attr-defined]
+        if raw.datalayout not in _FLAT or not 0 < rec.i_size < erofs.EROFS_BLKSIZ:
             report.defects.append(Defect(what, raw.offset, "a symlink needs a flat layout and 1..4095 bytes"))
-    elif raw.datalayout != erofs.DataLayout.FLAT_PLAIN or rec.i_size != 0:  # type: ignore[attr-defined]
+    elif raw.datalayout != erofs.DataLayout.FLAT_PLAIN or rec.i_size != 0:
         report.defects.append(Defect(what, raw.offset, "a special file must be flat plain with size 0"))
 
 
@@ -338,4 +350,4 @@ def _older_inline(info: BlobInfo) -> bool:
     return info.toc_size == 0 and not info.features & BlobFeatures.HAS_TOC
 
 
-__all__ = ["CheckReport", "check_bootstrap_bytes", "check_image", "check_path"]
+__all__ = ["CheckReport", "check_bootstrap_bytes", "check_bootstrap_file", "check_image", "check_path"]

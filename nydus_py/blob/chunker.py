@@ -18,11 +18,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from nydus_py.blob.writer import BlobWriter
-from nydus_py.compress import compress
-from nydus_py.digests import chunk_digest, crc32c
+from nydus_py.blob.compress import compress
+from nydus_py.blob.digests import chunk_digest, crc32c
 from nydus_py.format.rafs import CompressAlgo, DigestAlgo
-from nydus_py.model import ChunkRef, Inode
-from nydus_py.sources import FileContent
+from nydus_py.model import ChunkRef, FileContent, Inode
 
 BATCH_BYTES = 1 << 20
 BATCH_PIECES = 256

@@ -1,42 +1,37 @@
 """The `nydus-py` command line: options -> one library call -> a printed summary.
 
-Exit statuses (../shared/DESIGN.md): 0 done; 1 a verdict (check found a defect); 2 the command could not do
+Exit statuses (docs/design.md): 0 done; 1 a verdict (check found a defect); 2 the command could not do
 its job (bad options, unreadable or malformed input, I/O failure); 3 an unexpected exception (our bug).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from nydus_py.config import (
-    BuildConfig,
-    Compressor,
-    Digester,
-    WhiteoutSpec,
-    XattrNamespace,
-    check_chunk_size,
-    parse_prefetch_patterns,
-    parse_size,
-)
+from nydus_py.build.config import (BuildConfig, Compressor, Digester, check_chunk_size, parse_prefetch_patterns,
+                                   parse_size)
+from nydus_py.cli.progress import ProgressBar, progress_bar
 from nydus_py.errors import NydusError, UsageError
-from nydus_py.fsutil import atomic_output
-from nydus_py.gcpause import cyclic_gc_paused
+from nydus_py.sources import WhiteoutSpec, XattrNamespace
+from nydus_py.util.fsutil import atomic_output
+from nydus_py.util.gcpause import cyclic_gc_paused
 
 if TYPE_CHECKING:
     from nydus_py.oci.publish import BuildResult
 
 # Each command imports what it uses inside its function (building a directory never loads the registry
 # client), so nydus-py starts fast; the imports are plain, so the call graph stays visible.
+
+_Command = TypeVar("_Command", bound=Callable[..., Any])
 
 EXIT_OK = 0
 EXIT_VERDICT = 1
@@ -71,7 +66,7 @@ def _prefetch(patterns: str | None, no_prefetch: bool) -> tuple[bytes, ...]:
     return parse_prefetch_patterns(text)
 
 
-def _output_options(fn):  # type: ignore[no-untyped-def]
+def _output_options(fn: _Command) -> _Command:
     """Options shared by build and merge: where the result goes and what the merged bootstrap prefetches."""
     for option in reversed([
         click.option("-o", "--output", "outdir", required=True, type=click.Path(path_type=Path),
@@ -86,7 +81,7 @@ def _output_options(fn):  # type: ignore[no-untyped-def]
     return fn
 
 
-def _registry_options(fn):  # type: ignore[no-untyped-def]
+def _registry_options(fn: _Command) -> _Command:
     """Options for commands that talk to registries."""
     for option in reversed([
         click.option("--creds", help="USER:PASSWORD for the registries (default: ~/.docker/config.json)."),
@@ -95,54 +90,6 @@ def _registry_options(fn):  # type: ignore[no-untyped-def]
     ]):
         fn = option(fn)
     return fn
-
-
-class ProgressBar:
-    """Files and bytes done, rate and ETA, redrawn on stderr at most 10 times a second (TTYs only)."""
-
-    def __init__(self, total_bytes: int | None) -> None:
-        self.total = total_bytes
-        self.files = 0
-        self.bytes = 0
-        self.started = time.monotonic()
-        self.drawn = 0.0
-
-    def __call__(self, size: int) -> None:
-        self.files += 1
-        self.bytes += size
-        now = time.monotonic()
-        if now - self.drawn >= 0.1:
-            self.drawn = now
-            self.draw(now)
-
-    def draw(self, now: float) -> None:
-        elapsed = max(now - self.started, 1e-6)
-        rate = self.bytes / elapsed
-        line = f"{self.files} files, {self.bytes / (1 << 20):.0f} MiB, {rate / (1 << 20):.0f} MiB/s"
-        if self.total:
-            done = min(self.bytes / self.total, 1.0)
-            eta = (self.total - self.bytes) / rate if rate else 0.0
-            bar = "#" * int(done * 20)
-            line = f"[{bar:<20}] {done * 100:3.0f}% {line}, ETA {eta:.0f}s"
-        click.echo(f"\r{line}\x1b[K", nl=False, err=True)
-
-    def close(self) -> None:
-        if self.drawn:
-            click.echo("\r\x1b[K", nl=False, err=True)
-
-
-def _progress(quiet: bool, output_json: Path | None, layers: list[str] | None = None) -> ProgressBar | None:
-    """A progress bar for long builds on a terminal; never with --quiet, --output-json or no TTY."""
-    if quiet or output_json is not None or not sys.stderr.isatty():
-        return None
-    total = 0
-    for layer in layers or []:
-        if layer != "-" and os.path.isdir(layer):  # a quick estimate, for the ETA
-            for dirpath, _, files in os.walk(layer):
-                for name in files:
-                    with contextlib.suppress(OSError):
-                        total += os.lstat(os.path.join(dirpath, name)).st_size
-    return ProgressBar(total or None)
 
 
 def _build_config(compressor: str, digester: str, chunk_size: int, jobs: int, whiteout_spec: str,
@@ -154,7 +101,7 @@ def _build_config(compressor: str, digester: str, chunk_size: int, jobs: int, wh
                        cross_layer_dedup=cross_layer_dedup, progress=progress)
 
 
-def _write_json(path: Path | None, doc: dict) -> None:  # type: ignore[type-arg]
+def _write_json(path: Path | None, doc: dict[str, Any]) -> None:
     if path is not None:
         with atomic_output(path) as f:
             f.write(json.dumps(doc, indent=2).encode() + b"\n")
@@ -173,7 +120,7 @@ def _report(result: BuildResult, output_json: Path | None) -> None:
                f"({stats.dedup_hits} dedup hits) in {seconds:.3f}s ({rate:.1f} MiB/s)")
 
 
-def _build_options(fn):  # type: ignore[no-untyped-def]
+def _build_options(fn: _Command) -> _Command:
     """Options shared by build and convert: how layers become blobs."""
     for option in reversed([
         click.option("--compressor", type=click.Choice([c.value for c in Compressor]), default=Compressor.ZSTD.value,
@@ -216,7 +163,7 @@ def build(layers: tuple[str, ...], outdir: Path, compressor: str, digester: str,
     Each layer is a directory, an overlayfs upper directory, or an OCI layer tar (plain, gzip or zstd;
     '-' reads stdin). OUTDIR may be docker://REGISTRY/REPO:TAG to push the image instead.
     """
-    progress = _progress(quiet, output_json, list(layers))
+    progress = progress_bar(quiet, output_json, list(layers))
     config = _build_config(compressor, digester, chunk_size, jobs, whiteout_spec, overlay_xattr_ns,
                            cross_layer_dedup, _prefetch(prefetch_patterns, no_prefetch), progress)
     try:
@@ -232,7 +179,7 @@ def _build(layers: tuple[str, ...], outdir: Path, config: BuildConfig, extra_boo
            creds: str | None, plain_http: bool, insecure: bool) -> None:
     from nydus_py.oci.publish import ImageOptions, build_image
     from nydus_py.oci.ref import output_ref
-    from nydus_py.oci.sources import RegistryOptions
+    from nydus_py.oci.images import RegistryOptions
 
     image = ImageOptions(config_file=config_file, platform=platform, tag=tag)
     registry = RegistryOptions(creds=creds, plain_http=plain_http, insecure=insecure)
@@ -270,10 +217,10 @@ def convert(source: str, target: str, compressor: str, digester: str, chunk_size
     from nydus_py.oci.convert import ConvertOptions
     from nydus_py.oci.convert import convert as convert_image
     from nydus_py.oci.ref import parse_image_ref, parse_target_ref
-    from nydus_py.oci.sources import RegistryOptions
+    from nydus_py.oci.images import RegistryOptions
 
     source_ref, target_ref = parse_image_ref(source), parse_target_ref(target)
-    progress = _progress(quiet, output_json)
+    progress = progress_bar(quiet, output_json)
     config = _build_config(compressor, digester, chunk_size, jobs, whiteout_spec, overlay_xattr_ns,
                            cross_layer_dedup, _prefetch(prefetch_patterns, no_prefetch), progress)
     opts = ConvertOptions(platforms=platforms, docker_types=docker_media_types, merge_platform=merge_platform)
@@ -310,7 +257,7 @@ def copy(source: str, target: str, creds: str | None, plain_http: bool, insecure
     """Copy an image as it is (same digests) between oci:DIR[:TAG] and docker://REGISTRY/REPO[:TAG]."""
     from nydus_py.oci.copy import copy_image
     from nydus_py.oci.ref import parse_image_ref, parse_target_ref
-    from nydus_py.oci.sources import RegistryOptions
+    from nydus_py.oci.images import RegistryOptions
 
     top = copy_image(parse_image_ref(source), parse_target_ref(target),
                      RegistryOptions(creds=creds, plain_http=plain_http, insecure=insecure))
@@ -340,9 +287,9 @@ def merge(layers: tuple[Path, ...], outdir: Path, blob_dir: Path | None, extra_b
 def inspect(image: Path, path: str, blob_dir: Path | None, as_json: bool) -> None:
     """Describe IMAGE (a bootstrap, a blob with an inline bootstrap, or an output directory)."""
     from nydus_py.oci.nydus import open_first_image
-    from nydus_py.report import listing as report_listing
-    from nydus_py.report import summary as report_summary
-    from nydus_py.report import summary_text as report_summary_text
+    from nydus_py.read.inspect import listing as report_listing
+    from nydus_py.read.inspect import summary as report_summary
+    from nydus_py.read.inspect import summary_text as report_summary_text
 
     opened = open_first_image(image, blob_dir)
     if as_json:
@@ -366,7 +313,7 @@ def check(image: Path, blob_dir: Path | None, as_json: bool) -> int:
 
     Exit 0 when sound, 1 with one line per defect, 2 when the check cannot run.
     """
-    from nydus_py.check import check_path
+    from nydus_py.read.check import check_path
     from nydus_py.oci.nydus import open_images
 
     report = check_path(image, blob_dir, opener=open_images)
@@ -393,7 +340,7 @@ def check(image: Path, blob_dir: Path | None, as_json: bool) -> int:
 def unpack(image: Path, target: Path, blob_dir: Path | None) -> None:
     """Write IMAGE's files to a directory or an OCI-compatible tar."""
     from nydus_py.oci.nydus import open_first_image
-    from nydus_py.unpack import unpack as unpack_image
+    from nydus_py.read.unpack import unpack as unpack_image
 
     count = unpack_image(open_first_image(image, blob_dir), target)
     click.echo(f"{target}: {count} entries")
@@ -410,7 +357,7 @@ def unpack(image: Path, target: Path, blob_dir: Path | None) -> None:
 def mount(image: Path, mountpoint: Path, cache_dir: Path | None, blob_dir: Path | None, no_check: bool) -> None:
     """Mount IMAGE read-only with the kernel's EROFS driver (no nydusd; needs root). The bootstrap must pass
     the structural checks of `check` first, and each blob file must hash to its id."""
-    from nydus_py.devices import default_cache_dir, mount_image, require_root
+    from nydus_py.read.mount import default_cache_dir, mount_image, require_root
     from nydus_py.oci.nydus import open_first_image
 
     require_root()
@@ -423,7 +370,7 @@ def mount(image: Path, mountpoint: Path, cache_dir: Path | None, blob_dir: Path 
 @click.argument("mountpoint", type=click.Path(path_type=Path))
 def umount(mountpoint: Path) -> None:
     """Unmount a mount made by `nydus-py mount`."""
-    from nydus_py.kmount import umount as kernel_umount
+    from nydus_py.read.kmount import umount as kernel_umount
 
     kernel_umount(mountpoint)
     click.echo(f"{mountpoint}: unmounted")

@@ -11,13 +11,13 @@ from pathlib import Path
 
 from nydus_py.blob.device import expand_blob
 from nydus_py.blob.reader import blob_id_digests
-from nydus_py.check import check_bootstrap_bytes
+from nydus_py.read.check import check_bootstrap_bytes
 from nydus_py.errors import FormatError, UsageError
 from nydus_py.format.blobmeta import BLOB_ID_PLACEHOLDER
-from nydus_py.fsutil import atomic_output
+from nydus_py.util.fsutil import atomic_output
 from nydus_py.image import BlobInfo, is_blob_digest
-from nydus_py.kmount import mount_erofs
-from nydus_py.locate import OpenedImage
+from nydus_py.read.kmount import mount_erofs
+from nydus_py.read.locate import OpenedImage
 
 DEVICE_SUFFIX = ".device"
 

@@ -6,45 +6,35 @@ the layer's whiteouts kept as markers, TOC), or reuses a blob that already exist
 trees into the plain bootstrap. `merge_layer_files` does the merge step alone for layer blobs or bootstraps
 already on disk. Where the results go (an OCI layout, a registry, a drop-in builder's files) is the
 caller's business: see nydus_py/oci/publish.py.
-References: ../shared/DESIGN.md "The pipeline".
+References: docs/design.md "The pipeline".
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from nydus_py import overlay
+from nydus_py.build import overlay
 from nydus_py.blob.reader import BlobReader, RandomAccess
 from nydus_py.blob.writer import BlobWriter
 from nydus_py.bootstrap.layout import LayoutPlan, retarget
 from nydus_py.bootstrap.writer import render_bootstrap, render_meta_area
 from nydus_py.bootstrap.reader import read_bootstrap
-from nydus_py.chunker import ChunkPipeline, ChunkStats
-from nydus_py.config import BuildConfig, WhiteoutSpec
+from nydus_py.blob.chunker import ChunkPipeline, ChunkStats
+from nydus_py.build.config import BuildConfig
+from nydus_py.sources import WhiteoutSpec
 from nydus_py.errors import FormatError, UnsupportedError, UsageError
-from nydus_py.gcpause import without_cyclic_gc
+from nydus_py.util.gcpause import without_cyclic_gc
 from nydus_py.image import BlobInfo
-from nydus_py.merge import (MergeInput, bootstrap_bytes, dataless_blob_info, final_blob_info, plan_bootstrap, read_layer,
-                            relabel)
+from nydus_py.build.plan import bootstrap_bytes, dataless_blob_info, final_blob_info, plan_bootstrap, relabel
 from nydus_py.model import ChunkRef, Tree, is_marker, new_directory, walk_bfs
-from nydus_py.sources.directory import DirectorySource
-from nydus_py.sources.tarball import TarSource, open_layer_file
-
-Source = DirectorySource | TarSource
-
-
-def open_layer(layer: str, config: BuildConfig) -> Source:
-    """A directory (plain or overlayfs upper) or a layer tar (file or '-')."""
-    if layer != "-" and Path(layer).is_dir():
-        return DirectorySource(layer, whiteout_spec=config.whiteout_spec, overlay_ns=config.overlay_xattr_ns)
-    if layer != "-" and not Path(layer).exists():
-        raise UsageError(f"{layer}: no such layer (a directory, a tar file or '-')")
-    return TarSource(*open_layer_file(layer), whiteout_spec=config.whiteout_spec, overlay_ns=config.overlay_xattr_ns)
-
+from nydus_py.sources.layer import Source
 
 @dataclass(slots=True)
 class BuiltLayer:
@@ -156,7 +146,8 @@ def _has_markers(tree: Tree) -> bool:
     return any(is_marker(entry.name) for inode in walk_bfs(tree) if inode.is_dir for entry in inode.entries)
 
 
-def _one_layer_bootstrap(layer: BuiltLayer, config: BuildConfig, whiteouts: bool) -> tuple[Tree, bytes, list[int]] | None:
+def _one_layer_bootstrap(layer: BuiltLayer, config: BuildConfig,
+                         whiteouts: bool) -> tuple[Tree, bytes, list[int]] | None:
     """The merged tree and bootstrap of an image of `layer` alone, from its inline bootstrap's plan: the
     overlay of one layer without markers is that layer. None when it has markers to drop or the plan
     cannot be retargeted."""
@@ -173,7 +164,7 @@ def _one_layer_bootstrap(layer: BuiltLayer, config: BuildConfig, whiteouts: bool
 
 def _refuse_real_markers(tree: Tree, layer: str) -> None:
     """With `--whiteout-spec none` in a layered build, a real `.wh.*` file would read as a whiteout to any
-    later merge: refuse it (../shared/DESIGN.md)."""
+    later merge: refuse it (docs/design.md)."""
     for path, inode in tree.walk():
         for entry in inode.entries if inode.is_dir else []:
             if is_marker(entry.name):
@@ -218,40 +209,26 @@ def build_layers(sources: Iterable[tuple[str, Source | ReusedLayer]], work: Path
                       seconds_data=data_done - started)
 
 
-@dataclass(slots=True)
-class MergedImage:
-    """`merge_layer_files`' result: every blob by key (final table entry, file), the layers' own blobs in
-    layer order, and the merged bootstrap with its device table."""
-
-    blobs: dict[int, tuple[BlobInfo, Path]]
-    own_blobs: list[int]  # keys of the layers' own blobs, in layer order
-    merged: Tree
-    bootstrap: bytes
-    keys: list[int]
-    stats: ChunkStats = field(default_factory=ChunkStats)
-
-
-@without_cyclic_gc
-def merge_layer_files(inputs: list[Path], blob_dir: Path | None, config: BuildConfig) -> MergedImage:
-    """Merge layer blobs (or bootstraps with real blob ids, their blobs in `blob_dir`), lowest first."""
-    if not inputs:
-        raise UsageError("no layers given")
-    registry: dict[str, tuple[int, BlobInfo, Path]] = {}
-    layers: list[MergeInput] = [read_layer(p, blob_dir, registry) for p in inputs]
-    infos = {key: info for key, info, _ in registry.values()}
-    # a blob without chunks has no chunk size of its own to disagree with
-    sizes = {info.chunk_size for info in infos.values() if info.chunk_count}
-    if len(sizes) > 1:
-        raise UsageError(f"layers use different chunk sizes ({', '.join(hex(s) for s in sorted(sizes))}): cannot merge")
-    merged = overlay.merge_layers([layer.tree for layer in layers])
-    # compressor and digester flags come from the last layer's bootstrap, as nydus-image merge takes them
-    plain, keys = bootstrap_bytes(merged, infos, chunk_size=sizes.pop() if sizes else config.chunk_size,
-                                  compressor=layers[-1].compressor, digester=layers[-1].digester,
-                                  prefetch=config.prefetch_patterns)
-    return MergedImage(blobs={key: (info, path) for key, info, path in registry.values()},
-                       own_blobs=[registry[layer.own_blob][0] for layer in layers if layer.own_blob is not None],
-                       merged=merged, bootstrap=plain, keys=keys)
+def build_blob_file(source: Source, config: BuildConfig, *, blob: Path | None = None, blob_dir: Path | None = None,
+                    prefetch: tuple[bytes, ...] = ()) -> BlobInfo:
+    """One layer into one blob file with its bootstrap inline, as `nydus-image create --blob-inline-meta`
+    writes it: into `blob` in place, strictly sequentially (it may be a FIFO a caller reads), or into
+    `blob_dir` named by its id (staged beside it, renamed when complete); returns its blob table entry."""
+    if blob is not None:
+        out = open(blob, "wb")  # noqa: SIM115 - the blob writer closes it; no O_EXCL, no rename: may be a FIFO
+        return build_layer(0, str(source), source, blob.parent, config, [], ChunkStats(), blob_output=out,
+                           inline_prefetch=prefetch).info
+    if blob_dir is None:
+        raise UsageError("give --blob or --blob-dir")
+    work = Path(tempfile.mkdtemp(prefix=".nydus-py-image-", dir=blob_dir))  # one file system: an atomic rename
+    try:
+        built = build_layer(0, str(source), source, work, config, [], ChunkStats(), inline_prefetch=prefetch)
+        assert built.path is not None
+        os.chmod(built.path, 0o644)
+        os.replace(built.path, blob_dir / built.info.blob_id)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return built.info
 
 
-__all__ = ["BuiltImage", "BuiltLayer", "MergedImage", "ReusedLayer", "Source", "build_layer", "build_layers", "merge_layer_files",
-           "open_layer"]
+__all__ = ["BuiltImage", "BuiltLayer", "ReusedLayer", "build_blob_file", "build_layer", "build_layers"]

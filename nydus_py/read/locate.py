@@ -3,21 +3,19 @@ bootstrap, or a nydus-py output directory."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nydus_py.blob.reader import BlobReader
-from nydus_py.bootstrap.reader import read_bootstrap
+from nydus_py.blob.reader import BlobReader, find_blob_file
+from nydus_py.bootstrap.reader import is_bootstrap, read_bootstrap
 from nydus_py.errors import FormatError, UsageError
 from nydus_py.format import erofs
 from nydus_py.format.blobmeta import BLOB_ID_PLACEHOLDER
-from nydus_py.fsutil import file_sha256
-from nydus_py.image import BlobInfo, Bootstrap, is_blob_digest
-from nydus_py.validate import Defect
+from nydus_py.util.fsutil import file_sha256
+from nydus_py.image import BlobInfo, Bootstrap
+from nydus_py.read.validate import Defect
 
 MAX_BOOTSTRAP_SIZE = 1 << 32
 
@@ -47,14 +45,10 @@ class OpenedImage:
         return self.blob_paths.get(info.blob_id)
 
 
-def is_bootstrap(head: bytes) -> bool:
-    magic_at = erofs.EROFS_SUPER_OFFSET
-    return len(head) >= magic_at + 4 and int.from_bytes(head[magic_at : magic_at + 4], "little") == (
-        erofs.EROFS_SUPER_MAGIC_V1)
-
-
-def open_image(image: str | os.PathLike[str], blob_dir: str | os.PathLike[str] | None = None) -> OpenedImage:
+def open_image(image: str | os.PathLike[str], blob_dir: str | os.PathLike[str] | None = None, *,
+               own_blob: Path | None = None) -> OpenedImage:
     """Decode IMAGE's bootstrap and locate its blobs (in `blob_dir`, beside it, or in its output directory).
+    `own_blob` is a layer's one blob, whatever id its bootstrap gives it (nydus-image unpack's `--blob`).
     OCI layouts are opened by the OCI layer (nydus_py/oci/nydus.py), which hands back the same type."""
     path = Path(image)
     if path.is_dir():
@@ -72,23 +66,12 @@ def open_image(image: str | os.PathLike[str], blob_dir: str | os.PathLike[str] |
         search.insert(0, Path(blob_dir))
         search.insert(1, Path(blob_dir) / "blobs" / "sha256")
     for info in opened.bootstrap.blobs:
-        found = find_blob_file(search, info.blob_id)
+        found = own_blob or find_blob_file(search, info.blob_id)
         if found is not None:
             opened.blob_paths[info.blob_id] = found
+    if own_blob is not None:
+        opened.inline_blob = None
     return opened
-
-
-def find_blob_file(folders: list[Path], blob_id: str) -> Path | None:
-    """The regular file named `blob_id` in the first of `folders` that has one; only an id of 64 lowercase hex
-    digits is ever used as a name (an image's other ids, `../x` among them, find nothing)."""
-    if not is_blob_digest(blob_id):
-        return None
-    for folder in folders:
-        candidate = folder / blob_id
-        with contextlib.suppress(OSError):
-            if stat.S_ISREG(os.lstat(candidate).st_mode):  # a symlink is not followed out of the folder
-                return candidate
-    return None
 
 
 def _open_file(path: Path) -> OpenedImage:

@@ -1,122 +1,20 @@
-"""Hostile images and targets (issue 13's trust rules, issue 15.5's output directory rules).
-
-Every hostile input runs the real command in a child process under `ulimit -v 3000000` (3 GiB of address
-space) and a time limit, and must end with exit 2 and one line naming the input; a target must be left as
-it was (a new one absent, an existing one unchanged in bytes and names).
-"""
+"""nydus_py/oci/images.py: hostile source images (layouts, archives, registries' documents) are verified,
+bounded and typed; each ends in exit 2 with one line naming the input."""
 
 from __future__ import annotations
 
-import fcntl
 import gzip
 import hashlib
 import io
 import json
 import os
-import resource
-import subprocess
-import sys
 import tarfile
-import time
 from pathlib import Path
 
 import pytest
 
-MEMORY_LIMIT = 3_000_000 * 1024  # ulimit -v 3000000 (KiB)
-TIME_LIMIT = 30.0
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
-
-
-def nydus_py(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """The CLI in a child process with a 3 GiB address-space limit; it must finish in time."""
-
-    def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
-
-    started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "nydus_py.cli", *args], capture_output=True, text=True,
-                          preexec_fn=limit, timeout=TIME_LIMIT * 2, env={**os.environ, **(env or {})})
-    assert time.monotonic() - started < TIME_LIMIT, f"took {time.monotonic() - started:.1f}s"
-    return done
-
-
-def refused(done: subprocess.CompletedProcess[str], *words: str) -> None:
-    """Exit 2, one line on stderr, naming what it must."""
-    assert done.returncode == 2, (done.returncode, done.stderr)
-    assert done.stderr.count("\n") == 1, done.stderr
-    for word in words:
-        assert word in done.stderr, (word, done.stderr)
-
-
-def snapshot(root: Path) -> dict[str, bytes | None]:
-    """Every name below `root` (hidden ones too) with its bytes (None for directories)."""
-    out: dict[str, bytes | None] = {}
-    for path in sorted(root.rglob("*")):
-        out[str(path.relative_to(root))] = None if path.is_dir() and not path.is_symlink() else (
-            os.readlink(path).encode() if path.is_symlink() else path.read_bytes())
-    return out
-
-
-# --- making images ---------------------------------------------------------------------------------------
-
-
-def layer_tar(files: dict[str, bytes]) -> bytes:
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return out.getvalue()
-
-
-def put(layout: Path, data: bytes) -> dict[str, object]:
-    digest = hashlib.sha256(data).hexdigest()
-    blobs = layout / "blobs" / "sha256"
-    blobs.mkdir(parents=True, exist_ok=True)
-    (blobs / digest).write_bytes(data)
-    return {"digest": f"sha256:{digest}", "size": len(data)}
-
-
-def make_layout(layout: Path, files: dict[str, bytes] | None = None, tag: str = "v1",
-                platform: str = "amd64") -> dict[str, object]:
-    """A plain OCI image (one gzip layer) in a layout; returns the index entry."""
-    layout.mkdir(parents=True, exist_ok=True)
-    tar = layer_tar(files or {"etc/hello": b"hello\n"})  # plain tar: a tampered byte keeps it a valid tar
-    layer = {"mediaType": LAYER_TAR, **put(layout, tar)}
-    config = {"architecture": platform, "os": "linux", "rootfs": {"type": "layers", "diff_ids": [
-        "sha256:" + hashlib.sha256(tar).hexdigest()]}, "history": [{"created_by": "test"}]}
-    config_desc = {"mediaType": OCI_CONFIG, **put(layout, json.dumps(config).encode())}
-    manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config_desc, "layers": [layer]}
-    entry = {"mediaType": OCI_MANIFEST, **put(layout, json.dumps(manifest).encode()),
-             "annotations": {"org.opencontainers.image.ref.name": tag}}
-    (layout / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
-    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [entry]}))
-    return entry
-
-
-def manifest_of(layout: Path) -> tuple[Path, dict]:  # type: ignore[type-arg]
-    entry = json.loads((layout / "index.json").read_text())["manifests"][0]
-    path = layout / "blobs" / "sha256" / entry["digest"].split(":")[1]
-    return path, json.loads(path.read_text())
-
-
-def blob_path(layout: Path, desc: dict) -> Path:  # type: ignore[type-arg]
-    return layout / "blobs" / "sha256" / desc["digest"].split(":")[1]
-
-
-def rewrite_index(layout: Path, doc: object) -> None:
-    (layout / "index.json").write_text(json.dumps(doc))
-
-
-def set_manifest(layout: Path, manifest_bytes: bytes) -> None:
-    """Point index.json at a new manifest blob (whatever its content)."""
-    desc = {"mediaType": OCI_MANIFEST, **put(layout, manifest_bytes),
-            "annotations": {"org.opencontainers.image.ref.name": "v1"}}
-    rewrite_index(layout, {"schemaVersion": 2, "manifests": [desc]})
+from tests.hostile import (OCI_CONFIG, OCI_INDEX, blob_path, layer_tar, make_layout, manifest_of,
+                           nydus_py, put, refused, rewrite_index, set_manifest, tamper)
 
 
 @pytest.fixture
@@ -176,22 +74,14 @@ def test_a_symlinked_blobs_directory_is_refused(src: Path, tmp_path: Path) -> No
     refused(nydus_py("convert", f"oci:{src}:v1", f"oci:{tmp_path / 'out'}:v1"), "blobs")
 
 
-def _tamper(layout: Path) -> None:
-    _, manifest = manifest_of(layout)
-    layer = blob_path(layout, manifest["layers"][0])
-    data = layer.read_bytes()
-    assert b"hello\n" in data
-    layer.write_bytes(data.replace(b"hello\n", b"evil!\n"))  # same size, same digest named: a valid tar
-
-
 def test_convert_refuses_a_tampered_layer_in_a_layout(src: Path, tmp_path: Path) -> None:
-    _tamper(src)
+    tamper(src)
     refused(nydus_py("convert", f"oci:{src}:v1", f"oci:{tmp_path / 'out'}:v1"), "does not match its digest")
     assert not (tmp_path / "out").exists()
 
 
 def test_convert_refuses_a_tampered_layer_in_an_oci_archive(src: Path, tmp_path: Path) -> None:
-    _tamper(src)
+    tamper(src)
     archive = tmp_path / "img.tar"
     with tarfile.open(archive, "w") as tar:
         for path in sorted(src.rglob("*")):
@@ -201,7 +91,7 @@ def test_convert_refuses_a_tampered_layer_in_an_oci_archive(src: Path, tmp_path:
 
 
 def test_copy_refuses_a_tampered_layer(src: Path, tmp_path: Path) -> None:
-    _tamper(src)
+    tamper(src)
     refused(nydus_py("copy", f"oci:{src}:v1", f"oci:{tmp_path / 'out'}:v1"), "does not match")
     assert not (tmp_path / "out").exists()
 
@@ -429,111 +319,6 @@ def test_an_old_gnu_sparse_map_of_many_extension_blocks_is_refused(tmp_path: Pat
             f.write(bytes(extension))
         f.write(bytes(1024))
     refused(nydus_py("build", str(tmp_path / "l.tar.gz"), "-o", str(tmp_path / "out")), "sparse map")
-
-
-# --- 3. targets are written safely ------------------------------------------------------------------------
-
-
-def test_converting_twice_replaces_the_entry(src: Path, tmp_path: Path) -> None:
-    for _ in range(2):
-        assert nydus_py("convert", f"oci:{src}:v1", f"oci:{tmp_path / 'out'}:n").returncode == 0
-    manifests = json.loads((tmp_path / "out" / "index.json").read_text())["manifests"]
-    assert len(manifests) == 1
-
-
-def test_a_malformed_target_index_stops_before_anything_is_written(src: Path, tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "index.json").write_text('{"schemaVersion": 2, "manifests": [{"digest": "sha256:' + "0" * 64 +
-                                    '", "size": 1, "annotations": {"a": ["list"]}}]}')
-    before = snapshot(out)
-    refused(nydus_py("convert", f"oci:{src}:v1", f"oci:{out}:v1"), "index.json", "$.manifests[0].annotations")
-    assert snapshot(out) == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]  # no staging left beside it
-
-
-def test_a_symlinked_target_blobs_directory_is_refused(src: Path, tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    out.mkdir()
-    (tmp_path / "elsewhere").mkdir()
-    (out / "blobs").symlink_to(tmp_path / "elsewhere")
-    refused(nydus_py("convert", f"oci:{src}:v1", f"oci:{out}:v1"), "blobs")
-    assert list((tmp_path / "elsewhere").iterdir()) == []
-    assert sorted(os.listdir(out)) == ["blobs"]
-
-
-def test_a_symlinked_target_index_json_is_refused(src: Path, tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    out.mkdir()
-    (tmp_path / "victim").write_text("{}")
-    (out / "index.json").symlink_to(tmp_path / "victim")
-    refused(nydus_py("convert", f"oci:{src}:v1", f"oci:{out}:v1"), "symlink")
-    assert (tmp_path / "victim").read_text() == "{}" and sorted(os.listdir(out)) == ["index.json"]
-
-
-def test_an_output_directory_inside_the_source_is_refused(tmp_path: Path) -> None:
-    (tmp_path / "tree").mkdir()
-    (tmp_path / "tree" / "f").write_bytes(b"f")
-    refused(nydus_py("build", str(tmp_path / "tree"), "-o", str(tmp_path / "tree" / "out")), "inside the source")
-    assert sorted(os.listdir(tmp_path / "tree")) == ["f"]
-
-
-def test_a_failed_convert_leaves_an_existing_layout_unchanged(src: Path, tmp_path: Path) -> None:
-    make_layout(tmp_path / "good", {"x": b"good"})
-    out = tmp_path / "out"
-    assert nydus_py("convert", f"oci:{tmp_path / 'good'}:v1", f"oci:{out}:keep").returncode == 0
-    before = snapshot(out)
-    _tamper(src)
-    refused(nydus_py("convert", f"oci:{src}:v1", f"oci:{out}:v1"), "does not match")
-    assert snapshot(out) == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["good", "out", "src"]
-
-
-def test_a_failed_build_into_a_new_directory_removes_only_what_it_created(tmp_path: Path) -> None:
-    (tmp_path / "bad.tar").write_bytes(b"not a tar" * 100)
-    refused(nydus_py("build", str(tmp_path / "bad.tar"), "-o", str(tmp_path / "new")))
-    assert sorted(os.listdir(tmp_path)) == ["bad.tar"]
-
-
-def test_a_busy_output_directory_fails_at_once_without_touching_it(tmp_path: Path) -> None:
-    (tmp_path / "tree").mkdir()
-    (tmp_path / "tree" / "f").write_bytes(b"f")
-    out = tmp_path / "out"
-    assert nydus_py("build", str(tmp_path / "tree"), "-o", str(out)).returncode == 0
-    before = snapshot(out)
-    fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another writer holds the directory
-        started = time.monotonic()
-        refused(nydus_py("build", str(tmp_path / "tree"), "-o", str(out)), str(out), "is busy")
-        assert time.monotonic() - started < 10
-    finally:
-        os.close(fd)
-    assert snapshot(out) == before
-    assert nydus_py("build", str(tmp_path / "tree"), "-o", str(out)).returncode == 0
-
-
-def test_two_concurrent_builds_into_one_directory(tmp_path: Path) -> None:
-    """Both succeed, or one fails at once with "busy"; the winner's image is complete either way."""
-    (tmp_path / "tree").mkdir()
-    for i in range(200):
-        (tmp_path / "tree" / f"f{i}").write_bytes(os.urandom(4096))
-    out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "nydus_py.cli", "build", str(tmp_path / "tree"), "-o", str(out)]
-    runs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    results = [(p.wait(timeout=TIME_LIMIT), p.stderr.read() if p.stderr else "") for p in runs]
-    assert any(status == 0 for status, _ in results), results
-    for status, err in results:
-        assert status == 0 or (status == 2 and "is busy" in err), results
-    assert nydus_py("check", str(out)).returncode == 0
-    assert not [name for name in os.listdir(out) if name.startswith(".")]
-
-
-def test_no_staging_is_left_after_a_failed_registry_target(src: Path, tmp_path: Path) -> None:
-    _tamper(src)
-    done = nydus_py("copy", f"oci:{src}:v1", "docker://127.0.0.1:1/x:y", env={"TMPDIR": str(tmp_path)})
-    refused(done, "does not match")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
 
 
 # --- 4. messages name the input ---------------------------------------------------------------------------

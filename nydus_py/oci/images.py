@@ -25,7 +25,7 @@ import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import IO, TYPE_CHECKING
 
 from nydus_py.errors import FormatError, NydusError, UsageError
 from nydus_py.format import oci
@@ -50,10 +50,11 @@ from nydus_py.oci.documents import (
 )
 from nydus_py.oci.platforms import image_platform, select_platforms
 from nydus_py.oci.ref import ImageRef, Transport
-from nydus_py.oci.reference import Reference, parse_creds
+from nydus_py.oci.ref import Reference, parse_creds
 from nydus_py.sources.tarball import BoundedTarInfo
 
 if TYPE_CHECKING:  # the HTTP stack is imported only by commands that reach a registry
+    from _typeshed import WriteableBuffer
     from nydus_py.oci.registry import RegistryClient
 
 MAX_ARCHIVE_MEMBERS = 1 << 16
@@ -77,7 +78,7 @@ class VerifiedStream(io.RawIOBase):
     """A blob read from `raw`, hashed as it streams: more bytes than declared is an error at once, and the
     end of the stream (or `verify()`) checks the size and the digest."""
 
-    def __init__(self, raw: BinaryIO, digest: str, size: int, where: str, what: str = "blob") -> None:
+    def __init__(self, raw: IO[bytes], digest: str, size: int, where: str, what: str = "blob") -> None:
         super().__init__()
         self._what = what
         self._raw = raw
@@ -103,7 +104,8 @@ class VerifiedStream(io.RawIOBase):
         self._hash.update(data)
         return data
 
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+    def readinto(self, target: WriteableBuffer) -> int:
+        buffer = memoryview(target).cast("B")
         data = self._take(len(buffer))
         buffer[: len(data)] = data
         return len(data)
@@ -157,7 +159,7 @@ def read_verified(stream: VerifiedStream, what: str) -> bytes:
 class BlobStore:
     """Blobs by descriptor from one place (layout, archive, registry repository): verified streams."""
 
-    def __init__(self, name: str, open_raw: Callable[[Descriptor], BinaryIO]) -> None:
+    def __init__(self, name: str, open_raw: Callable[[Descriptor], IO[bytes]]) -> None:
         self.name = name
         self._open_raw = open_raw
 
@@ -241,7 +243,7 @@ class LayoutStore(BlobStore):
         self._blobs_fd: int | None = None
         super().__init__(name, self._open_blob)
 
-    def _open_blob(self, desc: Descriptor) -> BinaryIO:
+    def _open_blob(self, desc: Descriptor) -> IO[bytes]:
         if self._blobs_fd is None:
             self._blobs_fd = open_subdir(self.root_fd, "blobs/sha256", self.name)
         fd = open_regular(self._blobs_fd, digest_hex(desc.digest), f"{self.name}: blob {desc.digest}")
@@ -291,7 +293,8 @@ class ArchiveStore(BlobStore):
                 if len(self.members) >= MAX_ARCHIVE_MEMBERS:
                     raise FormatError(f"{name}: more than {MAX_ARCHIVE_MEMBERS} members")
                 self.members[member.name.removeprefix("./")] = member
-            self.archive.members = []  # the dict above is the index; do not keep both
+            # the dict above is the index: do not keep tarfile's own list of every member read as well
+            self.archive.members = []  # type: ignore[attr-defined]  # an attribute typeshed does not list
         except tarfile.ReadError:  # tarfile's text lists every decompressor it tried, one a line
             raise FormatError(f"{name}: not a tar archive (plain, gzip, bzip2 or xz)") from None
         except (tarfile.TarError, OSError, EOFError) as exc:
@@ -304,10 +307,10 @@ class ArchiveStore(BlobStore):
             raise FormatError(f"{self.name}: {key} is missing from the archive")
         return found
 
-    def open_member(self, key: str) -> BinaryIO:
+    def open_member(self, key: str) -> IO[bytes]:
         stream = self.archive.extractfile(self.member(key))
         assert stream is not None
-        return stream  # type: ignore[return-value]
+        return stream
 
     def read_member(self, key: str) -> bytes:
         member = self.member(key)

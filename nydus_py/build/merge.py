@@ -1,0 +1,223 @@
+"""The merge step on files: per-layer blobs or bootstraps -> one merged bootstrap.
+
+Two callers, one rule set. `merge_layer_files` (`nydus-py merge`) reads layer blobs (their inline
+bootstraps) or plain bootstraps whose blobs it finds on disk, and describes every blob from its file.
+`merge_bootstraps` (`nydus-py-image merge`, as nydus-snapshotter's converter and BuildKit call it) reads
+per-layer bootstraps alone: what it knows of each layer's blob comes from the command line (`BlobFacts`) or
+the bootstrap's own table, as nydus-image merge does. Both overlay the layer trees (overlay.py) and render
+the bootstrap (plan.py); layer blobs are kept whole, no data is rewritten.
+References: docs/format.md §14.2; nydus `src/bin/nydus-image/merge.rs`; docs/oci.md §3.3.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nydus_py.blob.chunker import ChunkStats
+from nydus_py.blob.reader import BlobReader, find_blob_file
+from nydus_py.bootstrap.reader import is_bootstrap, read_bootstrap
+from nydus_py.build import overlay
+from nydus_py.build.config import BuildConfig
+from nydus_py.build.plan import bootstrap_bytes, dataless_blob_info, final_blob_info
+from nydus_py.errors import FormatError, UsageError
+from nydus_py.format.blobmeta import BLOB_ID_PLACEHOLDER
+from nydus_py.format.rafs import CompressAlgo, DigestAlgo
+from nydus_py.image import BlobInfo, is_blob_digest
+from nydus_py.model import Tree
+from nydus_py.util.fsutil import file_sha256
+from nydus_py.util.gcpause import without_cyclic_gc
+
+
+@dataclass(slots=True)
+class MergeInput:
+    """One layer of a merge: its tree (chunks relabelled to global keys) and its own blob."""
+
+    tree: Tree
+    own_blob: str | None  # blob id of the layer's own blob (None for a bootstrap without one)
+    compressor: CompressAlgo  # the layer bootstrap's superblock flags
+    digester: DigestAlgo
+    chunk_size: int
+
+
+@dataclass(slots=True)
+class MergedImage:
+    """A merge's result: every blob by key (final table entry, file when known), the layers' own blobs in layer
+    order, and the merged bootstrap with its device table (`keys`)."""
+
+    blobs: dict[int, tuple[BlobInfo, Path | None]]
+    own_blobs: list[int]  # keys of the layers' own blobs, in layer order
+    merged: Tree
+    bootstrap: bytes
+    keys: list[int]
+    compressor: CompressAlgo
+    stats: ChunkStats = field(default_factory=ChunkStats)
+
+    @property
+    def device_table(self) -> list[BlobInfo]:
+        return [self.blobs[k][0] for k in self.keys]
+
+
+def _merge(layers: list[MergeInput], infos: dict[int, BlobInfo], prefetch: tuple[bytes, ...],
+           default_chunk_size: int) -> tuple[Tree, bytes, list[int]]:
+    """Overlay the layers and render the bootstrap; compressor and digester flags come from the last layer's
+    bootstrap, as nydus-image merge takes them."""
+    # a blob without chunks has no chunk size of its own to disagree with
+    sizes = {info.chunk_size for info in infos.values() if info.chunk_count}
+    if len(sizes) > 1:
+        raise UsageError(f"layers use different chunk sizes ({', '.join(hex(s) for s in sorted(sizes))}): cannot merge")
+    merged = overlay.merge_layers([layer.tree for layer in layers])
+    plain, keys = bootstrap_bytes(merged, infos, chunk_size=sizes.pop() if sizes else default_chunk_size,
+                                  compressor=layers[-1].compressor, digester=layers[-1].digester, prefetch=prefetch)
+    return merged, plain, keys
+
+
+# --- nydus-py merge: layer blobs, or bootstraps whose blobs are on disk -------------------------------------
+
+
+@without_cyclic_gc
+def merge_layer_files(inputs: list[Path], blob_dir: Path | None, config: BuildConfig) -> MergedImage:
+    """Merge layer blobs (or bootstraps with real blob ids, their blobs in `blob_dir`), lowest first."""
+    if not inputs:
+        raise UsageError("no layers given")
+    registry: dict[str, tuple[int, BlobInfo, Path]] = {}
+    layers = [read_layer(p, blob_dir, registry) for p in inputs]
+    infos = {key: info for key, info, _ in registry.values()}
+    merged, plain, keys = _merge(layers, infos, config.prefetch_patterns, config.chunk_size)
+    blobs: dict[int, tuple[BlobInfo, Path | None]] = {key: (info, path) for key, info, path in registry.values()}
+    return MergedImage(blobs=blobs, own_blobs=[registry[layer.own_blob][0] for layer in layers
+                                                if layer.own_blob is not None],
+                       merged=merged, bootstrap=plain, keys=keys, compressor=layers[-1].compressor)
+
+
+def read_layer(path: Path, blob_dir: Path | None, blobs: dict[str, tuple[int, BlobInfo, Path]]) -> MergeInput:
+    """Load a layer blob (inline bootstrap) or a plain bootstrap; register its blobs in `blobs`."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(1028)
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read layer: {exc.strerror}") from exc
+    own: str | None = None
+    located: dict[str, Path] = {}
+
+    def register(table: list[BlobInfo]) -> dict[int, int]:
+        """Give every blob of this layer its key in `blobs` (found files, final table entries). In a layer
+        blob, the placeholder id (or, from older builders, a table of one) names the blob itself."""
+        mapping = {}
+        for info in table:
+            blob_id = info.blob_id
+            if own is not None and (blob_id == BLOB_ID_PLACEHOLDER or len(table) == 1):
+                blob_id = own
+            elif blob_id == BLOB_ID_PLACEHOLDER:
+                raise UsageError(f"{path}: bootstrap names its blob by a placeholder; merge the layer blob instead")
+            if blob_id not in blobs:
+                blob_path = located.get(blob_id) or _find_blob(path, blob_id, blob_dir)
+                blobs[blob_id] = (len(blobs), final_blob_info(info, blob_path, blob_id), blob_path)
+            mapping[info.blob_index] = blobs[blob_id][0]
+        return mapping
+
+    if is_bootstrap(head):
+        boot = read_bootstrap(path.read_bytes(), register)
+    else:
+        with BlobReader(path) as reader:
+            data = reader.inline_bootstrap()
+        if data is None or not is_bootstrap(data):
+            raise FormatError(f"{path}: neither a bootstrap nor a layer blob with an inline bootstrap")
+        own = file_sha256(path)
+        located[own] = path
+        boot = read_bootstrap(data, register)
+        if own not in blobs:  # a layer without data still has its blob, a layer of the image
+            blobs[own] = (len(blobs), dataless_blob_info(path, own, boot), path)
+    return MergeInput(tree=boot.tree, own_blob=own, compressor=boot.compressor, digester=boot.digester,
+                      chunk_size=boot.chunk_size)
+
+
+def _find_blob(layer: Path, blob_id: str, blob_dir: Path | None) -> Path:
+    """A blob a layer references: in --blob-dir (flat or an OCI blobs/sha256/), or beside the layer."""
+    folders = ([blob_dir, blob_dir / "blobs" / "sha256"] if blob_dir else []) + [layer.parent]
+    if not is_blob_digest(blob_id):
+        raise FormatError(f"{layer}: blob id {blob_id!r} is not 64 lowercase hex digits: it cannot name a file")
+    found = find_blob_file(folders, blob_id)
+    if found is None:
+        raise UsageError(f"{layer}: blob {blob_id} not found (give --blob-dir)")
+    return found
+
+
+# --- nydus-py-image merge: per-layer bootstraps, blob facts from the command line ------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BlobFacts:
+    """What the caller says of one layer's blob (nydus-image merge's `--blob-digests`, `--blob-sizes`,
+    `--blob-toc-digests`, `--blob-toc-sizes`); None: take the bootstrap's own table entry."""
+
+    blob_id: str | None = None  # 64 hex digits
+    size: int | None = None
+    toc_digest: bytes | None = None  # 32 bytes
+    toc_size: int | None = None
+
+
+@without_cyclic_gc
+def merge_bootstraps(inputs: list[Path], facts: list[BlobFacts], prefetch: tuple[bytes, ...]) -> MergedImage:
+    """Merge per-layer bootstraps (lowest first), each with at most one blob of its own, named by `facts`, its
+    own non-placeholder id, or the bootstrap's file name (nydus-snapshotter names each extracted bootstrap by
+    its layer digest's hex)."""
+    if len(facts) != len(inputs):
+        raise UsageError(f"{len(facts)} blob descriptions for {len(inputs)} bootstraps")
+    layers: list[MergeInput] = []
+    infos: dict[int, BlobInfo] = {}
+    own_blobs: list[int] = []
+    for source, fact in zip(inputs, facts, strict=True):
+        layer, info = _read_layer_bootstrap(source, len(infos), fact)
+        layers.append(layer)
+        if info is not None:
+            own_blobs.append(len(infos))
+            infos[len(infos)] = info
+    merged, plain, keys = _merge(layers, infos, prefetch, layers[-1].chunk_size)
+    return MergedImage(blobs={key: (info, None) for key, info in infos.items()}, own_blobs=own_blobs,
+                       merged=merged, bootstrap=plain, keys=keys, compressor=layers[-1].compressor)
+
+
+def _read_layer_bootstrap(source: Path, key: int, facts: BlobFacts) -> tuple[MergeInput, BlobInfo | None]:
+    """One layer's tree (chunks relabelled to `key`) and its blob table entry as the merged table records it."""
+    try:
+        data = source.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{source}: cannot read: {exc.strerror}") from exc
+    if not is_bootstrap(data):
+        raise UsageError(f"{source}: not a RAFS bootstrap")
+    own: list[BlobInfo] = []
+
+    def relabel(table: list[BlobInfo]) -> dict[int, int]:
+        if len(table) > 1:
+            raise UsageError(f"{source}: invalid per layer bootstrap, having multiple associated data blobs")
+        own.extend(table)
+        return {info.blob_index: key for info in table}
+
+    boot = read_bootstrap(data, relabel)
+    layer = MergeInput(tree=boot.tree, own_blob=None, compressor=boot.compressor, digester=boot.digester,
+                       chunk_size=boot.chunk_size)
+    if not own:
+        return layer, None
+    blob_id = facts.blob_id or _id_from_name(source, own[0])
+    layer.own_blob = blob_id
+    info = own[0].merged_entry(
+        blob_id=blob_id, blob_index=key,
+        size=own[0].compressed_size if facts.size is None else facts.size,
+        toc_digest=own[0].toc_digest if facts.toc_digest is None else facts.toc_digest,
+        toc_size=own[0].toc_size if facts.toc_size is None else facts.toc_size)
+    return layer, info
+
+
+def _id_from_name(source: Path, info: BlobInfo) -> str:
+    """The blob id a bootstrap carries, else its file name's first part (64 hex digits)."""
+    if info.blob_id != BLOB_ID_PLACEHOLDER and is_blob_digest(info.blob_id):
+        return info.blob_id
+    name = source.name.split(".", 1)[0]
+    if not is_blob_digest(name):
+        raise UsageError(f"{source}: the blob id is neither in the bootstrap, nor given with --blob-digests, nor "
+                         "the file's name (64 hex digits)")
+    return name
+
+
+__all__ = ["BlobFacts", "MergeInput", "MergedImage", "merge_bootstraps", "merge_layer_files", "read_layer"]
