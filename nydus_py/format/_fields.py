@@ -38,7 +38,7 @@ class IntEnumField(Adapter):  # type: ignore[misc]  # construct ships no types: 
 
 def _field_format(subcon: Construct) -> tuple[str, bool]:
     """The struct format of one flat field, and whether it carries a value (False: written as zeros)."""
-    if isinstance(subcon, IntEnumField):
+    if isinstance(subcon, Adapter):  # IntEnumField, tar's octal text: the bytes underneath
         return _field_format(subcon.subcon)
     if isinstance(subcon, FormatField):
         if subcon.fmtstr[0] != "<":

@@ -13,8 +13,12 @@ Go archive/tar writer.go; docs/oci.md §2.1.
 from __future__ import annotations
 
 import enum
+import re
+from typing import NamedTuple
 
-from construct import Adapter, Bytes, Struct, ValidationError
+from construct import Adapter, Array, Bytes, Struct, ValidationError
+
+from nydus_py.format._fields import FastStruct
 
 TAR_BLOCK_SIZE = 512
 GNU_MAGIC = b"ustar "
@@ -57,6 +61,129 @@ TarHeader = Struct(  # 512 B
     "pad" / Bytes(12),
 )
 assert TarHeader.sizeof() == TAR_BLOCK_SIZE
+
+
+class TarHeaderRecord(NamedTuple):
+    """FAST_TAR_HEADER's record: every field's raw bytes (numbers are decoded by `tar_number`)."""
+
+    name: bytes
+    mode: bytes
+    uid: bytes
+    gid: bytes
+    size: bytes
+    mtime: bytes
+    chksum: bytes
+    typeflag: bytes
+    linkname: bytes
+    magic: bytes
+    version: bytes
+    uname: bytes
+    gname: bytes
+    devmajor: bytes
+    devminor: bytes
+    prefix: bytes
+    pad: bytes
+
+
+FAST_TAR_HEADER = FastStruct(TarHeader, TarHeaderRecord)
+PREFIX_OFFSET = 345  # TarHeader.prefix: where GNU's own fields (GnuHeaderTail) begin instead
+
+
+class TypeFlag(bytes, enum.Enum):
+    """`typeflag` values a layer tar may hold (POSIX ustar and pax, GNU extensions)."""
+
+    REG = b"0"
+    AREG = b"\0"  # pre-POSIX regular file (a directory when its name ends in '/')
+    LNK = b"1"  # hardlink to `linkname`
+    SYM = b"2"
+    CHR = b"3"
+    BLK = b"4"
+    DIR = b"5"
+    FIFO = b"6"
+    CONT = b"7"  # contiguous file: a regular file
+    PAX = b"x"  # pax extended header: records for the next member
+    PAX_GLOBAL = b"g"  # pax global header: records for every later member
+    SOLARIS_PAX = b"X"  # Solaris' name for a pax extended header
+    GNU_LONGNAME = b"L"  # the next member's name, as data
+    GNU_LONGLINK = b"K"  # the next member's linkname, as data
+    GNU_SPARSE = b"S"  # old GNU sparse file: map in the header and extension blocks
+
+
+REGULAR_TYPES = (TypeFlag.REG, TypeFlag.AREG, TypeFlag.CONT, TypeFlag.GNU_SPARSE)  # members whose data follows
+
+GnuSparseEntry = Struct(  # one extent of an old GNU sparse map (struct sparse in GNU tar's tar.h)
+    "offset" / Bytes(12),  # in the file, as a tar number
+    "numbytes" / Bytes(12),
+)
+assert GnuSparseEntry.sizeof() == 24
+
+GnuHeaderTail = Struct(  # bytes 345-511 of a GNU header (where ustar has `prefix`): GNU tar's struct oldgnu_header
+    "atime" / Bytes(12),
+    "ctime" / Bytes(12),
+    "offset" / Bytes(12),  # multi-volume archives only
+    "longnames" / Bytes(4),
+    "unused_pad1" / Bytes(1),
+    "sp" / Array(4, GnuSparseEntry),  # the first four extents of a GNU_SPARSE member
+    "isextended" / Bytes(1),  # non-zero: extension blocks (GnuSparseExtension) follow the header
+    "realsize" / Bytes(12),  # the file's size; the header's `size` is the bytes stored
+    "unused_pad2" / Bytes(17),
+)
+assert GnuHeaderTail.sizeof() == TAR_BLOCK_SIZE - PREFIX_OFFSET
+
+GnuSparseExtension = Struct(  # a 512-byte block of further extents (GNU tar's struct sparse_header)
+    "sp" / Array(21, GnuSparseEntry),
+    "isextended" / Bytes(1),
+    "unused_pad" / Bytes(7),
+)
+assert GnuSparseExtension.sizeof() == TAR_BLOCK_SIZE
+
+
+def tar_number(field: bytes) -> int | None:
+    """A numeric header field: octal text (digits up to the first NUL, spaces around them), or GNU's base-256
+    (first byte 0x80 positive, 0xff negative, big-endian after it); None when it is neither."""
+    if field[:1] in (b"\x80", b"\xff"):
+        value = int.from_bytes(field[1:], "big")
+        return value - (1 << (8 * (len(field) - 1))) if field[0] == 0xFF else value
+    return octal_value(field)
+
+
+def checksum_matches(header: bytes, value: int | None) -> bool:
+    """Whether `value` is the checksum of a 512-byte `header` (the chksum field read as spaces): the sum of its
+    bytes as unsigned (POSIX), or as signed (some old tars)."""
+    unsigned = tar_checksum(header)
+    if value == unsigned:
+        return True
+    high = len(header.translate(None, _LOW_BYTES)) - len(header[CHKSUM_FIELD].translate(None, _LOW_BYTES))
+    return value == unsigned - 256 * high
+
+
+_LOW_BYTES = bytes(range(0x80))
+
+
+_PAX_RECORD = re.compile(rb"([1-9][0-9]{0,19}) ")
+
+
+def pax_records(data: bytes) -> list[tuple[bytes, bytes]] | None:
+    """The (keyword, value) records of a pax header's data, each `"%d %s=%s\n"` with the length counting the
+    whole record; NULs after the last record are padding. None when a record is malformed (POSIX pax,
+    "pax Extended Header")."""
+    out = []
+    pos = 0
+    end = len(data.rstrip(b"\0"))
+    while pos < end:
+        match = _PAX_RECORD.match(data, pos)
+        if match is None:
+            return None
+        stop = pos + int(match.group(1))
+        record = data[match.end() : stop]
+        if stop > len(data) or not record.endswith(b"\n") or b"=" not in record:
+            return None
+        keyword, _, value = record[:-1].partition(b"=")
+        if not keyword:
+            return None
+        out.append((keyword, value))
+        pos = stop
+    return out
 
 
 class TarDialect(enum.Enum):

@@ -15,17 +15,22 @@ References: OCI image-spec image-layout.md, image-index.md; docker save's manife
 
 from __future__ import annotations
 
+import bz2
 import contextlib
 import errno
+import gzip
 import hashlib
 import io
+import lzma
 import os
+import posixpath
 import stat
-import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, BinaryIO, cast
+
+import pyzstd
 
 from nydus_py.errors import FormatError, NydusError, UsageError
 from nydus_py.format import oci
@@ -51,7 +56,7 @@ from nydus_py.oci.documents import (
 from nydus_py.oci.platforms import image_platform, select_platforms
 from nydus_py.oci.ref import ImageRef, Transport
 from nydus_py.oci.ref import Reference, parse_creds
-from nydus_py.sources.tarball import BoundedTarInfo
+from nydus_py.sources.tarstream import TarReader
 
 if TYPE_CHECKING:  # the HTTP stack is imported only by commands that reach a registry
     from _typeshed import WriteableBuffer
@@ -272,7 +277,9 @@ def _layout_images(ref: ImageRef) -> list[SourceImage]:
 
 
 class ArchiveStore(BlobStore):
-    """Members of a tar archive, read in place (never extracted)."""
+    """Members of a tar archive (plain, gzip, bzip2, xz or zstd), read in place, never extracted: the archive
+    is indexed once by our tar reader; a member of a plain archive is then read with pread, one of a
+    compressed archive by decompressing the archive again up to it."""
 
     def __init__(self, path: Path, name: str) -> None:
         try:
@@ -285,39 +292,125 @@ class ArchiveStore(BlobStore):
             os.close(fd)
             raise UsageError(f"{name}: not a regular file")
         os.set_blocking(fd, True)
+        self.fd = fd  # held open for as long as this object serves members
+        self.opener = _ARCHIVE_OPENERS.get(_archive_kind(os.pread(fd, 6, 0)))
+        self.members: dict[str, tuple[bool, int, int]] = {}  # name -> (regular, data offset, size)
         try:
-            # held open for as long as this object serves members (closed with it)
-            self.archive = tarfile.open(fileobj=os.fdopen(fd, "rb"), mode="r:*", tarinfo=BoundedTarInfo)  # noqa: SIM115
-            self.members: dict[str, tarfile.TarInfo] = {}
-            for member in self.archive:
+            reader = TarReader(self._stream(), name)
+            for member in reader.members():
                 if len(self.members) >= MAX_ARCHIVE_MEMBERS:
                     raise FormatError(f"{name}: more than {MAX_ARCHIVE_MEMBERS} members")
-                self.members[member.name.removeprefix("./")] = member
-            # the dict above is the index: do not keep tarfile's own list of every member read as well
-            self.archive.members = []  # type: ignore[attr-defined]  # an attribute typeshed does not list
-        except tarfile.ReadError:  # tarfile's text lists every decompressor it tried, one a line
-            raise FormatError(f"{name}: not a tar archive (plain, gzip, bzip2 or xz)") from None
-        except (tarfile.TarError, OSError, EOFError) as exc:
-            raise FormatError(f"{name}: not a readable archive ({' '.join(str(exc).split())})") from None
+                key = _member_key(member.name.decode("utf-8", "surrogateescape"))
+                self.members[key] = (member.is_regular and member.sparse is None, member.data_offset, member.size)
+        except FormatError:
+            os.close(fd)
+            if self.members:
+                raise
+            raise FormatError(f"{name}: not a tar archive (plain, gzip, bzip2, xz or zstd)") from None
         super().__init__(name, lambda desc: self.open_member(f"blobs/sha256/{digest_hex(desc.digest)}"))
 
-    def member(self, key: str) -> tarfile.TarInfo:
-        found = self.members.get(key)
-        if found is None or not found.isreg():
+    def _stream(self) -> IO[bytes]:
+        """The archive's tar stream from its start: the file itself, or its decompressor."""
+        raw = os.fdopen(os.dup(self.fd), "rb")  # noqa: SIM115 - the caller owns it
+        if self.opener is None:
+            return raw
+        return io.BufferedReader(_Decompressing(self.opener(raw), raw), 1 << 20)
+
+    def member(self, key: str) -> tuple[int, int]:
+        """(offset in the tar stream, size) of the regular member `key`."""
+        found = self.members.get(_member_key(key))
+        if found is None or not found[0]:
             raise FormatError(f"{self.name}: {key} is missing from the archive")
-        return found
+        return found[1], found[2]
 
     def open_member(self, key: str) -> IO[bytes]:
-        stream = self.archive.extractfile(self.member(key))
-        assert stream is not None
-        return stream
+        offset, size = self.member(key)
+        if self.opener is None:
+            return io.BufferedReader(_Window(self.fd, offset, size), 1 << 20)
+        stream = self._stream()
+        while offset > 0:  # a compressed stream cannot seek: decompress up to the member
+            skipped = len(stream.read(min(offset, 1 << 20)))
+            if not skipped:
+                raise FormatError(f"{self.name}: the archive ended before {key}")
+            offset -= skipped
+        return io.BufferedReader(_Window(stream, 0, size), 1 << 20)
 
     def read_member(self, key: str) -> bytes:
-        member = self.member(key)
-        if member.size > MAX_DOCUMENT:
-            raise FormatError(f"{self.name}: {key}: {member.size} bytes is over the {MAX_DOCUMENT >> 20} MiB limit")
+        _, size = self.member(key)
+        if size > MAX_DOCUMENT:
+            raise FormatError(f"{self.name}: {key}: {size} bytes is over the {MAX_DOCUMENT >> 20} MiB limit")
         with self.open_member(key) as f:
             return f.read(MAX_DOCUMENT + 1)
+
+
+# the decompressor of each kind of archive (closed, with the file under it, by _Decompressing)
+_ARCHIVE_OPENERS: dict[str, Callable[[IO[bytes]], IO[bytes]]] = {
+    "gzip": lambda raw: cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb")),
+    "bzip2": lambda raw: cast(IO[bytes], bz2.BZ2File(raw, mode="rb")),
+    "xz": lambda raw: cast(IO[bytes], lzma.LZMAFile(raw, mode="rb")),  # noqa: SIM115
+    "zstd": lambda raw: cast(IO[bytes], pyzstd.ZstdFile(cast(BinaryIO, raw), mode="rb")),
+}
+
+
+def _member_key(name: str) -> str:
+    """A member's name as the archive index keeps it (`./a/b`, `a//b` and `/a/b` are all `a/b`)."""
+    return posixpath.normpath("/" + name).lstrip("/")
+
+
+def _archive_kind(head: bytes) -> str:
+    """The compression of an archive, by its magic bytes ('tar': none)."""
+    magics = {"gzip": b"\x1f\x8b", "bzip2": b"BZh", "xz": b"\xfd7zXZ\x00", "zstd": b"\x28\xb5\x2f\xfd"}
+    return next((kind for kind, magic in magics.items() if head.startswith(magic)), "tar")
+
+
+class _Decompressing(io.RawIOBase):
+    """A decompressor's stream that also closes the file under it (the standard library's do not)."""
+
+    def __init__(self, stream: IO[bytes], under: IO[bytes]) -> None:
+        super().__init__()
+        self._stream, self._under = stream, under
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target: WriteableBuffer) -> int:
+        buffer = memoryview(target).cast("B")
+        data = self._stream.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        try:
+            self._stream.close()
+        finally:
+            self._under.close()
+            super().close()
+
+
+class _Window(io.RawIOBase):
+    """`size` bytes from `offset` of a file descriptor (pread: no shared position), or the next `size` bytes
+    of a stream."""
+
+    def __init__(self, source: int | IO[bytes], offset: int, size: int) -> None:
+        super().__init__()
+        self._source, self._offset, self._left = source, offset, size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target: WriteableBuffer) -> int:
+        buffer = memoryview(target).cast("B")
+        want = min(len(buffer), self._left)
+        if want == 0:
+            return 0
+        source = self._source
+        data = os.pread(source, want, self._offset) if isinstance(source, int) else source.read(want)
+        if not data:
+            raise FormatError("the archive ends inside a member")
+        buffer[: len(data)] = data
+        self._offset += len(data)
+        self._left -= len(data)
+        return len(data)
 
 
 def _oci_archive_images(ref: ImageRef) -> list[SourceImage]:
@@ -357,9 +450,9 @@ def _docker_archive_images(ref: ImageRef) -> list[SourceImage]:
     layers = []
     by_digest: dict[str, str] = {}
     for name, diff_id in zip(entry.layers, diff_ids, strict=True):
-        member = store.member(name)
+        _, size = store.member(name)
         digest_hex(diff_id)  # a sha256 digest, or an error naming it
-        layers.append(Descriptor(media_type=oci.DOCKER_LAYER_TAR, digest=diff_id, size=member.size))
+        layers.append(Descriptor(media_type=oci.DOCKER_LAYER_TAR, digest=diff_id, size=size))
         by_digest[diff_id] = name
     manifest = {"schemaVersion": 2, "mediaType": oci.DOCKER_MANIFEST, "config": {
         "mediaType": oci.DOCKER_CONFIG, "digest": "sha256:" + config_hex, "size": len(config_bytes)},

@@ -13,24 +13,27 @@ import gzip
 import hashlib
 import io
 import os
-import tarfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nydus_py.bootstrap.reader import read_bootstrap
 from nydus_py.errors import FormatError, UsageError
 from nydus_py.format import oci
 from nydus_py.blob.reader import find_blob_file
-from nydus_py.read.locate import OpenedImage, open_image
+from nydus_py.read.locate import MAX_BOOTSTRAP_SIZE, OpenedImage, open_image
+from nydus_py.sources.tarstream import Readable, TarReader
 from nydus_py.oci.documents import digest_hex
 from nydus_py.oci.platforms import platform_text
 from nydus_py.oci.ref import ImageRef, Transport, parse_image_ref
 from nydus_py.oci.images import SourceImage, open_regular, open_source
 from nydus_py.read.validate import Defect
 
-MAX_BOOTSTRAP_TAR = 4 << 30
 
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 @dataclass(slots=True)
 class NydusImage:
@@ -45,40 +48,54 @@ class NydusImage:
 
 
 def read_bootstrap_layer(image: SourceImage) -> tuple[bytes, str]:
-    """(image/image.boot, sha256 of the uncompressed tar) from the manifest's last layer."""
+    """(image/image.boot, sha256 of the uncompressed tar) from the manifest's last layer, streamed: the layer is
+    verified against its digest, the tar hashed as it is read, the bootstrap at most MAX_BOOTSTRAP_SIZE."""
     if not image.layers:
         raise FormatError(f"manifest {image.manifest_descriptor.digest}: has no layers")
     layer = image.layers[-1]
-    digest = hashlib.sha256()
-    boot = None
+    where = f"bootstrap layer {layer.digest}"
     raw = image.open_blob(layer)
+    boot = None
     try:
-        parts, total = [], 0
-        with gzip.GzipFile(fileobj=raw) as plain:
-            while (block := plain.read(1 << 20)) and total <= MAX_BOOTSTRAP_TAR:
-                parts.append(block)
-                total += len(block)
-        data = b"".join(parts)
+        plain = _Hashing(gzip.GzipFile(fileobj=raw))
+        reader = TarReader(plain, where)
+        for member in reader.members():
+            if _bootstrap_entry(member.name) and member.is_regular and member.sparse is None:
+                if member.size > MAX_BOOTSTRAP_SIZE:
+                    raise FormatError(f"{where}: {oci.BOOTSTRAP_ENTRY} of {member.size} bytes is too big")
+                boot = reader.read(member.size)
         raw.verify()
     except (OSError, EOFError, zlib.error) as exc:
-        raise FormatError(f"bootstrap layer {layer.digest}: not a gzip'd tar ({exc})") from None
+        raise FormatError(f"{where}: not a gzip'd tar ({exc})") from None
     finally:
         raw.release()
-    if len(data) > MAX_BOOTSTRAP_TAR:
-        raise FormatError(f"bootstrap layer {layer.digest}: larger than {MAX_BOOTSTRAP_TAR} bytes")
-    digest.update(data)
-    try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
-            for member in tar:
-                if member.name.lstrip("./") in (oci.BOOTSTRAP_ENTRY, "image.boot") and member.isreg():
-                    f = tar.extractfile(member)
-                    assert f is not None
-                    boot = f.read()
-    except tarfile.TarError as exc:
-        raise FormatError(f"bootstrap layer {layer.digest}: corrupt tar ({exc})") from None
     if boot is None:
-        raise FormatError(f"bootstrap layer {layer.digest}: has no {oci.BOOTSTRAP_ENTRY}")
-    return boot, "sha256:" + digest.hexdigest()
+        raise FormatError(f"{where}: has no {oci.BOOTSTRAP_ENTRY}")
+    return boot, "sha256:" + plain.hash.hexdigest()
+
+
+def _bootstrap_entry(name: bytes) -> bool:
+    """`image/image.boot` (as the converter writes it; `./` before it, or the bare `image.boot` of older ones)."""
+    return name.removeprefix(b"./") in (oci.BOOTSTRAP_ENTRY.encode(), b"image.boot")
+
+
+class _Hashing(io.RawIOBase):
+    """A stream that hashes what is read through it (sha256)."""
+
+    def __init__(self, stream: Readable) -> None:
+        super().__init__()
+        self._stream = stream
+        self.hash = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target: WriteableBuffer) -> int:
+        buffer = memoryview(target).cast("B")
+        data = self._stream.read(len(buffer))
+        self.hash.update(data)
+        buffer[: len(data)] = data
+        return len(data)
 
 
 def open_nydus_images(reference: ImageRef, platforms: list[str] | None = None) -> list[NydusImage]:

@@ -20,132 +20,32 @@ import io
 import os
 import posixpath
 import stat
-import tarfile
 import urllib.parse
-import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
-from typing import BinaryIO, IO, TYPE_CHECKING, cast
+from typing import BinaryIO, cast
 
 import pyzstd
 
-from nydus_py.sources import WhiteoutSpec, XattrNamespace
 from nydus_py.errors import FormatError
 from nydus_py.format import erofs
 from nydus_py.format.posix_acl import acl_xattrs_problem
-from nydus_py.sources.gunzip import threaded_gunzip
+from nydus_py.format.tar import TypeFlag
 from nydus_py.model import OPAQUE_MARKER, WHITEOUT_PREFIX, Entry, FileKind, Inode, Tree, is_marker, \
     is_void_whiteout, new_directory, new_marker, overlay_xattrs
-
-if TYPE_CHECKING:
-    from _typeshed import WriteableBuffer
+from nydus_py.sources import WhiteoutSpec, XattrNamespace
+from nydus_py.sources.gunzip import threaded_gunzip
+from nydus_py.sources.tarstream import STREAM_ERRORS, TarMember, TarReader
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _KIND_OF_TYPE = {
-    tarfile.REGTYPE: FileKind.REG, tarfile.AREGTYPE: FileKind.REG, tarfile.CONTTYPE: FileKind.REG,
-    tarfile.GNUTYPE_SPARSE: FileKind.REG, tarfile.DIRTYPE: FileKind.DIR, tarfile.SYMTYPE: FileKind.SYMLINK,
-    tarfile.CHRTYPE: FileKind.CHR, tarfile.BLKTYPE: FileKind.BLK, tarfile.FIFOTYPE: FileKind.FIFO,
+    TypeFlag.REG.value: FileKind.REG, TypeFlag.AREG.value: FileKind.REG, TypeFlag.CONT.value: FileKind.REG,
+    TypeFlag.GNU_SPARSE.value: FileKind.REG, TypeFlag.DIR.value: FileKind.DIR, TypeFlag.SYM.value: FileKind.SYMLINK,
+    TypeFlag.CHR.value: FileKind.CHR, TypeFlag.BLK.value: FileKind.BLK, TypeFlag.FIFO.value: FileKind.FIFO,
 }
-_STREAM_ERRORS = (tarfile.TarError, EOFError, zlib.error, pyzstd.ZstdError, gzip.BadGzipFile, OSError)
-
-
-# Header records are refused above these sizes rather than allocated (Go's archive/tar caps PAX records and
-# GNU long names at 1 MiB too: maxSpecialFileSize); a sparse map holds at most MAX_SPARSE_EXTENTS extents.
-MAX_HEADER_RECORD = 1 << 20
-MAX_SPARSE_EXTENTS = 1 << 16
-
-
-class HeaderLimitError(tarfile.TarError):
-    """A tar header record over its cap (a TarError that tarfile's reader does not swallow)."""
-
-
-class BoundedTarInfo(tarfile.TarInfo):
-    """tarfile's TarInfo with caps on what a header makes it read into memory: a PAX record set, a GNU long
-    name or link, and the extents of a sparse map (old GNU, PAX 0.x and 1.0)."""
-
-    _sparse_structs: tuple[list[tuple[int, int]], bool, int]  # set by tarfile's old GNU sparse header reader
-
-    def _proc_pax(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
-        _cap(self.size, MAX_HEADER_RECORD, f"PAX header of {self.size} bytes")
-        return super()._proc_pax(tarfile_)  # type: ignore[misc, no-any-return]  # tarfile's private reader, untyped
-
-    def _proc_gnulong(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
-        _cap(self.size, MAX_HEADER_RECORD, f"GNU long name of {self.size} bytes")
-        return super()._proc_gnulong(tarfile_)  # type: ignore[misc, no-any-return]  # tarfile's private reader, untyped
-
-    def _proc_sparse(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
-        structs, isextended, origsize = self._sparse_structs
-        blocks = 0
-        while isextended:  # tarfile's loop, counted: each extension block holds 21 extents
-            buf = _fileobj(tarfile_).read(tarfile.BLOCKSIZE)
-            blocks += 1
-            _cap(len(structs) + 21, MAX_SPARSE_EXTENTS, "GNU sparse map")
-            for pos in range(0, 21 * 24, 24):
-                try:
-                    offset, numbytes = _nti(buf[pos : pos + 12]), _nti(buf[pos + 12 : pos + 24])
-                except ValueError:
-                    break
-                if offset and numbytes:
-                    structs.append((offset, numbytes))
-            isextended = len(buf) == tarfile.BLOCKSIZE and bool(buf[504])
-        self._sparse_structs = (structs, False, origsize)
-        return super()._proc_sparse(tarfile_)  # type: ignore[misc, no-any-return]  # tarfile's private reader, untyped
-
-    def _proc_gnusparse_00(self, next_: tarfile.TarInfo, pax_headers: dict[str, str], buf: bytes) -> None:
-        super()._proc_gnusparse_00(next_, pax_headers, buf)  # type: ignore[misc]  # tarfile's private reader
-        _cap(len(next_.sparse or []), MAX_SPARSE_EXTENTS, "PAX 0.0 sparse map")
-
-    def _proc_gnusparse_01(self, next_: tarfile.TarInfo, pax_headers: dict[str, str]) -> None:
-        _cap(pax_headers.get("GNU.sparse.map", "").count(","), 2 * MAX_SPARSE_EXTENTS, "PAX 0.1 sparse map")
-        super()._proc_gnusparse_01(next_, pax_headers)  # type: ignore[misc]  # tarfile's private reader
-
-    def _proc_gnusparse_10(self, next_: tarfile.TarInfo, pax_headers: dict[str, str],
-                           tarfile_: tarfile.TarFile) -> None:
-        """tarfile's reader of the map in front of the data, with its extent count capped (and an end of
-        stream inside the map an error, where tarfile's own loop never ends)."""
-        read = _fileobj(tarfile_).read
-        buf = read(tarfile.BLOCKSIZE)
-        count, _, buf = buf.partition(b"\n")
-        if not count.isdigit():
-            raise HeaderLimitError("PAX 1.0 sparse map: bad extent count")
-        _cap(int(count), MAX_SPARSE_EXTENTS, "PAX 1.0 sparse map")
-        numbers: list[int] = []
-        while len(numbers) < int(count) * 2:
-            if b"\n" not in buf:
-                more = read(tarfile.BLOCKSIZE)
-                if not more or len(buf) > 64:
-                    raise HeaderLimitError("PAX 1.0 sparse map: truncated or malformed")
-                buf += more
-            number, _, buf = buf.partition(b"\n")
-            if not number.isdigit():
-                raise HeaderLimitError("PAX 1.0 sparse map: not a number")
-            numbers.append(int(number))
-        next_.offset_data = _fileobj(tarfile_).tell()
-        # typeshed says bytes; tarfile keeps the map of a sparse member here as (offset, size) pairs
-        next_.sparse = list(zip(numbers[::2], numbers[1::2], strict=True))  # type: ignore[assignment]
-
-
-def _fileobj(archive: tarfile.TarFile) -> IO[bytes]:
-    """The stream an open archive reads (typeshed allows None, which an archive being read never has)."""
-    assert archive.fileobj is not None
-    return cast(IO[bytes], archive.fileobj)
-
-
-def _nti(field: bytes) -> int:
-    """A numeric tar header field: tarfile's own decoder (octal or base-256), which typeshed does not list."""
-    decoder: Callable[[bytes], int] = vars(tarfile)["nti"]
-    return decoder(field)
-
-
-def _cap(value: int, limit: int, what: str) -> None:
-    if value > limit:
-        raise HeaderLimitError(f"{what}: over the limit of {limit}")
-
-
-def _bytes(text: str) -> bytes:
-    return text.encode("utf-8", "surrogateescape")
+_SCHILY_XATTR = b"SCHILY.xattr."
+_LIBARCHIVE_XATTR = b"LIBARCHIVE.xattr."
 
 
 def _is_regular_file(stream: BinaryIO) -> bool:
@@ -171,52 +71,52 @@ def decompressed(raw: BinaryIO) -> BinaryIO:
 
 @dataclass(slots=True)
 class TarFile:
-    """A regular file's content inside the tar stream: read sequentially, holes from the sparse map."""
+    """A regular file's content inside the tar stream: read in order, holes (a sparse member's) as zeros."""
 
     inode: Inode
     path: bytes
-    stream: IO[bytes]
-    extents: list[tuple[int, int]]  # (offset, length) of data; everything else reads as zeros
+    reader: TarReader
+    extents: list[tuple[int, int]] | None  # (offset, length) of stored data; None: all of it
 
     def pieces(self, chunk_size: int) -> Iterable[tuple[int, int, bytes | None]]:
         size = self.inode.size
+        if self.extents is None:
+            for offset in range(0, size, chunk_size):
+                length = min(chunk_size, size - offset)
+                yield offset, length, self._read(length)
+            return
+        extents = iter(self.extents)
+        extent = next(extents, None)
         for offset in range(0, size, chunk_size):
-            length = min(chunk_size, size - offset)
-            try:
-                data = self.stream.read(length)  # a stream cannot seek: holes are read past (as zeros)
-            except _STREAM_ERRORS as exc:
-                raise FormatError(f"{self.path.decode(errors='backslashreplace')}: corrupt tar data ({exc})") from None
-            if len(data) != length:
-                raise FormatError(f"{self.path.decode(errors='backslashreplace')}: tar entry data is truncated")
-            hole = not any(start < offset + length and offset < start + n for start, n in self.extents)
-            yield offset, length, None if hole else data
+            end = min(offset + chunk_size, size)
+            parts: list[bytes] = []
+            at = offset
+            while extent is not None and extent[0] < end:
+                start, length = extent
+                if start > at:
+                    parts.append(bytes(start - at))
+                    at = start
+                take = min(start + length, end) - at
+                parts.append(self._read(take))
+                at += take
+                if at == start + length:
+                    extent = next(extents, None)
+                else:
+                    break
+            if not parts:  # wholly in a hole: never read, never stored
+                yield offset, end - offset, None
+                continue
+            parts.append(bytes(end - at))
+            yield offset, end - offset, b"".join(parts)
+
+    def _read(self, length: int) -> bytes:
+        data = self.reader.read(length)
+        if len(data) != length:
+            raise FormatError(f"{self.path.decode(errors='backslashreplace')}: tar entry data is truncated")
+        return data
 
     def close(self) -> None:
-        self.stream.close()
-
-
-class _Counting(io.RawIOBase):
-    """Counts the bytes read through it."""
-
-    def __init__(self, stream: BinaryIO) -> None:
-        super().__init__()
-        self._stream = stream
-        self.total = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, target: WriteableBuffer) -> int:
-        buffer = memoryview(target).cast("B")
-        data = self._stream.read(len(buffer))
-        buffer[: len(data)] = data
-        self.total += len(data)
-        return len(data)
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._stream.read(size)
-        self.total += len(data)
-        return data
+        pass  # the reader skips what is left when the next member is asked for
 
 
 class TarSource:
@@ -228,7 +128,7 @@ class TarSource:
         self.name = name
         try:
             self.stream = decompressed(raw)
-        except _STREAM_ERRORS as exc:
+        except STREAM_ERRORS as exc:
             raise FormatError(f"{name}: cannot read the layer ({exc})") from None
         self.spec = WhiteoutSpec.OCI if whiteout_spec is WhiteoutSpec.AUTO else whiteout_spec
         self.overlay_prefix = overlay_ns.value.encode() + b".overlay."
@@ -238,48 +138,20 @@ class TarSource:
         self._files: dict[bytes, Inode] = {}  # path -> inode of non-directories, for hardlinks
         self._opaque = False  # the entry being read carries an overlayfs opaque xattr
 
-    def _fail(self, what: str, member: str | None = None) -> FormatError:
-        where = f"{self.name}: {member!r}: " if member else f"{self.name}: "
+    def _fail(self, what: str, member: bytes | None = None) -> FormatError:
+        where = f"{self.name}: {_text(member)!r}: " if member is not None else f"{self.name}: "
         return FormatError(where + what)
 
     def files(self) -> Iterator[TarFile]:
-        counted = _Counting(self.stream)
+        reader = TarReader(self.stream, self.name)
         try:
-            archive = tarfile.open(fileobj=counted, mode="r|", errors="surrogateescape",  # noqa: SIM115 - closed below
-                                   tarinfo=BoundedTarInfo)
-        except _STREAM_ERRORS as exc:
-            if isinstance(exc, tarfile.ReadError) and "empty file" in str(exc):
-                self._finish()
-                return
-            raise self._fail(f"not a readable tar stream ({exc})") from None
-        try:
-            while True:
-                try:
-                    member = archive.next()
-                except _STREAM_ERRORS as exc:
-                    raise self._fail(f"corrupt tar stream ({exc})") from None
-                if member is None:
-                    break
-                content = self._add(member, archive)
+            for member in reader.members():
+                content = self._add(member, reader)
                 if content is not None:
                     yield content
-            self._check_end(archive, counted)
         finally:
-            archive.close()
             self.stream.close()
         self._finish()
-
-    def _check_end(self, archive: tarfile.TarFile, counted: _Counting) -> None:
-        """Read the stream to its end (a compressed stream checks its CRC or checksum only there) and refuse
-        an archive that stopped without its end-of-archive block: Python's tarfile takes a truncated header
-        for the end."""
-        try:
-            while counted.read(1 << 20):
-                pass
-        except _STREAM_ERRORS as exc:
-            raise self._fail(f"corrupt layer stream after the last entry ({exc})") from None
-        if counted.total % tarfile.BLOCKSIZE or archive.offset >= counted.total:
-            raise self._fail(f"truncated tar stream ({counted.total} bytes, no end-of-archive block)")
 
     def _finish(self) -> None:
         for inode in self._dirs.values():
@@ -287,20 +159,20 @@ class TarSource:
 
     # --- one member ----------------------------------------------------------------------------------
 
-    def _path(self, member: tarfile.TarInfo) -> bytes:
-        raw = _bytes(member.name)
+    def _path(self, member: TarMember) -> bytes:
+        raw = member.name
         if b"\0" in raw:
-            raise self._fail("name contains NUL", member.name)
+            raise self._fail("name contains NUL", raw)
         if _escapes(raw):
-            raise self._fail("name escapes the root with '..'", member.name)
+            raise self._fail("name escapes the root with '..'", raw)
         norm = posixpath.normpath(b"/" + raw).lstrip(b"/")
         if norm == b".":
             return b""
         if any(len(part) > 255 for part in norm.split(b"/")):
-            raise self._fail("a name component is longer than 255 bytes", member.name)
+            raise self._fail("a name component is longer than 255 bytes", raw)
         return norm
 
-    def _parent(self, path: bytes, member: str) -> Inode:
+    def _parent(self, path: bytes, member: bytes) -> Inode:
         """The directory that holds `path`, creating missing parents as 0755 root directories (iteratively: a
         name may be thousands of components deep)."""
         missing = []
@@ -314,7 +186,7 @@ class TarSource:
             existing = self._children[id(directory)].get(name)
             if existing is not None:
                 what = "a symlink" if existing.inode.kind is FileKind.SYMLINK else "not a directory"
-                raise self._fail(f"an entry below {dir_path.decode(errors='replace')!r}, which is {what}", member)
+                raise self._fail(f"an entry below {_text(dir_path)!r}, which is {what}", member)
             directory = self._put_dir(directory, dir_path, name, new_directory())
         return directory
 
@@ -336,7 +208,7 @@ class TarSource:
                 del self._files[key]
         self._files.pop(path, None)
 
-    def _add(self, member: tarfile.TarInfo, archive: tarfile.TarFile) -> TarFile | None:
+    def _add(self, member: TarMember, reader: TarReader) -> TarFile | None:
         path = self._path(member)
         inode = self._inode(member)
         opaque, self._opaque = self._opaque, False
@@ -354,7 +226,7 @@ class TarSource:
             self._remove(parent, path, name)
             self._children[id(parent)][name] = Entry(name=name, inode=new_marker())
             return None
-        if member.islnk():
+        if member.typeflag == TypeFlag.LNK:
             self._link(member, parent, path, name)
             return None
         kind = inode.kind
@@ -380,15 +252,11 @@ class TarSource:
         self._children[id(parent)][name] = Entry(name=name, inode=inode)
         self._files[path] = inode
         if kind is FileKind.REG and inode.size > 0:
-            stream = archive.extractfile(member)
-            if stream is None:
-                raise self._fail("regular file without data", member.name)
-            sparse: list[tuple[int, int]] | None = member.sparse  # type: ignore[assignment]  # see _proc_gnusparse_10
-            extents = list(sparse) if sparse else [(0, inode.size)]
-            return TarFile(inode=inode, path=_bytes(f"{self.name}: {member.name}"), stream=stream, extents=extents)
+            return TarFile(inode=inode, path=self.name.encode() + b": " + member.name, reader=reader,
+                           extents=member.sparse)
         return None
 
-    def _is_whiteout(self, name: bytes, inode: Inode, member: str) -> bool:
+    def _is_whiteout(self, name: bytes, inode: Inode, member: bytes) -> bool:
         """Whether the entry is a whiteout or opaque marker under the layer's spec: `.wh.*` (OCI; one of an
         empty name, '.' or '..' is an error) or a char device 0:0 (overlayfs)."""
         if self.spec is WhiteoutSpec.OCI:
@@ -405,51 +273,47 @@ class TarSource:
             child, parent = parent, posixpath.dirname(parent)
         return child != path and posixpath.basename(child) in self._children[id(self._dirs[parent])]
 
-    def _link(self, member: tarfile.TarInfo, parent: Inode, path: bytes, name: bytes) -> None:
-        if _escapes(_bytes(member.linkname)):
+    def _link(self, member: TarMember, parent: Inode, path: bytes, name: bytes) -> None:
+        if _escapes(member.linkname):
             raise self._fail("hardlink target escapes the root with '..'", member.name)
-        target_path = posixpath.normpath(b"/" + _bytes(member.linkname)).lstrip(b"/")
+        target_path = posixpath.normpath(b"/" + member.linkname).lstrip(b"/")
         if target_path == path:
             raise self._fail("hardlink to itself", member.name)
-        if target_path in self._dirs:
+        if target_path in self._dirs:  # '' and '.' name the root
             raise self._fail("hardlink to a directory", member.name)
         target = self._files.get(target_path)
         if target is None:
-            raise self._fail(f"hardlink to {member.linkname!r}, which is not an earlier entry of this layer",
+            raise self._fail(f"hardlink to {_text(member.linkname)!r}, which is not an earlier entry of this layer",
                              member.name)
         self._remove(parent, path, name)  # every type shares its inode, as `tar x` links it (DESIGN.md)
         self._children[id(parent)][name] = Entry(name=name, inode=target)
         self._files[path] = target
-        return
 
     @staticmethod
     def _copy_attrs(dst: Inode, src: Inode) -> None:
         dst.mode, dst.uid, dst.gid = src.mode, src.uid, src.gid
         dst.mtime, dst.mtime_nsec, dst.xattrs = src.mtime, src.mtime_nsec, src.xattrs
 
-    def _inode(self, member: tarfile.TarInfo) -> Inode:
-        kind = _KIND_OF_TYPE.get(member.type)
-        if kind is None and not member.islnk():
-            if member.isreg():
-                kind = FileKind.REG
-            else:
-                raise self._fail(f"unsupported tar entry type {member.type!r}", member.name)
-        kind = kind or FileKind.REG
-        try:
-            seconds, nsec = _mtime(member)
-        except ValueError as exc:
-            raise self._fail(str(exc), member.name) from None
+    def _inode(self, member: TarMember) -> Inode:
+        kind = _KIND_OF_TYPE.get(member.typeflag)
+        if kind is None:
+            if member.typeflag != TypeFlag.LNK:
+                raise self._fail(f"unsupported tar entry type {member.typeflag!r}", member.name)
+            kind = FileKind.REG  # a hardlink takes its target's inode; this one is never used
+        if not -(1 << 63) <= member.mtime < 1 << 63:
+            raise self._fail(f"mtime {member.mtime} does not fit in 64 bits (RAFS stores a signed 64-bit time)",
+                             member.name)
         for what, value in (("uid", member.uid), ("gid", member.gid)):
             if not 0 <= value <= 0xFFFFFFFF:
                 raise self._fail(f"{what} {value} does not fit in 32 bits (RAFS stores 32-bit owners)", member.name)
         # Linux symlinks are always 0777 (tar x, containerd and overlayfs show them so), whatever the tar says
         perms = 0o777 if kind is FileKind.SYMLINK else member.mode & 0o7777
         inode = Inode(kind=kind, mode=kind.ifmt | perms, uid=member.uid, gid=member.gid,
-                      mtime=seconds, mtime_nsec=nsec, xattrs=self._xattrs(member))
+                      mtime=member.mtime, mtime_nsec=member.mtime_nsec, xattrs=self._xattrs(member))
         if kind is FileKind.REG:
             inode.size = member.size
         elif kind is FileKind.SYMLINK:
-            inode.symlink_target = _bytes(member.linkname)
+            inode.symlink_target = member.linkname
             inode.size = len(inode.symlink_target)
             if not 0 < inode.size < 4096 or b"\0" in inode.symlink_target:  # what Linux can hold (PATH_MAX)
                 raise self._fail(f"symlink target of {inode.size} bytes: must be 1 to 4095 bytes without NUL",
@@ -461,14 +325,14 @@ class TarSource:
             inode.rdev = os.makedev(member.devmajor, member.devminor)
         return inode
 
-    def _xattrs(self, member: tarfile.TarInfo) -> dict[bytes, bytes]:
+    def _xattrs(self, member: TarMember) -> dict[bytes, bytes]:
         out: dict[bytes, bytes] = {}
-        for key, value in member.pax_headers.items():
-            if key.startswith("SCHILY.xattr."):
-                out[_bytes(key[len("SCHILY.xattr.") :])] = _bytes(value)
-            elif key.startswith("LIBARCHIVE.xattr."):
-                name = urllib.parse.unquote_to_bytes(key[len("LIBARCHIVE.xattr.") :])
-                out[name] = base64.b64decode(value + "=" * (-len(value) % 4))
+        for key, value in member.pax.items():
+            if key.startswith(_SCHILY_XATTR):
+                out[key[len(_SCHILY_XATTR) :]] = value
+            elif key.startswith(_LIBARCHIVE_XATTR):
+                name = urllib.parse.unquote_to_bytes(key[len(_LIBARCHIVE_XATTR) :])
+                out[name] = base64.b64decode(value + b"=" * (-len(value) % 4))
         if self.spec is WhiteoutSpec.OVERLAYFS:
             overlay = overlay_xattrs(out, self.overlay_prefix)
             self._opaque = self._opaque or overlay.opaque
@@ -477,6 +341,11 @@ class TarSource:
         if problem is not None:
             raise self._fail(problem, member.name)
         return dict(sorted(out.items()))
+
+
+def _text(name: bytes) -> str:
+    """A name for a message (its bytes as text, undecodable ones escaped)."""
+    return name.decode("utf-8", "surrogateescape")
 
 
 def _escapes(raw: bytes) -> bool:
@@ -491,21 +360,4 @@ def _escapes(raw: bytes) -> bool:
     return False
 
 
-def _mtime(member: tarfile.TarInfo) -> tuple[int, int]:
-    """(seconds, nanoseconds), exact: PAX mtimes are decimal strings that a float would round. ValueError for a
-    time RAFS cannot store (not a number, or outside the signed 64 bits the kernel reads i_mtime as)."""
-    text = member.pax_headers.get("mtime")
-    if text is not None:
-        try:
-            value = Decimal(text)
-        except InvalidOperation:
-            raise ValueError(f"PAX mtime {text[:40]!r} is not a number") from None
-        if not value.is_finite():
-            raise ValueError(f"PAX mtime {text[:40]!r} is not a number")
-        seconds = int(value.to_integral_value(rounding="ROUND_FLOOR"))
-        nsec = int((value - seconds) * 1_000_000_000)
-    else:
-        seconds, nsec = int(member.mtime), 0
-    if not -(1 << 63) <= seconds < 1 << 63:
-        raise ValueError(f"mtime {seconds} does not fit in 64 bits (RAFS stores a signed 64-bit time)")
-    return seconds, nsec
+__all__ = ["TarFile", "TarSource", "decompressed"]
