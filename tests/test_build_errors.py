@@ -208,3 +208,25 @@ def test_process_settings_come_back_after_builds(src: Path, tmp_path: Path) -> N
     assert sys.getswitchinterval() == interval
     w1.discard()
     w2.discard()
+
+
+@pytest.mark.parametrize("how", ["stdin", "file"])
+def test_an_endless_prefetch_list_is_refused_at_once(src: Path, tmp_path: Path, how: str) -> None:
+    """/dev/zero as the prefetch list: one line, exit 2, in well under a second of reading, in bounded memory."""
+    import resource
+    import subprocess
+    import sys
+    import time
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+    source = "-" if how == "stdin" else "/dev/zero"
+    with open("/dev/zero", "rb") as zero:
+        started = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", "nydus_py.cli", "build", str(src), "-o", str(tmp_path / "out"),
+                               "--prefetch-patterns", source], stdin=zero, capture_output=True, text=True,
+                              preexec_fn=limit, timeout=60)
+        took = time.monotonic() - started
+    assert done.returncode == 2 and one_line(done.stderr) and "longer than 4096 bytes" in done.stderr, done.stderr
+    assert took < 5 and not (tmp_path / "out").exists()

@@ -144,3 +144,62 @@ def test_defect_truncated_blob(small_image: tuple[Path, Path, Path], capsys: pyt
 def test_check_cannot_run_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     status, _, err = run(capsys, "check", str(tmp_path / "missing"))
     assert status == 2 and err.count("\n") == 1
+
+
+def test_a_bootstrap_finds_its_blobs_where_nydus_py_put_them(corpus_image: tuple[Path, Path],
+                                                             capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    _, image = corpus_image
+    status, out, _ = run(capsys, "check", str(image / "bootstrap"))
+    assert status == 0 and f"note: blob data read from {image}/blobs/sha256" in out and " sound (" in out
+    assert "0 chunks verified" not in out
+    assert main(["unpack", str(image / "bootstrap"), "-o", str(tmp_path / "x")]) == 0
+
+
+def test_a_bootstrap_without_its_blobs_says_its_data_was_not_checked(corpus_image: tuple[Path, Path],
+                                                                     capsys: pytest.CaptureFixture[str],
+                                                                     tmp_path: Path) -> None:
+    _, image = corpus_image
+    alone = tmp_path / "alone" / "bootstrap"
+    alone.parent.mkdir()
+    alone.write_bytes((image / "bootstrap").read_bytes())
+    status, out, _ = run(capsys, "check", str(alone))
+    assert status == 0 and "metadata sound, data NOT checked" in out and "not found" in out
+    status, out, _ = run(capsys, "check", str(alone), "--require-data")
+    assert status == 1 and "defect: blob" in out and "--require-data" in out
+    status, out, _ = run(capsys, "check", str(alone), "--json")
+    doc = json.loads(out)
+    assert doc["sound"] and not doc["data_checked"] and len(doc["missing_blobs"]) == 1
+
+
+def test_a_file_that_is_no_image_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "notes.txt").write_text("root:x:0:0:root:/root:/bin/sh\n" * 100)
+    status, _, err = run(capsys, "check", str(tmp_path / "notes.txt"))
+    assert status == 2 and err.count("\n") == 1 and "not an image" in err
+
+
+def test_an_acl_the_kernel_refuses_is_a_defect(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An ACL xattr another builder wrote: its GROUP_OBJ entry turned into a second USER_OBJ, which
+    posix_acl_valid refuses (our own writer never writes it: the bytes are changed in place)."""
+    from nydus_py.format import posix_acl
+
+    def acl(*entries: tuple[posix_acl.AclTag, int, int]) -> bytes:
+        return bytes(posix_acl.PosixAclXattrHeader.build({"a_version": 2})) + b"".join(
+            bytes(posix_acl.PosixAclXattrEntry.build({"e_tag": tag, "e_perm": perm, "e_id": uid}))
+            for tag, perm, uid in entries)
+
+    tag, anyone = posix_acl.AclTag, 0xFFFFFFFF
+    good = acl((tag.USER_OBJ, 6, anyone), (tag.USER, 6, 1000), (tag.GROUP_OBJ, 4, anyone), (tag.MASK, 6, anyone),
+               (tag.OTHER, 4, anyone))
+    bad = acl((tag.USER_OBJ, 6, anyone), (tag.USER, 6, 1000), (tag.USER_OBJ, 4, anyone), (tag.MASK, 6, anyone),
+              (tag.OTHER, 4, anyone))
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"x")
+    os.setxattr(src / "f", "system.posix_acl_access", good)
+    assert main(["build", str(src), "-o", str(tmp_path / "out")]) == 0
+    boot_path = tmp_path / "out" / "bootstrap"
+    data = boot_path.read_bytes()
+    assert data.count(good) == 1
+    boot_path.write_bytes(data.replace(good, bad))
+    status, out, _ = run(capsys, "check", str(tmp_path / "out"))
+    assert status == 1 and "defect: inode /f" in out and "out of order" in out

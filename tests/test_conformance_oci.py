@@ -537,3 +537,21 @@ def test_errors_name_the_image_and_the_platform(images: Path, tmp_path: Path,
     line = one_line(err)
     assert status == 2 and line.startswith(f"nydus-py: oci:{layout}:{TAG} (linux/arm/v7): layer {layer['digest']}")
     assert not (tmp_path / "out").exists()
+
+
+def test_layers_umoci_insert_writes_convert(images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`umoci insert` writes a layer that ends right after its last member (no end-of-archive blocks); GNU tar,
+    Go and containerd accept it, and so do we: the image converts to what `umoci unpack` makes of it."""
+    umoci = need_tool("umoci")
+    layout = copy_layout(images, tmp_path / "src")
+    (tmp_path / "extra").mkdir()
+    (tmp_path / "extra" / "added.txt").write_bytes(b"inserted by umoci\n")
+    run(umoci, "insert", "--image", f"{layout}:{TAG}", str(tmp_path / "extra"), "/inserted")
+    run(umoci, "insert", "--image", f"{layout}:{TAG}", "--whiteout", "/app/run.sh")
+    for layer in read_json(layout, tagged(layout, TAG)["digest"])["layers"][-2:]:
+        tar = gzip.decompress(blob_path(layout, layer["digest"]).read_bytes())
+        assert not tar.endswith(bytes(1024))  # what the reader must accept
+    run(umoci, "unpack", "--image", f"{layout}:{TAG}", str(tmp_path / "truth"))
+    status, _, err = convert(capsys, f"oci:{layout}:{TAG}", tmp_path / "out")
+    assert status == 0, err
+    assert_mount_equals(f"oci:{tmp_path / 'out'}:{TAG}", tmp_path / "truth" / "rootfs", tmp_path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import tarfile
 import shutil
 import subprocess
 from pathlib import Path
@@ -243,4 +244,35 @@ def test_too_many_blobs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
         layers.append(str(d))
     status = main(["build", *layers, "-o", str(tmp_path / "out"), "--jobs", "1"])
     assert status == 2 and "at most 254" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_opaque_upper_root_keeps_every_lower_entry(tmp_path: Path) -> None:
+    """overlayfs ignores `opaque` on a layer's root: the kernel's view of the stack keeps the lower entries, and
+    so must the image."""
+    need_mount()
+    (tmp_path / "stack").mkdir()
+    stack = OverlayStack(tmp_path / "stack")
+    stack.add_layer(base_layer)
+    stack.add_layer(lambda m: (m / "added").write_bytes(b"upper"))
+    os.setxattr(stack.uppers[-1], "trusted.overlay.opaque", b"y")
+    fix_times(stack.uppers[-1])
+    build(*map(str, stack.uppers), "-o", str(tmp_path / "out"))
+    with stack.view() as view:
+        assert (view / "added").exists() and len(list(view.iterdir())) > 1  # the kernel keeps the lower entries
+    assert_same_view(stack, tmp_path / "out", tmp_path)
+
+
+@pytest.mark.parametrize("xattr", ["redirect", "metacopy"])
+def test_an_overlayfs_tar_entry_relying_on_a_lower_layer_is_refused(tmp_path: Path, xattr: str,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    layer = tmp_path / "layer.tar"
+    with tarfile.open(layer, "w", format=tarfile.PAX_FORMAT) as archive:
+        info = tarfile.TarInfo("moved")
+        info.type = tarfile.DIRTYPE
+        info.pax_headers = {f"SCHILY.xattr.trusted.overlay.{xattr}": "/original"}
+        archive.addfile(info)
+    status = main(["build", str(layer), "-o", str(tmp_path / "out"), "--whiteout-spec", "overlayfs"])
+    err = capsys.readouterr().err
+    assert status == 2 and f"'{xattr}' is not supported" in err and "moved" in err and err.count("\n") == 1
     assert not (tmp_path / "out").exists()

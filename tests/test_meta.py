@@ -187,6 +187,7 @@ COVERED_ELSEWHERE = {
     "nydus_py.oci.platforms": "tests/test_oci.py (platform selection)",
     "nydus_py.cli": "package",
     "nydus_py.cli.__main__": "`python3 -m nydus_py.cli` runs in tests/test_cli.py",
+    "nydus_py.cli.interrupt": "SIGTERM and SIGINT mid-build: tests/test_faults.py and tests/test_drop_in_trust.py",
     "nydus_py.cli.main": "tests/test_cli.py",
     "nydus_py.cli.nydus_image": "tests/test_drop_in_builder.py",
     "nydus_py.cli.progress": "tests/test_cli.py (drawn on a pseudo-terminal)",

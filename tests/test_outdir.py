@@ -101,3 +101,32 @@ def test_a_symlinked_component_is_never_written_through(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="not a directory"), OutputDir.open(tmp_path / "out") as out:
         out.publish_bytes(b"x", "blobs/sha256/y")
     assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_killed_convert_leaves_staging_that_the_next_run_removes(tmp_path: Path, existing: bool) -> None:
+    """SIGKILL runs no cleanup: the staging directory stays (beside an existing OUTDIR, inside a new one). The
+    next run into the same target holds the lock, so no live run owns it: it removes it."""
+    from tests.hostile import make_layout
+
+    make_layout(tmp_path / "src", {f"f{i}": os.urandom(1 << 20) for i in range(120)})
+    out = tmp_path / "out"
+    if existing:
+        out.mkdir()
+    cmd = [sys.executable, "-m", "nydus_py.cli", "convert", f"oci:{tmp_path / 'src'}:v1", f"oci:{out}", "--jobs", "1"]
+    process = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
+
+    def staged() -> list[Path]:
+        return [*tmp_path.glob(".out.nydus-py-*"), *(out.glob(".nydus-py-*") if out.is_dir() else [])]
+
+    deadline = time.monotonic() + 20
+    while not any(p.is_dir() and any(p.iterdir()) for p in staged()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.kill()
+    process.wait(10)
+    left = staged()
+    assert len(left) == 1 and f"-{process.pid}-" in left[0].name
+    small = tmp_path / "small"
+    make_layout(small)
+    assert nydus_py("convert", f"oci:{small}:v1", f"oci:{out}:small").returncode == 0
+    assert staged() == []

@@ -765,3 +765,57 @@ def test_a_registry_manifest_of_the_wrong_shape(manifest: bytes, tmp_path: Path,
                                  f"oci:{tmp_path / command}")
             assert status == 2 and err.count("\n") == 1 and "internal error" not in err, err
             assert f"{registry.host}/team/app" in err
+
+
+# --- 6. every wait bounded from the start of the request --------------------------------------------------
+
+
+def _trickle_headers(handler: Handler) -> None:
+    """A status line and headers sent one byte every 0.5 s (each byte resets a read timeout)."""
+    with contextlib.suppress(OSError):
+        for byte in b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Slow: " + b"y" * 100:
+            handler.wfile.write(bytes([byte]))
+            handler.wfile.flush()
+            time.sleep(0.5)
+    handler.close_connection = True
+
+
+@pytest.mark.parametrize(("kind", "request_line"), [
+    ("manifest", f"GET /v2/team/app/manifests/{TAG}"),
+    ("blob", "GET /v2/team/app/blobs/sha256:"),
+    ("upload", "POST /v2/team/app/blobs/uploads/"),
+    ("token", "token request"),
+])
+def test_a_registry_trickling_its_headers_is_cut_off_at_the_response_limit(
+        kind: str, request_line: str, layout: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], tight: None,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(reg, "RESPONSE_TIME_LIMIT", 2.0)
+    store = Store()
+    _, layer = store.seed("team/app", layout)
+
+    def slow(handler: Handler, body: bytes) -> bool:
+        path = handler.path.split("?")[0]
+        wanted = {"manifest": handler.command == "GET" and path.endswith(f"/manifests/{TAG}") and kind == "manifest",
+                  "blob": handler.command == "GET" and path.endswith(layer),
+                  "upload": handler.command == "POST" and path.endswith("/blobs/uploads/"),
+                  "token": path == "/token"}[kind]
+        if wanted:
+            _trickle_headers(handler)
+            return True
+        if kind == "token" and handler.headers.get("Authorization") is None:
+            handler.reply(401, b"{}", {"WWW-Authenticate": f'Bearer realm="http://{handler.server.host}/token",'
+                                                           'service="fake"'})
+            return True
+        return False
+
+    with fake(store if kind != "upload" else Store(), fault=slow) as registry:
+        source = f"docker://{registry.host}/team/app:{TAG}"
+        if kind == "upload":
+            args = ["copy", f"oci:{layout}:{TAG}", source]
+        elif kind == "blob":
+            args = ["convert", source, f"oci:{tmp_path / 'o'}"]
+        else:
+            args = ["copy", source, f"oci:{tmp_path / 'o'}"]
+        status, err, took = run(capsys, *args)
+    assert status == 2 and err.count("\n") == 1 and request_line in err and registry.host in err, err
+    assert "no response within 2 s" in err and took < 4.5, (err, took)

@@ -83,6 +83,13 @@ def test_a_stream_that_ends_right_after_its_last_member() -> None:
     assert files_of(trimmed) == {b"a": b"A" * 700, b"b": b"B"}
 
 
+def test_a_stream_that_ends_inside_the_last_members_padding() -> None:
+    """Go's archive/tar pads a member when the next header or the end comes: without them, no padding."""
+    data = python_tar({"a": b"A" * 700, "b": b"B" * 10})
+    unpadded = data[: 512 + 1024 + 512 + 10]
+    assert files_of(unpadded) == {b"a": b"A" * 700, b"b": b"B" * 10}
+
+
 @pytest.mark.parametrize(("cut", "words"), [(512 + 100, "truncated"), (1024 + 512 + 12, "a header ends after 12")])
 def test_a_stream_cut_inside_a_header_or_data_is_an_error(cut: int, words: str) -> None:
     data = python_tar({"a": b"A" * 700, "b": b"B"}, tarfile.GNU_FORMAT)

@@ -93,6 +93,8 @@ class BlobWriter:
                 if self._error is None:
                     self.file.write(data)
                     self.hash.update(data)
+            except OSError as exc:  # handed to the producer at the next sync, naming the file
+                self._error = self._named(exc)
             except BaseException as exc:  # noqa: BLE001 - handed to the producer at the next sync
                 self._error = exc
             finally:
@@ -213,10 +215,13 @@ class BlobWriter:
         header = self._tail_header(blobmeta.TOC_ENTRY_BLOB_TOC, len(entries))
         toc_digest = hashlib.sha256(entries + header).digest()
         self._stop()
-        self.file.flush()
-        if self.path is not None:  # our own file; a caller's output may be a FIFO, which cannot be synced
-            os.fsync(self.file.fileno())
-        self.file.close()
+        try:
+            self.file.flush()
+            if self.path is not None:  # our own file; a caller's output may be a FIFO, which cannot be synced
+                os.fsync(self.file.fileno())
+                self.file.close()
+        except OSError as exc:
+            raise self._named(exc) from None
         return self._data_info.merged_entry(blob_id=self.hash.hexdigest(), size=self.pos, toc_digest=toc_digest,
                                             toc_size=len(entries) + len(header))
 
@@ -229,9 +234,16 @@ class BlobWriter:
             raise self._error
 
     def discard(self) -> None:
+        """Stop writing; our own temporary file is closed and removed (a caller's output is the caller's)."""
         with contextlib.suppress(BaseException):
             self._stop()
-        if not self.file.closed:
-            self.file.close()
         if self.path is not None:
+            self.file.close()
             self.path.unlink(missing_ok=True)
+
+    def _named(self, exc: OSError) -> OSError:
+        """`exc` naming our temporary blob file (a write error from a file object names nothing); a caller's
+        output is named by the caller, who knows its path."""
+        if exc.filename is not None or self.path is None:
+            return exc
+        return OSError(exc.errno, exc.strerror, os.fspath(self.path))

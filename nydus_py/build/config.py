@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from nydus_py.errors import UsageError
+from nydus_py.util.fsutil import Readable
 from nydus_py.sources import WhiteoutSpec, XattrNamespace
 from nydus_py.format.rafs import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, CompressAlgo, DigestAlgo
 
@@ -81,10 +82,37 @@ def parse_size(text: str) -> int:
     return int(digits) * _UNITS[unit]
 
 
-def parse_prefetch_patterns(text: bytes) -> tuple[bytes, ...]:
+# Bounds on a prefetch list (a file or stdin, from strangers as often as not): a pattern is a path (PATH_MAX);
+# the list has at most MAX_PREFETCH_PATTERNS of them, in at most MAX_PREFETCH_BYTES.
+MAX_PREFETCH_LINE = 4096
+MAX_PREFETCH_PATTERNS = 1 << 20
+MAX_PREFETCH_BYTES = 64 << 20
+_READ_BLOCK = 64 << 10
+
+
+def read_prefetch_patterns(stream: Readable, what: str) -> tuple[bytes, ...]:
+    """Prefetch patterns, one absolute path a line (blank lines ignored), as nydus-image reads them, from
+    `stream`, read in blocks and refused (UsageError naming `what`) as soon as a bound is passed."""
+    lines: list[bytes] = []
+    partial = b""
+    total = 0
+    while block := stream.read(_READ_BLOCK):
+        total += len(block)
+        if total > MAX_PREFETCH_BYTES:
+            raise UsageError(f"{what}: prefetch patterns over {MAX_PREFETCH_BYTES >> 20} MiB")
+        *done, partial = (partial + block).split(b"\n")
+        lines += done
+        if len(partial) > MAX_PREFETCH_LINE or any(len(line) > MAX_PREFETCH_LINE for line in done):
+            raise UsageError(f"{what}: a prefetch pattern longer than {MAX_PREFETCH_LINE} bytes")
+        if len(lines) > MAX_PREFETCH_PATTERNS:
+            raise UsageError(f"{what}: more than {MAX_PREFETCH_PATTERNS} prefetch patterns")
+    return parse_prefetch_patterns(b"\n".join([*lines, partial]), what)
+
+
+def parse_prefetch_patterns(text: bytes, what: str = "prefetch patterns") -> tuple[bytes, ...]:
     """Prefetch patterns, one absolute path a line (blank lines ignored), as nydus-image reads them."""
     paths = tuple(line.strip() for line in text.splitlines() if line.strip())
     bad = [p for p in paths if not p.startswith(b"/")]
     if bad:
-        raise UsageError(f"prefetch pattern {bad[0].decode(errors='replace')!r}: must be an absolute path")
+        raise UsageError(f"{what}: prefetch pattern {bad[0].decode(errors='replace')!r}: must be an absolute path")
     return paths

@@ -201,6 +201,10 @@ def _read_layer_bootstrap(source: Path, key: int, facts: BlobFacts) -> tuple[Mer
         return layer, None
     blob_id = facts.blob_id or _id_from_name(source, own[0])
     layer.own_blob = blob_id
+    needed = max((c.compressed_offset + c.compressed_size for c in boot.chunk_table), default=0)
+    if facts.size is not None and facts.size < needed:
+        raise UsageError(f"{source}: --blob-sizes {facts.size} is smaller than the {needed} bytes its chunks occupy "
+                         f"in blob {blob_id}")
     info = own[0].merged_entry(
         blob_id=blob_id, blob_index=key,
         size=own[0].compressed_size if facts.size is None else facts.size,

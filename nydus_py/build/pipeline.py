@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from nydus_py.blob.chunker import ChunkPipeline, ChunkStats
 from nydus_py.build.config import BuildConfig
 from nydus_py.sources import WhiteoutSpec
 from nydus_py.errors import FormatError, UnsupportedError, UsageError
+from nydus_py.util.fsutil import output_file, staging_dir
 from nydus_py.util.gcpause import without_cyclic_gc
 from nydus_py.image import BlobInfo
 from nydus_py.build.plan import bootstrap_bytes, dataless_blob_info, final_blob_info, plan_bootstrap, relabel
@@ -212,15 +212,21 @@ def build_layers(sources: Iterable[tuple[str, Source | ReusedLayer]], work: Path
 def build_blob_file(source: Source, config: BuildConfig, *, blob: Path | None = None, blob_dir: Path | None = None,
                     prefetch: tuple[bytes, ...] = ()) -> BlobInfo:
     """One layer into one blob file with its bootstrap inline, as `nydus-image create --blob-inline-meta`
-    writes it: into `blob` in place, strictly sequentially (it may be a FIFO a caller reads), or into
-    `blob_dir` named by its id (staged beside it, renamed when complete); returns its blob table entry."""
+    writes it: into `blob` (a FIFO or character device in place, strictly in order, as the converter reads it;
+    anything else staged beside it and renamed when complete), or into `blob_dir` named by its id (staged in a
+    directory of this process's there, renamed when complete); returns its blob table entry."""
     if blob is not None:
-        out = open(blob, "wb")  # noqa: SIM115 - the blob writer closes it; no O_EXCL, no rename: may be a FIFO
-        return build_layer(0, str(source), source, blob.parent, config, [], ChunkStats(), blob_output=out,
-                           inline_prefetch=prefetch).info
+        if source.holds(blob):
+            raise UsageError(f"{blob}: --blob names the layer being read")
+        with output_file(blob) as out:
+            return build_layer(0, str(source), source, blob.parent, config, [], ChunkStats(), blob_output=out,
+                               inline_prefetch=prefetch).info
     if blob_dir is None:
         raise UsageError("give --blob or --blob-dir")
-    work = Path(tempfile.mkdtemp(prefix=".nydus-py-image-", dir=blob_dir))  # one file system: an atomic rename
+    try:
+        work = staging_dir(blob_dir, STAGING_PREFIX)  # one file system: an atomic rename
+    except OSError as exc:
+        raise UsageError(f"{blob_dir}: cannot write the blob directory: {exc.strerror}") from None
     try:
         built = build_layer(0, str(source), source, work, config, [], ChunkStats(), inline_prefetch=prefetch)
         assert built.path is not None
@@ -229,6 +235,9 @@ def build_blob_file(source: Source, config: BuildConfig, *, blob: Path | None = 
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return built.info
+
+
+STAGING_PREFIX = ".nydus-py-image-"  # the drop-in's staging directories in a --blob-dir, one per process
 
 
 __all__ = ["BuiltImage", "BuiltLayer", "ReusedLayer", "build_blob_file", "build_layer", "build_layers"]

@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
-import threading
 from pathlib import Path
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from nydus_py.build.config import (BuildConfig, Compressor, Digester, check_chunk_size, parse_prefetch_patterns,
+from nydus_py.build.config import (BuildConfig, Compressor, Digester, check_chunk_size, read_prefetch_patterns,
                                    parse_size)
+from nydus_py.cli.interrupt import sigterm_interrupts
 from nydus_py.cli.progress import ProgressBar, progress_bar
 from nydus_py.errors import NydusError, UsageError
 from nydus_py.sources import WhiteoutSpec, XattrNamespace
@@ -59,11 +58,13 @@ def _prefetch(patterns: str | None, no_prefetch: bool) -> tuple[bytes, ...]:
         return ()
     if patterns is None:
         return (b"/",)
+    if patterns == "-":
+        return read_prefetch_patterns(sys.stdin.buffer, "--prefetch-patterns -")
     try:
-        text = sys.stdin.buffer.read() if patterns == "-" else Path(patterns).read_bytes()
+        with open(patterns, "rb") as f:
+            return read_prefetch_patterns(f, patterns)
     except OSError as exc:
         raise UsageError(f"{patterns}: cannot read prefetch patterns: {exc.strerror}") from exc
-    return parse_prefetch_patterns(text)
 
 
 def _output_options(fn: _Command) -> _Command:
@@ -308,27 +309,42 @@ def inspect(image: Path, path: str, blob_dir: Path | None, as_json: bool) -> Non
 @click.argument("image", type=click.Path(path_type=Path))
 @click.option("--blob-dir", type=click.Path(path_type=Path), help="Where the blobs of a bare bootstrap are.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
-def check(image: Path, blob_dir: Path | None, as_json: bool) -> int:
+@click.option("--require-data", is_flag=True, help="A blob that is not found is a defect (default: a note, and "
+              "the verdict says the data was not checked).")
+def check(image: Path, blob_dir: Path | None, as_json: bool, require_data: bool) -> int:
     """Check IMAGE: every rule nydusd and the kernel apply, and every chunk of every blob found.
 
     Exit 0 when sound, 1 with one line per defect, 2 when the check cannot run.
     """
-    from nydus_py.read.check import check_path
     from nydus_py.oci.nydus import open_images
+    from nydus_py.read.check import check_path
 
-    report = check_path(image, blob_dir, opener=open_images)
+    report = check_path(image, blob_dir, opener=open_images, require_data=require_data)
+    places = sorted({str(p.parent) for p in report.blob_files})
     if as_json:
-        click.echo(json.dumps({"sound": report.sound, "defects": [str(d) for d in report.defects],
-                               "notes": report.notes, "inodes": report.inodes, "blobs_checked": report.blobs_checked,
+        click.echo(json.dumps({"sound": report.sound, "data_checked": not report.missing_blobs,
+                               "defects": [str(d) for d in report.defects], "notes": report.notes,
+                               "missing_blobs": report.missing_blobs, "blob_dirs": places,
+                               "inodes": report.inodes, "blobs_checked": report.blobs_checked,
                                "chunks_verified": report.chunks_verified}, indent=2))
+        return EXIT_OK if report.sound else EXIT_VERDICT
+    for defect in report.defects:
+        click.echo(f"defect: {defect}")
+    for note in report.notes:
+        click.echo(f"note: {note}")
+    for blob_id in report.missing_blobs:
+        click.echo(f"note: blob {blob_id} not found: its data was not checked")
+    for place in places:
+        click.echo(f"note: blob data read from {place}")
+    if not report.sound:
+        verdict = f"{len(report.defects)} defect(s)"
+    elif report.missing_blobs:
+        verdict = (f"metadata sound, data NOT checked: {len(report.missing_blobs)} blob(s) not found (give --blob-dir; "
+                   "--require-data makes this a defect)")
     else:
-        for defect in report.defects:
-            click.echo(f"defect: {defect}")
-        for note in report.notes:
-            click.echo(f"note: {note}")
-        verdict = "sound" if report.sound else f"{len(report.defects)} defect(s)"
-        click.echo(f"{image}: {verdict} ({report.inodes} inodes, {report.blobs_checked} blobs, "
-                   f"{report.chunks_verified} chunks verified)")
+        verdict = "sound"
+    click.echo(f"{image}: {verdict} ({report.inodes} inodes, {report.blobs_checked} blobs, "
+               f"{report.chunks_verified} chunks verified)")
     return EXIT_OK if report.sound else EXIT_VERDICT
 
 
@@ -382,11 +398,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args:
         args = ["--help"]
     debug = "--debug" in args
-    # SIGTERM (what `timeout`, systemd and container runtimes send) unwinds like Ctrl-C, so the same cleanup runs
-    previous = signal.signal(signal.SIGTERM, _terminated) if threading.current_thread() is threading.main_thread() \
-        else None
     try:
-        with cyclic_gc_paused():  # images are millions of objects without cycles (nydus_py/gcpause.py)
+        # images are millions of objects without cycles (nydus_py/util/gcpause.py)
+        with sigterm_interrupts(), cyclic_gc_paused():
             status = cli.main(args=args, prog_name="nydus-py", standalone_mode=False)
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
@@ -411,14 +425,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         click.echo(f"nydus-py: internal error (a bug in nydus-py): {type(exc).__name__}: {exc}", err=True)
         return EXIT_BUG
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
     return status if isinstance(status, int) else EXIT_OK
-
-
-def _terminated(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

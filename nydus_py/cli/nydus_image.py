@@ -14,22 +14,24 @@ the inline tables, as nydus-image does (docs/design.md, "Outputs and results").
 from __future__ import annotations
 
 import json
+import os
 import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
-from nydus_py.build.config import (BuildConfig, Compressor, Digester, check_chunk_size, parse_prefetch_patterns,
+from nydus_py.image import is_blob_digest
+from nydus_py.build.config import (BuildConfig, Compressor, Digester, check_chunk_size, read_prefetch_patterns,
                                    parse_size)
+from nydus_py.cli.interrupt import sigterm_interrupts
 from nydus_py.errors import NydusError, UsageError
 from nydus_py.sources import WhiteoutSpec
 from nydus_py.util.fsutil import atomic_output
 from nydus_py.util.gcpause import cyclic_gc_paused
 
-if TYPE_CHECKING:
-    from nydus_py.build.merge import BlobFacts
 
 EXIT_ERROR = 1  # nydus-image: anyhow errors
 EXIT_USAGE = 2  # nydus-image: clap usage errors
@@ -62,7 +64,7 @@ def cli(ctx: click.Context, show_version: bool) -> None:
 
 def _prefetch_patterns(policy: str) -> tuple[bytes, ...]:
     """`--prefetch-policy fs`: absolute paths on stdin, one a line (nydus-image reads them the same way)."""
-    return parse_prefetch_patterns(sys.stdin.buffer.read()) if policy == "fs" else ()
+    return read_prefetch_patterns(sys.stdin.buffer, "--prefetch-policy fs (stdin)") if policy == "fs" else ()
 
 
 @cli.command(context_settings=_HELP)
@@ -128,10 +130,6 @@ def _write_json(path: Path, doc: dict[str, Any]) -> None:
         f.write(json.dumps(doc, indent=2).encode())
 
 
-def _split_list(text: str | None) -> list[str]:
-    return [item for item in text.split(",") if item] if text else []
-
-
 @cli.command(context_settings=_HELP)
 @click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-B", "--bootstrap", "target", required=True, type=click.Path(path_type=Path),
@@ -152,20 +150,18 @@ def merge(sources: tuple[Path, ...], target: Path, output_json: Path | None, pre
           blob_toc_sizes: str | None, chunk_dict: str | None, parent_bootstrap: Path | None,
           blob_dir: Path | None, log_level: str) -> None:
     """Merge per-layer bootstraps (lowest first) into one bootstrap, applying each layer's whiteouts."""
-    from nydus_py.build.merge import merge_bootstraps
+    from nydus_py.build.merge import BlobFacts, merge_bootstraps
 
     del blob_dir, log_level
     if chunk_dict or parent_bootstrap:
         raise UsageError("--chunk-dict and --parent-bootstrap are not supported yet")
-    columns = {"--blob-digests": _split_list(blob_digests),
-               "--blob-sizes": _split_list(blob_sizes),
-               "--blob-toc-digests": _split_list(blob_toc_digests),
-               "--blob-toc-sizes": _split_list(blob_toc_sizes)}
-    for flag, values in columns.items():
-        if values and len(values) != len(sources):
-            raise click.UsageError(f"{flag}: {len(values)} values for {len(sources)} sources")
-    facts = [_blob_facts({flag: values[i] if values else None for flag, values in columns.items()})
-             for i in range(len(sources))]
+    count = len(sources)
+    ids = _column("--blob-digests", blob_digests, count, _digest_hex)
+    sizes = _column("--blob-sizes", blob_sizes, count, _byte_count)
+    toc_digests = _column("--blob-toc-digests", blob_toc_digests, count, _digest_hex)
+    toc_sizes = _column("--blob-toc-sizes", blob_toc_sizes, count, _byte_count)
+    facts = [BlobFacts(blob_id=i, size=s, toc_digest=bytes.fromhex(d) if d else None, toc_size=ts)
+             for i, s, d, ts in zip(ids, sizes, toc_digests, toc_sizes, strict=True)]
     merged = merge_bootstraps(list(sources), facts, _prefetch_patterns(prefetch_policy))
     with atomic_output(target) as f:
         f.write(merged.bootstrap)
@@ -175,19 +171,32 @@ def merge(sources: tuple[Path, ...], target: Path, output_json: Path | None, pre
                                   "compressor": merged.compressor.name.lower()})
 
 
-def _blob_facts(column: dict[str, str | None]) -> BlobFacts:
-    """One source's values of the blob flags, parsed."""
-    from nydus_py.build.merge import BlobFacts
-    from nydus_py.image import is_blob_digest
+_T = TypeVar("_T")
 
-    blob_id = column["--blob-digests"]
-    if blob_id is not None:
-        blob_id = blob_id.removeprefix("sha256:")
-        if not is_blob_digest(blob_id):
-            raise UsageError(f"blob id {blob_id!r} is not 64 lowercase hex digits")
-    size, toc_size, toc_digest = column["--blob-sizes"], column["--blob-toc-sizes"], column["--blob-toc-digests"]
-    return BlobFacts(blob_id=blob_id, size=int(size) if size else None, toc_size=int(toc_size) if toc_size else None,
-                     toc_digest=bytes.fromhex(toc_digest.removeprefix("sha256:")) if toc_digest else None)
+
+def _column(flag: str, text: str | None, count: int, parse: Callable[[str, str], _T]) -> list[_T | None]:
+    """One value per source from a comma-separated flag (or None for each when the flag is not given)."""
+    if not text:
+        return [None] * count
+    values = text.split(",")
+    if len(values) != count:
+        raise UsageError(f"{flag}: {len(values)} values for {count} sources")
+    return [parse(flag, value) for value in values]
+
+
+def _digest_hex(flag: str, value: str) -> str:
+    """A sha256 digest (`sha256:` optional) as 64 lowercase hex digits."""
+    hex_part = value.removeprefix("sha256:")
+    if not is_blob_digest(hex_part):
+        raise UsageError(f"{flag}: {value[:80]!r} is not a sha256 digest (64 lowercase hex digits)")
+    return hex_part
+
+
+def _byte_count(flag: str, value: str) -> int:
+    """A size in bytes: decimal digits, below 2^64."""
+    if not (value.isascii() and value.isdigit()) or len(value) > 20 or int(value) >= 1 << 64:
+        raise UsageError(f"{flag}: {value[:80]!r} is not a size in bytes (a decimal number below 2^64)")
+    return int(value)
 
 
 @cli.command(context_settings=_HELP)
@@ -204,7 +213,7 @@ def unpack(bootstrap_arg: Path | None, bootstrap: Path | None, blob: Path | None
            backend_type: str | None, backend_config: str | None, blob_dir: Path | None, log_level: str) -> None:
     """Write the filesystem of a bootstrap and its blob as a tar."""
     from nydus_py.read.locate import open_image
-    from nydus_py.read.unpack import write_tar_in_place
+    from nydus_py.read.unpack import write_tar_file
 
     del log_level
     if backend_type or backend_config:
@@ -212,7 +221,7 @@ def unpack(bootstrap_arg: Path | None, bootstrap: Path | None, blob: Path | None
     path = bootstrap or bootstrap_arg
     if path is None:
         raise click.UsageError("give the bootstrap (--bootstrap)")
-    write_tar_in_place(open_image(path, blob_dir, own_blob=blob), output)
+    write_tar_file(open_image(path, blob_dir, own_blob=blob), output)
 
 
 @cli.command(context_settings=_HELP)
@@ -243,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     """Console entry point, with nydus-image's exit statuses: 1 on errors, 2 on usage errors."""
     args = sys.argv[1:] if argv is None else argv
     try:
-        with cyclic_gc_paused():  # images are millions of objects without cycles (nydus_py/gcpause.py)
+        # images are millions of objects without cycles (nydus_py/util/gcpause.py)
+        with sigterm_interrupts(), cyclic_gc_paused():
             cli.main(args=args, prog_name="nydus-py-image", standalone_mode=False)
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
@@ -257,9 +267,10 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(f"Error: {exc}", err=True)
         return EXIT_ERROR
     except OSError as exc:
-        click.echo(f"Error: {exc.filename or ''}: {exc.strerror}", err=True)
+        where = f"{os.fsdecode(exc.filename)}: " if exc.filename else ""
+        click.echo(f"Error: {where}{exc.strerror or exc}", err=True)
         return EXIT_ERROR
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, click.exceptions.Abort):
         click.echo("Error: interrupted", err=True)
         return EXIT_ERROR
     except Exception as exc:  # noqa: BLE001 - one line for the converter's log, never a traceback

@@ -60,10 +60,11 @@ class DigestAlgo(enum.IntEnum):  # blob table digest_algo
     SHA256 = 1
 
 
-class CipherAlgo(enum.IntEnum):
+class CipherAlgo(enum.IntEnum):  # nydus utils/src/crypt.rs `Algorithm`
     NONE = 0
     AES128XTS = 1
-    AES256GCM = 2
+    AES256XTS = 2
+    AES256GCM = 3
 
 
 class ChunkFlags(enum.IntFlag, boundary=enum.KEEP):  # RafsV5ChunkInfo.flags (BlobChunkFlags)

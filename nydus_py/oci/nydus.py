@@ -23,7 +23,8 @@ from nydus_py.errors import FormatError, UsageError
 from nydus_py.format import oci
 from nydus_py.blob.reader import find_blob_file
 from nydus_py.read.locate import MAX_BOOTSTRAP_SIZE, OpenedImage, open_image
-from nydus_py.sources.tarstream import Readable, TarReader
+from nydus_py.sources.tarstream import TarReader
+from nydus_py.util.fsutil import Readable
 from nydus_py.oci.documents import digest_hex
 from nydus_py.oci.platforms import platform_text
 from nydus_py.oci.ref import ImageRef, Transport, parse_image_ref

@@ -13,6 +13,8 @@ References: OCI distribution-spec (pull, push, blob mounts, chunked uploads); th
 from __future__ import annotations
 
 import base64
+import contextlib
+import contextvars
 import email.utils
 import hashlib
 import io
@@ -21,15 +23,19 @@ import logging
 import math
 import os
 import re
+import socket
 import subprocess
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any, BinaryIO, TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit
 
 import requests
+import requests.adapters
 import urllib3
+import urllib3.connection
 
 from nydus_py.errors import NydusError, UsageError
 
@@ -47,7 +53,9 @@ ACCEPT_MANIFESTS = ", ".join([
 # Bounds on what a registry can make us spend (DESIGN.md "Trust rules"); module constants so tests can shrink them.
 MAX_DOCUMENT = 4 << 20  # manifests, indexes, error bodies, token responses (containerd's manifest limit)
 CONNECT_TIMEOUT = 10.0  # seconds to open a connection
-READ_TIMEOUT = 60.0  # seconds without a byte from an open connection
+READ_TIMEOUT = 30.0  # seconds without a byte from an open connection
+RESPONSE_TIME_LIMIT = 30.0  # seconds from the start of a request to its status line and headers (plus an upload's
+# body at BLOB_MIN_RATE): a server trickling them byte by byte is cut off then
 DOCUMENT_TIME_LIMIT = 60.0  # seconds to read a whole document (a manifest, an error body, a token)
 BLOB_TIME_FLOOR = 60.0  # seconds any blob download may take ...
 BLOB_MIN_RATE = 256 << 10  # ... plus its size at this many bytes per second
@@ -59,6 +67,90 @@ _MESSAGES = {401: "unauthorized", 403: "denied", 404: "not found", 405: "method 
              429: "too many requests"}
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 Origin = tuple[str, str, int]
+
+
+class _Watch:
+    """A deadline for one request: when it passes, the connection the request uses is shut down, so that a
+    read blocked on it (a status line, headers or a body trickled byte by byte) returns at once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+        self._sock: socket.socket | None = None
+        self.expired = False
+
+    def arm(self, seconds: float) -> None:
+        with self._lock:
+            self.expired = False
+            self._timer = threading.Timer(max(seconds, 0.0), self._fire)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def disarm(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+    def attach(self, sock: socket.socket | None) -> None:
+        """The socket the request is on (a connection announces it before it sends)."""
+        with self._lock:
+            self._sock = sock
+            if self.expired and sock is not None:
+                _shut(sock)
+
+    def _fire(self) -> None:
+        with self._lock:
+            if self._timer is None:  # disarmed meanwhile
+                return
+            self.expired = True
+            if self._sock is not None:
+                _shut(self._sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+# the watch of the request the current thread is sending (read by the connection that sends it)
+_WATCH: contextvars.ContextVar[_Watch | None] = contextvars.ContextVar("nydus_py_registry_watch", default=None)
+
+
+class _WatchedHTTPConnection(urllib3.connection.HTTPConnection):
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        watch = _WATCH.get()
+        if watch is not None:
+            if self.sock is None:
+                self.connect()  # bounded by CONNECT_TIMEOUT; the watch then owns the socket it made
+            watch.attach(self.sock)
+        super().request(*args, **kwargs)
+
+
+class _WatchedHTTPSConnection(urllib3.connection.HTTPSConnection):
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        watch = _WATCH.get()
+        if watch is not None:
+            if self.sock is None:
+                self.connect()
+            watch.attach(self.sock)
+        super().request(*args, **kwargs)
+
+
+class _WatchedHTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+class _WatchedAdapter(requests.adapters.HTTPAdapter):
+    """requests' adapter with connections that announce their socket to the request's deadline watch."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
 
 
 class RegistryError(NydusError):
@@ -216,6 +308,8 @@ class RegistryClient:
         except ValueError:
             raise UsageError(f"{registry}: not a registry host[:port]") from None
         self.session = requests.Session()
+        for prefix in ("http://", "https://"):  # every connection registers with the request's deadline watch
+            self.session.mount(prefix, _WatchedAdapter())
         self.session.verify = not insecure
         # identity only: a body's bytes are what its digest and size describe, and no decompression bomb
         self.session.headers["Accept-Encoding"] = "identity"
@@ -265,16 +359,14 @@ class RegistryClient:
             if authorization:
                 hdrs["Authorization"] = authorization
             body = data() if callable(data) else data
+            limit = RESPONSE_TIME_LIMIT + (len(body) if isinstance(body, bytes) else 0) / BLOB_MIN_RATE
             try:
                 # requests drops Authorization when a redirect leaves the host (Session.rebuild_auth)
-                response = self.session.request(method, url, headers=hdrs, data=body, params=params, stream=True,
-                                                timeout=(CONNECT_TIMEOUT, READ_TIMEOUT), allow_redirects=True)
+                response = self._send(method, url, limit, where, headers=hdrs, data=body, params=params)
             except (requests.ConnectionError, requests.Timeout) as exc:
                 self._pause(where, attempt, start, None, f"cannot reach the registry ({exc.__class__.__name__})")
                 attempt += 1
                 continue
-            except requests.RequestException as exc:
-                raise RegistryError(f"{where}: {exc.__class__.__name__}") from None
             status = response.status_code
             if status == 401 and not authed and same_origin and "WWW-Authenticate" in response.headers:
                 authed = True
@@ -297,6 +389,27 @@ class RegistryClient:
                 return response
             raise self._error(response, where, same_origin,
                               f", {attempt + 1} tries in {time.monotonic() - start:.1f} s" if attempt else "")
+
+    def _send(self, method: str, url: str, limit: float, where: str, **kwargs: Any) -> requests.Response:
+        """One HTTP exchange up to its headers, cut off `limit` seconds after it starts however slowly the server
+        trickles them (a read timeout alone restarts with every byte). The body is left unread."""
+        watch = _Watch()
+        token = _WATCH.set(watch)
+        watch.arm(limit)
+        try:
+            response = self.session.request(method, url, stream=True, timeout=(CONNECT_TIMEOUT, READ_TIMEOUT),
+                                            allow_redirects=True, **kwargs)
+        except requests.RequestException as exc:
+            if watch.expired:
+                raise RegistryError(f"{where}: no response within {limit:.0f} s") from None
+            if isinstance(exc, (requests.ConnectionError, requests.Timeout)):
+                raise
+            raise RegistryError(f"{where}: {exc.__class__.__name__}") from None
+        finally:
+            watch.disarm()
+            _WATCH.reset(token)
+        response.raw._nydus_watch = watch  # the body's reads are cut off the same way (see _blocks)
+        return response
 
     def _fits(self, start: float, hint: float | None, attempt: int) -> bool:
         delay = hint if hint is not None else self.backoff * 2 ** attempt
@@ -357,8 +470,7 @@ class RegistryClient:
         query = {"service": params.get("service", ""), "scope": sorted(wanted)}
         token_where = f"{where}: token request to {realm_origin[1]}:{realm_origin[2]}"
         try:
-            response = self.session.get(realm, params=query, auth=auth, stream=True,
-                                        timeout=(CONNECT_TIMEOUT, READ_TIMEOUT))
+            response = self._send("GET", realm, RESPONSE_TIME_LIMIT, token_where, params=query, auth=auth)
         except requests.RequestException as exc:
             raise RegistryError(f"{token_where}: token server unreachable ({exc.__class__.__name__})") from None
         body = self.read_document(response, token_where, "token response")
@@ -547,24 +659,34 @@ def _content_length(response: requests.Response) -> int | None:
     return int(text)
 
 
-def _blocks(response: requests.Response, want: int, where: str, what: str, deadline: float) -> Iterator[bytes]:
+def _blocks(response: requests.Response, want: int, where: str, what: str,
+            deadline: float) -> Generator[bytes, None, None]:
     """The body of `response` as it arrives, undecoded, at most `want` bytes in all (a caller that wants `limit + 1`
     learns there was more); the deadline is checked between reads, and each read waits at most READ_TIMEOUT
     (read1 returns what one receive brought, so a trickle of bytes cannot hold a read open)."""
     raw = response.raw
     read1 = getattr(raw, "read1", None)  # urllib3 >= 2
-    while want > 0:
-        if time.monotonic() > deadline:
-            raise RegistryError(f"{where}: {what} still arriving at its time limit")
-        try:
-            block = read1(min(want, _READ_BLOCK), decode_content=False) if read1 else \
-                raw.read(min(want, 64 << 10), decode_content=False)
-        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise RegistryError(f"{where}: {what} download broke ({exc.__class__.__name__})") from None
-        if not block:
-            return
-        want -= len(block)
-        yield block
+    watch: _Watch | None = getattr(raw, "_nydus_watch", None)
+    if watch is not None:  # a read blocked past the deadline is cut off then, not a read timeout later
+        watch.arm(deadline - time.monotonic())
+    try:
+        while want > 0:
+            if time.monotonic() > deadline or (watch is not None and watch.expired):
+                raise RegistryError(f"{where}: {what} still arriving at its time limit")
+            try:
+                block = read1(min(want, _READ_BLOCK), decode_content=False) if read1 else \
+                    raw.read(min(want, 64 << 10), decode_content=False)
+            except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+                if watch is not None and watch.expired:
+                    raise RegistryError(f"{where}: {what} still arriving at its time limit") from None
+                raise RegistryError(f"{where}: {what} download broke ({exc.__class__.__name__})") from None
+            if not block:
+                return
+            want -= len(block)
+            yield block
+    finally:
+        if watch is not None:
+            watch.disarm()
 
 
 class _BoundedBody(io.RawIOBase):
@@ -576,7 +698,7 @@ class _BoundedBody(io.RawIOBase):
         self._response = response
         self._size = size
         deadline = time.monotonic() + BLOB_TIME_FLOOR + size / BLOB_MIN_RATE
-        self._iter: Iterator[bytes] = _blocks(response, size + 1, where, "blob", deadline)
+        self._iter: Generator[bytes, None, None] = _blocks(response, size + 1, where, "blob", deadline)
         self._buffer = b""
         self._read = 0
         self._where = where
@@ -607,6 +729,7 @@ class _BoundedBody(io.RawIOBase):
         return n
 
     def close(self) -> None:
+        self._iter.close()  # its deadline watch is disarmed
         self._response.close()
         super().close()
 

@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from nydus_py.oci.platforms import platform_of
 from nydus_py.oci.ref import ImageRef, Transport
 from nydus_py.oci.ref import Reference
 from nydus_py.oci.images import LayoutStore, RegistryOptions, VerifiedStream
+from nydus_py.util.fsutil import staging_dir
 from nydus_py.util.outdir import OutputDir
 
 if TYPE_CHECKING:  # the HTTP stack is imported only by commands that reach a registry
@@ -150,9 +152,14 @@ def open_target(ref: ImageRef, registry: RegistryOptions | None = None,
     if ref.transport is not Transport.DOCKER:
         raise UsageError(f"{ref}: a target is oci:DIR[:TAG] or docker://REGISTRY/REPO[:TAG]")
     remote = ref.registry_ref()
-    with tempfile.TemporaryDirectory(prefix="nydus-py-push-") as tmp, OutputDir.open(Path(tmp) / "layout") as out:
-        yield Target(ref=ref, writer=LayoutWriter(out), tag=remote.tag or "latest", remote=remote,
-                     client=(registry or RegistryOptions()).client(remote.registry))
+    # the layout pushed from, in a directory of this process's (one a killed run left is removed by the next)
+    tmp = staging_dir(tempfile.gettempdir(), "nydus-py-push-")
+    try:
+        with OutputDir.open(tmp / "layout") as out:
+            yield Target(ref=ref, writer=LayoutWriter(out), tag=remote.tag or "latest", remote=remote,
+                         client=(registry or RegistryOptions()).client(remote.registry))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def refuse_inside(output: Path, sources: tuple[Path, ...]) -> None:

@@ -19,9 +19,10 @@ from nydus_py.bootstrap.reader import BootstrapParser, RawInode, file_type_of, r
 from nydus_py.errors import FormatError, NydusError, UnsupportedError, UsageError
 from nydus_py.format import blobmeta, erofs, tar
 from nydus_py.format.blobmeta import BLOB_ID_PLACEHOLDER, BlobFeatures
+from nydus_py.format.posix_acl import acl_xattrs_problem
 from nydus_py.image import BlobInfo, Bootstrap, is_blob_digest
 from nydus_py.bootstrap.reader import is_bootstrap
-from nydus_py.read.locate import OpenedImage, open_image
+from nydus_py.read.locate import MAX_BOOTSTRAP_SIZE, OpenedImage, open_image
 from nydus_py.model import FileKind
 from nydus_py.read.validate import Defect, validate_tables
 
@@ -36,6 +37,8 @@ class CheckReport:
     chunks_verified: int = 0
     blobs_checked: int = 0
     blob_ids: list[str] = field(default_factory=list)  # the bootstrap's blob table, when it could be decoded
+    missing_blobs: list[str] = field(default_factory=list)  # blobs not found: their data was not checked
+    blob_files: list[Path] = field(default_factory=list)  # where the checked blobs were read from
 
     @property
     def sound(self) -> bool:
@@ -54,12 +57,15 @@ def _open_one(image: str | os.PathLike[str], blob_dir: str | os.PathLike[str] | 
 
 
 def check_path(image: str | os.PathLike[str], blob_dir: str | os.PathLike[str] | None = None, *,
-               opener: Opener = _open_one) -> CheckReport:
+               opener: Opener = _open_one, require_data: bool = False) -> CheckReport:
     """Check IMAGE (every image `opener` finds in it: the OCI layer's opener gives every platform of a
-    layout); an image too broken to decode is a defect (exit 1), a missing path a UsageError (exit 2)."""
+    layout); an image too broken to decode is a defect (exit 1); a missing path, or a file that is no image
+    at all, a UsageError (exit 2). With `require_data`, a blob that is not found is a defect."""
     try:
         images = opener(image, blob_dir)
     except (FormatError, UnsupportedError) as exc:
+        if not _recognizable(Path(image)):
+            raise UsageError(f"{image}: not an image (no RAFS bootstrap, no Nydus blob, no OCI layout)") from None
         report = CheckReport()
         data = _bootstrap_candidate(Path(image))
         if data is not None:
@@ -75,7 +81,24 @@ def check_path(image: str | os.PathLike[str], blob_dir: str | os.PathLike[str] |
         report.inodes += one.inodes
         report.chunks_verified += one.chunks_verified
         report.blobs_checked += one.blobs_checked
+        report.missing_blobs += one.missing_blobs
+        report.blob_files += one.blob_files
+    if require_data:
+        report.defects += [Defect(f"blob {blob_id}", 0, "not found (--require-data): its data cannot be checked")
+                           for blob_id in report.missing_blobs]
     return report
+
+
+def _recognizable(path: Path) -> bool:
+    """Whether IMAGE looks like an image at all: a directory, a bootstrap (EROFS magic) or a blob (a tail tar
+    header at its end)."""
+    if path.is_dir() or _bootstrap_candidate(path) is not None:
+        return True
+    try:
+        with BlobReader(path) as blob:
+            return bool(blob.sections())
+    except (OSError, NydusError):
+        return False
 
 
 def _bootstrap_candidate(path: Path) -> bytes | None:
@@ -84,7 +107,9 @@ def _bootstrap_candidate(path: Path) -> bytes | None:
     try:
         with open(target, "rb") as f:
             head = f.read(erofs.EROFS_SUPER_OFFSET + 4)
-            return head + f.read() if is_bootstrap(head) else None
+            if not is_bootstrap(head) or os.fstat(f.fileno()).st_size > MAX_BOOTSTRAP_SIZE:
+                return None
+            return head + f.read()
     except OSError:
         return None
 
@@ -100,6 +125,7 @@ def check_image(opened: OpenedImage) -> CheckReport:
     except NydusError as exc:
         report.defects.append(_defect_of(exc, "bootstrap"))
     _check_chunk_table(boot, report)
+    _check_acls(boot, report)
     for info in boot.blobs:
         if info.blob_id != BLOB_ID_PLACEHOLDER and not is_blob_digest(info.blob_id):
             report.defects.append(Defect(f"blob table entry {info.blob_index}", 0, f"blob id {info.blob_id!r} is "
@@ -107,8 +133,9 @@ def check_image(opened: OpenedImage) -> CheckReport:
             continue
         path = opened.blob_path(info)
         if path is None:
-            report.notes.append(f"blob {info.blob_id} not found: its data was not checked")
+            report.missing_blobs.append(info.blob_id)
             continue
+        report.blob_files.append(path)
         _check_blob(path, info, boot, report)
     if opened.container_defects is not None:
         report.defects += opened.container_defects([b.blob_id for b in boot.blobs])
@@ -136,6 +163,7 @@ def check_bootstrap_bytes(data: bytes) -> CheckReport:
     report.blob_ids = [b.blob_id for b in boot.blobs]
     _check_tree(data, boot, report)
     _check_chunk_table(boot, report)
+    _check_acls(boot, report)
     return report
 
 
@@ -202,6 +230,19 @@ def _check_tree(data: bytes, boot: Bootstrap, report: CheckReport) -> None:
             report.defects.append(Defect("prefetch table", 0, f"nid {nid} is not an inode"))
 
 
+def _check_acls(boot: Bootstrap, report: CheckReport) -> None:
+    """POSIX ACL xattrs must be what the kernel accepts (posix_acl_valid): it refuses to show a file whose ACL
+    is not, and nydusd hands the bytes on."""
+    seen: set[int] = set()
+    for path, inode in boot.tree.walk():
+        if id(inode) in seen or not inode.xattrs:
+            continue
+        seen.add(id(inode))
+        problem = acl_xattrs_problem(inode.xattrs)
+        if problem is not None:
+            report.defects.append(Defect(f"inode {path.decode(errors='backslashreplace')}", 0, problem))
+
+
 def _kind(raw: RawInode) -> FileKind | None:
     try:
         return FileKind.from_mode(raw.record.i_mode)
@@ -245,6 +286,10 @@ def _check_chunk_table(boot: Bootstrap, report: CheckReport) -> None:
             report.defects.append(Defect(f"chunk table entry {i}", 0, f"blob_index={chunk.blob_index} is unknown"))
         elif chunk.ci_index >= boot.blobs[chunk.blob_index].chunk_count:
             report.defects.append(Defect(f"chunk table entry {i}", 0, f"index={chunk.ci_index} is past the blob"))
+        elif chunk.compressed_offset + chunk.compressed_size > boot.blobs[chunk.blob_index].compressed_size:
+            report.defects.append(Defect(f"chunk table entry {i}", 0, "compressed data ends at "
+                                         f"{chunk.compressed_offset + chunk.compressed_size}, past the blob's "
+                                         f"{boot.blobs[chunk.blob_index].compressed_size} bytes"))
         if chunk.uncompressed_offset % erofs.EROFS_BLKSIZ:
             report.defects.append(Defect(f"chunk table entry {i}", 0, "uncompressed_offset is not 4 KiB aligned"))
 

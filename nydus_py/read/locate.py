@@ -61,7 +61,7 @@ def open_image(image: str | os.PathLike[str], blob_dir: str | os.PathLike[str] |
         if not path.exists():
             raise UsageError(f"{path}: no such file")
         opened = _open_file(path)
-        search = [path.parent]
+        search = [path.parent, path.parent / "blobs" / "sha256"]  # beside it, or where nydus-py's OUTDIR keeps them
     if blob_dir is not None:
         search.insert(0, Path(blob_dir))
         search.insert(1, Path(blob_dir) / "blobs" / "sha256")

@@ -15,7 +15,6 @@ import os
 import shutil
 import stat
 import tarfile
-import tempfile
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from typing import BinaryIO, TYPE_CHECKING
 from nydus_py.blob.reader import BlobReader
 from nydus_py.blob.digests import chunk_digest
 from nydus_py.errors import FormatError, UsageError
-from nydus_py.util.fsutil import atomic_output, raise_fd_limit
+from nydus_py.util.fsutil import atomic_output, output_file, raise_fd_limit, staging_dir
 from nydus_py.read.locate import OpenedImage
 from nydus_py.model import ChunkRef, Entry, FileKind, Inode
 
@@ -165,7 +164,7 @@ def unpack_to_directory(opened: OpenedImage, target: Path) -> int:
     made_parents = [p for p in reversed(target.absolute().parents) if not p.exists()]
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".nydus-py", dir=target.parent))
+        staging = staging_dir(target.parent, f".{target.name}.nydus-py-")
     except OSError as exc:
         raise UsageError(f"{target}: cannot create unpack target: {exc.strerror}") from exc
     try:
@@ -344,14 +343,11 @@ def write_tar(opened: OpenedImage, out: BinaryIO) -> int:
     return count
 
 
-def write_tar_in_place(opened: OpenedImage, output: Path) -> int:
-    """`write_tar` into `output` opened as it is: in place, strictly sequentially (the drop-in builder's
-    `unpack --output`, usually a FIFO the caller reads)."""
-    try:
-        out = open(output, "wb")  # noqa: SIM115 - closed below
-    except OSError as exc:
-        raise UsageError(f"{output}: cannot write: {exc.strerror}") from exc
-    with out:
+def write_tar_file(opened: OpenedImage, output: Path) -> int:
+    """`write_tar` into `output` (the drop-in builder's `unpack --output`): a FIFO or character device in place,
+    strictly in order, as the converter reads it; anything else staged and renamed when complete, so a chunk
+    that fails its digest leaves no partial tar."""
+    with output_file(output) as out:
         return write_tar(opened, out)
 
 
@@ -362,4 +358,4 @@ def unpack(opened: OpenedImage, target: Path) -> int:
     return unpack_to_directory(opened, target)
 
 
-__all__ = ["ChunkReader", "unpack", "unpack_to_directory", "unpack_to_tar", "write_tar", "write_tar_in_place"]
+__all__ = ["ChunkReader", "unpack", "unpack_to_directory", "unpack_to_tar", "write_tar", "write_tar_file"]

@@ -120,6 +120,12 @@ class DirectorySource:
         self._opaque: set[int] = set()  # id() of directories that get an opaque marker
         self._xattr_whiteouts: set[int] = set()  # id() of files that are whiteouts
 
+    def holds(self, path: Path) -> bool:
+        """Whether writing `path` would write into the directory being read."""
+        root = Path(os.path.realpath(self.root_path))
+        target = Path(os.path.realpath(path))
+        return target == root or root in target.parents
+
     def _where(self, path: bytes) -> str:
         return f"{self.root_path}{path.decode(errors='backslashreplace')}"
 
@@ -284,7 +290,9 @@ class DirectorySource:
             raise UnsupportedError(f"{self._where(path)}: overlayfs '{refused.decode()}' is not supported "
                                    "(its content or name lives in a lower layer); mount with "
                                    f"{refused.decode()}{'_dir' if refused == b'redirect' else ''}=off")
-        if inode.is_dir and overlay.opaque:
+        # overlayfs reads `opaque` only on directories it looks up below a layer's root, never on the root itself
+        # (fs/overlayfs/namei.c: ovl_lookup_single), so an upper root marked opaque still shows every lower entry
+        if inode.is_dir and overlay.opaque and path != b"/":
             self._opaque.add(id(inode))
         if overlay.whiteout and inode.kind is FileKind.REG:
             self._xattr_whiteouts.add(id(inode))

@@ -23,6 +23,7 @@ import stat
 import urllib.parse
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import BinaryIO, cast
 
 import pyzstd
@@ -46,6 +47,15 @@ _KIND_OF_TYPE = {
 }
 _SCHILY_XATTR = b"SCHILY.xattr."
 _LIBARCHIVE_XATTR = b"LIBARCHIVE.xattr."
+
+
+def _identity(stream: BinaryIO) -> tuple[int, int] | None:
+    """(device, inode) of the file under `stream`, when it is one."""
+    try:
+        st = os.fstat(stream.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _is_regular_file(stream: BinaryIO) -> bool:
@@ -126,6 +136,7 @@ class TarSource:
                  overlay_ns: XattrNamespace = XattrNamespace.TRUSTED) -> None:
         """`raw` is the layer as stored (plain, gzip or zstd); `name` names it in messages."""
         self.name = name
+        self._identity = _identity(raw)
         try:
             self.stream = decompressed(raw)
         except STREAM_ERRORS as exc:
@@ -137,6 +148,14 @@ class TarSource:
         self._children: dict[int, dict[bytes, Entry]] = {id(self.tree.root): {}}
         self._files: dict[bytes, Inode] = {}  # path -> inode of non-directories, for hardlinks
         self._opaque = False  # the entry being read carries an overlayfs opaque xattr
+
+    def holds(self, path: Path) -> bool:
+        """Whether writing `path` would write the layer being read (the same file, or a hardlink to it)."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return False
+        return self._identity == (st.st_dev, st.st_ino)
 
     def _fail(self, what: str, member: bytes | None = None) -> FormatError:
         where = f"{self.name}: {_text(member)!r}: " if member is not None else f"{self.name}: "
@@ -335,6 +354,9 @@ class TarSource:
                 out[name] = base64.b64decode(value + b"=" * (-len(value) % 4))
         if self.spec is WhiteoutSpec.OVERLAYFS:
             overlay = overlay_xattrs(out, self.overlay_prefix)
+            if overlay.refused is not None:
+                raise self._fail(f"overlayfs '{overlay.refused.decode()}' is not supported (its content or name "
+                                 "lives in a lower layer)", member.name)
             self._opaque = self._opaque or overlay.opaque
             out = overlay.kept
         problem = acl_xattrs_problem(out)

@@ -11,10 +11,10 @@ archive/tar and `tarfile` write and read it:
   one's values win, as `tarfile` applies them;
 - sparse files: old GNU (`S`, map in the header and extension blocks) and GNU pax 0.0, 0.1 and 1.0 (the map
   in records, or in front of the data).
-The end: two zero blocks (one is enough), or the end of the stream right after a member (`umoci insert` and
-other writers stop there; GNU tar, Go and containerd accept it). A stream cut inside a header or a member's
-data is an error. After the end-of-archive block the rest of the stream is read (a compressed stream checks
-its trailer only at its end) and ignored.
+The end: two zero blocks (one is enough), or the end of the stream right after a member, its zero padding
+included or not (`umoci insert` stops there; GNU tar, Go and containerd accept it). A stream cut inside a
+header or a member's data is an error. After the end-of-archive block the rest of the stream is read (a
+compressed stream checks its trailer only at its end) and ignored.
 Bounds: a pax record set, a GNU long name or link, and the global pax records of a stream hold at most
 MAX_HEADER_RECORD bytes (Go's archive/tar caps them at 1 MiB too); a sparse map holds at most
 MAX_SPARSE_EXTENTS extents, sorted and inside the file.
@@ -29,7 +29,6 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import Protocol
 
 import pyzstd
 from construct import Container
@@ -37,6 +36,7 @@ from construct import Container
 from nydus_py.errors import FormatError
 from nydus_py.format import parse, tar
 from nydus_py.format.tar import TAR_BLOCK_SIZE, TypeFlag
+from nydus_py.util.fsutil import Readable
 
 MAX_HEADER_RECORD = 1 << 20
 MAX_SPARSE_EXTENTS = 1 << 16
@@ -50,12 +50,6 @@ _SPECIAL = frozenset(_SPECIAL_NAMES)
 _GNU_NAME_TYPES = frozenset({TypeFlag.GNU_LONGNAME, TypeFlag.GNU_LONGLINK, TypeFlag.GNU_SPARSE})
 _REGULAR = frozenset(tar.REGULAR_TYPES)
 _ZERO_BLOCK = bytes(TAR_BLOCK_SIZE)
-
-
-class Readable(Protocol):
-    """What the reader reads from: any binary stream (a file, a decompressor, a pipe)."""
-
-    def read(self, size: int = -1, /) -> bytes: ...
 
 
 @dataclass(slots=True)
@@ -135,7 +129,11 @@ class TarReader:
 
     def members(self) -> Iterator[TarMember]:
         while True:
-            self._skip(self._left + self._padding, "a member's data")
+            self._skip(self._left, "a member's data")
+            # the zero padding after the last member may be missing too (Go's archive/tar writes it only when
+            # the next header or the end of the archive comes, which `umoci insert` never writes)
+            while self._padding and (padding := self._read(self._padding)):
+                self._padding -= len(padding)
             self._left = self._padding = 0
             member = self._next_member()
             if member is None:
@@ -375,4 +373,4 @@ def _sparse_0_0(pax: dict[bytes, bytes]) -> list[tuple[int, int]]:
     return [(int(o), int(n)) for o, n in zip(offsets, sizes, strict=True)]
 
 
-__all__ = ["MAX_HEADER_RECORD", "MAX_SPARSE_EXTENTS", "STREAM_ERRORS", "Readable", "TarMember", "TarReader"]
+__all__ = ["MAX_HEADER_RECORD", "MAX_SPARSE_EXTENTS", "STREAM_ERRORS", "TarMember", "TarReader"]

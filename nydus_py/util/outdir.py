@@ -32,7 +32,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 from nydus_py.errors import FormatError, UsageError
+from nydus_py.util.fsutil import remove_stale_staging, staging_dir
 
+STAGING_PREFIX = ".nydus-py-"  # + pid + random: a command's staging directory in or beside OUTDIR
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -96,13 +98,19 @@ class OutputDir:
 
     @staticmethod
     def _staging_dir(path: Path, fd: int, *, inside: bool) -> Path:
-        """Inside a directory we created; beside an existing one when that is on the same file system."""
+        """Inside a directory we created; beside an existing one when that is on the same file system. Either
+        way, first remove what runs killed before us left there (named by their process, and gone: we hold the
+        lock, so no live run of this directory has one)."""
+        remove_stale_staging(path, STAGING_PREFIX)
+        beside = f".{path.name}{STAGING_PREFIX}"
+        with contextlib.suppress(OSError):
+            remove_stale_staging(path.parent, beside)
         if not inside:
             with contextlib.suppress(OSError):
                 parent = path.parent
                 if os.stat(parent).st_dev == os.fstat(fd).st_dev and os.access(parent, os.W_OK):
-                    return Path(tempfile.mkdtemp(prefix=f".{path.name}.nydus-py-", dir=parent))
-        return Path(tempfile.mkdtemp(prefix=".nydus-py-", dir=path))
+                    return staging_dir(parent, beside)
+        return staging_dir(path, STAGING_PREFIX)
 
     @staticmethod
     def _release(fd: int, path: Path, created: bool) -> None:
