@@ -42,15 +42,39 @@ class BlobInfo:
     meta_size: int = 0
     cipher: CipherAlgo = CipherAlgo.NONE
 
-    def merged_entry(self, *, blob_id: str, size: int, toc_digest: bytes, toc_size: int,
+    def merged_entry(self, *, file_id: str, file_size: int, toc_digest: bytes, toc_size: int,
                      blob_index: int | None = None) -> BlobInfo:
-        """The entry a plain or merged bootstrap records for this blob: its real id, the blob file's size and
-        TOC digest and size, no INLINED_FS_META (the bootstrap is not inside that blob), and, when given, its
-        index in the new table. The one rule for every builder, merge and reuse (docs/format.md §6, §11.9;
-        nydus `src/bin/nydus-image/merge.rs`)."""
-        return replace(self, blob_id=blob_id, compressed_size=size, toc_digest=toc_digest, toc_size=toc_size,
-                       features=self.features & ~BlobFeatures.INLINED_FS_META,
-                       blob_index=self.blob_index if blob_index is None else blob_index)
+        """The entry a plain or merged bootstrap records for this blob, given the blob file's id (sha256), size
+        and TOC: no INLINED_FS_META (the bootstrap is not inside that file), and, when given, its index in
+        the new table. A native blob takes the file's id and size; a separate (zran) blob keeps the original
+        layer's id and size, and the file (its meta blob) becomes `blob_meta_digest`/`blob_meta_size`. The one
+        rule for every builder, merge and reuse (docs/format.md §6, §11.9, §11.10; nydus
+        `src/bin/nydus-image/merge.rs`)."""
+        entry = replace(self, toc_digest=toc_digest, toc_size=toc_size,
+                        features=self.features & ~BlobFeatures.INLINED_FS_META,
+                        blob_index=self.blob_index if blob_index is None else blob_index)
+        if self.is_separate:
+            return replace(entry, meta_digest=bytes.fromhex(file_id), meta_size=file_size)
+        return replace(entry, blob_id=file_id, compressed_size=file_size)
+
+    @property
+    def is_separate(self) -> bool:
+        """Whether the blob's data lives in another file (a zran blob: the original gzip layer)."""
+        return bool(self.features & BlobFeatures.SEPARATE)
+
+    @property
+    def file_id(self) -> str:
+        """The id of the file this entry's blob is kept in: the blob itself, or a zran blob's meta blob."""
+        return (self.meta_id or self.blob_id) if self.is_separate else self.blob_id
+
+    @property
+    def file_size(self) -> int:
+        return self.meta_size if self.is_separate else self.compressed_size
+
+    @property
+    def meta_id(self) -> str | None:
+        """A separate blob's meta blob (its file): the sha256 the blob table records, or None (inline)."""
+        return self.meta_digest.hex() if any(self.meta_digest) else None
 
 
 @dataclass(frozen=True, slots=True)

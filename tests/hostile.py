@@ -80,10 +80,17 @@ def put(layout: Path, data: bytes) -> dict[str, object]:
 
 def make_layout(layout: Path, files: dict[str, bytes] | None = None, tag: str = "v1",
                 platform: str = "amd64") -> dict[str, object]:
-    """A plain OCI image (one gzip layer) in a layout; returns the index entry."""
-    layout.mkdir(parents=True, exist_ok=True)
+    """A plain OCI image (one uncompressed layer) in a layout; returns the index entry."""
     tar = layer_tar(files or {"etc/hello": b"hello\n"})  # plain tar: a tampered byte keeps it a valid tar
-    layer = {"mediaType": LAYER_TAR, **put(layout, tar)}
+    return layout_of_layer(layout, tar, LAYER_TAR, tar, tag, platform)
+
+
+def layout_of_layer(layout: Path, blob: bytes, media_type: str, tar: bytes, tag: str = "v1",
+                    platform: str = "amd64") -> dict[str, object]:
+    """A one-layer OCI image in a layout: the layer is `blob` (of type `media_type`), whose tar is `tar`;
+    returns the index entry."""
+    layout.mkdir(parents=True, exist_ok=True)
+    layer = {"mediaType": media_type, **put(layout, blob)}
     config = {"architecture": platform, "os": "linux", "rootfs": {"type": "layers", "diff_ids": [
         "sha256:" + hashlib.sha256(tar).hexdigest()]}, "history": [{"created_by": "test"}]}
     config_desc = {"mediaType": OCI_CONFIG, **put(layout, json.dumps(config).encode())}

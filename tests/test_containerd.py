@@ -526,6 +526,23 @@ def test_nydus_image_runs_lazily_through_nydus_snapshotter(stack: Stack, images:
     assert any(line.split()[:3:2] == ["rafs", "fuse"] and str(stack.dir) in line for line in mounts.splitlines()), mounts
 
 
+def test_zran_image_runs_lazily_from_the_original_layers(stack: Stack, images: Images) -> None:
+    """`convert --oci-ref` into another repository of the registry: the blob layers are meta blobs, the
+    originals are mounted beside them, and nydusd reads the container's files out of the original gzip layers."""
+    host = images.registry
+    assert main(["convert", "--oci-ref", "-q", f"docker://{host}/oci:{TAG}", f"docker://{host}/zran:{TAG}",
+                 "--plain-http"]) == 0
+    original_size, _ = layer_bytes(host, "oci")
+    size, types = layer_bytes(host, "zran")
+    assert types[:-1] == ["application/vnd.oci.image.layer.nydus.blob.v1"] * (len(types) - 1)
+    assert size < original_size // 4  # the image adds metadata only
+    run = pull_and_run(stack, images, "zran", "nydus")
+    report("zran image (--oci-ref), nydus-snapshotter", run)
+    assert_same_tree(run, images.truth)
+    assert run.bytes_before_first_output < LAZY_FRACTION * original_size
+    assert run.bytes_total > PAYLOAD  # the data came from the original layers, on demand
+
+
 def test_plain_oci_image_runs_through_overlayfs(stack: Stack, images: Images) -> None:
     run = pull_and_run(stack, images, "oci", "overlayfs")
     report("plain OCI image, overlayfs snapshotter", run)

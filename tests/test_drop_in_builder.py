@@ -134,7 +134,6 @@ def test_feature_detection_sees_tar_rafs_and_nothing_we_lack() -> None:
 @pytest.mark.parametrize(("args", "status", "says"), [
     (["create", "--batch-size", "0x100000", "x"], 2, "--batch-size"),
     (["create", "--encrypt", "x"], 2, "--encrypt"),
-    (["create", "--type", "targz-ref", "x"], 2, "targz-ref"),
     (["create", "--fs-version", "5", "--blob-inline-meta", "--blob", "b", "x"], 1, "only RAFS v6"),
     (["create", "--blob-inline-meta", "--bootstrap", "b", "--blob", "x", "y"], 2, "conflicts"),
     (["unpack", "--bootstrap", "b", "--backend-type", "registry", "--output", "o"], 1, "backends are not supported"),

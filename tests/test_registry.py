@@ -110,6 +110,34 @@ def test_registry_to_registry(open_registry: str, source: Path, tmp_path: Path) 
     assert again["push"]["uploaded"] == 0 and again["push"]["existing"] == 5
 
 
+def test_zran_image_takes_its_originals_to_the_registry(open_registry: str, source: Path, tmp_path: Path) -> None:
+    """A zran image converted from a layout: the original layers, which no manifest lists, are uploaded to the
+    target repository; `copy` brings them back with the image."""
+    host = open_registry
+    status, raw = convert("--oci-ref", f"oci:{source / 'image'}:{TAG}", f"docker://{host}/zran:{TAG}")
+    assert status == 0, raw
+    (warning,) = json.loads(raw)["warnings"]  # nothing in the registry lists them: GC would delete them
+    assert "uploaded into" in warning and "garbage collection" in warning
+    manifest = requests.get(f"http://{host}/v2/zran/manifests/{TAG}", timeout=10,
+                            headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}).json()
+    originals = [layer["annotations"]["containerd.io/snapshot/nydus-ref"] for layer in manifest["layers"][:-1]]
+    assert len(originals) == 3
+    for digest in originals:
+        assert requests.head(f"http://{host}/v2/zran/blobs/{digest}", timeout=10).status_code == 200
+    assert main(["copy", f"docker://{host}/zran:{TAG}", f"oci:{tmp_path / 'copy'}:{TAG}", "--plain-http"]) == 0
+    assert main(["check", f"oci:{tmp_path / 'copy'}:{TAG}", "--require-data"]) == 0
+
+
+def test_zran_image_defaults_to_the_source_repository(open_registry: str, tmp_path: Path) -> None:
+    """No TARGET: the source's own repository, tag TAG-nydus, where the originals already are (no warning)."""
+    status, raw = convert("--oci-ref", f"docker://{open_registry}/src:{TAG}")
+    assert status == 0, raw
+    assert json.loads(raw)["warnings"] == [] and json.loads(raw)["push"]["mounted"] == 0
+    assert main(["copy", f"docker://{open_registry}/src:{TAG}-nydus", f"oci:{tmp_path / 'copy'}:{TAG}",
+                 "--plain-http"]) == 0
+    assert main(["check", f"oci:{tmp_path / 'copy'}:{TAG}", "--require-data"]) == 0
+
+
 def test_build_pushes_to_a_registry(open_registry: str, tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()

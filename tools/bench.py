@@ -10,7 +10,7 @@ throughput. Corpora are generated here (no network): a distro-like rootfs, a tre
 node_modules (NODE_MODULES_SHAPE), many small files, one big file, a stack of layers; or give a directory, a real
 node_modules or a layer tar.gz.
 
-Usage: python3 tools/bench.py [--corpus rootfs,nodemodules,small,bigfile,layers,targz] [--scale F] [--runs N]
+Usage: python3 tools/bench.py [--corpus rootfs,nodemodules,small,bigfile,layers,targz,zran] [--scale F] [--runs N]
                               [--source DIR] [--node-modules DIR] [--tar-gz FILE] [--workdir DIR] [--jobs N]
                               [--small-files N] [--big-file-mib N]
 """
@@ -317,6 +317,17 @@ def drop_in_create(source: Path, kind: str = "dir-rafs", compressor: str = "zstd
                                      f"--digester blake3 --chunk-size 0x100000 -D {{out}} {source}"}
 
 
+def zran_peers(tgz: Path) -> dict[str, str]:
+    """Indexing a gzip layer in place (nydus-py-image and nydus-image `create -t targz-ref`, as nydus-snapshotter
+    calls them), against building an ordinary blob from it (the data recompressed)."""
+    args = f"create --log-level warn -t targz-ref --blob-inline-meta --features blob-toc --blob {{out}}/meta {tgz}"
+    out = {"nydus-py": f"{PY} -m nydus_py.cli.nydus_image {args}"}
+    if nydus_image():
+        out["nydus-image create"] = f"{nydus_image()} {args}"
+    out["nydus-py build (full blob)"] = f"{PY} -m nydus_py.cli build {tgz} -o {{out}}/img"
+    return out
+
+
 def peers(source: Path, jobs: str) -> dict[str, str]:
     build = f"{PY} -m nydus_py.cli build {source} -o {{out}}/img {jobs}"
     out = {"nydus-py": build, **drop_in_create(source), **nydus_image_create(source)}
@@ -337,7 +348,7 @@ TREE_TOOLS = ("nydus-py", "nydus-py-image create", "nydus-image create", "mkfs.e
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus", default="rootfs,nodemodules,small,bigfile,layers,targz")
+    parser.add_argument("--corpus", default="rootfs,nodemodules,small,bigfile,layers,targz,zran")
     parser.add_argument("--scale", type=float, default=1.0, help="corpus size factor (CI smoke: 0.01)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--source", type=Path, help="benchmark this directory instead of the generated rootfs")
@@ -360,7 +371,7 @@ def main(argv: list[str]) -> int:
     corpora = args.corpus.split(",")
     try:
         rootfs = args.source
-        if "rootfs" in corpora or "targz" in corpora:
+        if "rootfs" in corpora or "targz" in corpora or "zran" in corpora:
             if rootfs is None:
                 rootfs = make_rootfs(work / "rootfs", args.scale)
         if "rootfs" in corpora:
@@ -398,6 +409,14 @@ def main(argv: list[str]) -> int:
             if shutil.which("zstd"):
                 commands["zcat|zstd -3 -T0"] = f"zcat {tgz} | zstd -q -3 -T0 > {{out}}/l.tar.zst"
             rows += bench("tar.gz layer", commands, work, args.runs, size, 0)
+        if "zran" in corpora:
+            tgz = args.tar_gz or make_tar_gz(rootfs, work / "layer.tar.gz")
+            rows += bench("zran (tar.gz referenced in place)", zran_peers(tgz), work, args.runs, tgz.stat().st_size, 0)
+            meta = work / "zran-size.meta"
+            subprocess.run(zran_peers(tgz)["nydus-py"].format(out=work).replace(f"{work}/meta", str(meta)), shell=True,
+                           check=True)
+            print(f"zran: the meta blob is {meta.stat().st_size} bytes for a {tgz.stat().st_size}-byte layer "
+                  f"({meta.stat().st_size / tgz.stat().st_size:.1%})", file=sys.stderr)
         if "layers" in corpora:
             layers = make_layers(work / "layers", 20, max(100, int(20_000 * args.scale)))
             commands = {"nydus-py": f"{PY} -m nydus_py.cli build {' '.join(map(str, layers))} -o {{out}}/img {jobs}"}

@@ -23,14 +23,14 @@ class DeviceImage:
     chunks: int
 
 
-def expand_blob(blob_path: str | os.PathLike[str], info: BlobInfo, out_path: str | os.PathLike[str],
+def expand_blob(source: str | os.PathLike[str] | BlobReader, info: BlobInfo, out_path: str | os.PathLike[str],
                 expected_digests: dict[int, bytes] | None = None) -> DeviceImage:
     """Write the device image of a blob to `out_path` (atomically), verifying every chunk.
 
     Digests come from the blob's own digest array when it has one, else from `expected_digests`
     (ci_index -> digest, e.g. from a bootstrap's chunk table); a chunk with neither is a FormatError.
     """
-    with BlobReader(blob_path) as blob:
+    with source if isinstance(source, BlobReader) else BlobReader(source) as blob:
         infos = blob.chunk_infos(blob.ci_header(info))
         digests = blob.chunk_digests()
         if digests is not None and len(digests) != len(infos):

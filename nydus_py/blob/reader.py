@@ -142,8 +142,14 @@ class BlobReader:
     """Random access to one blob (a file path, or any RandomAccess). Use as a context manager."""
 
     def __init__(self, source: str | os.PathLike[str] | RandomAccess) -> None:
-        self._source: RandomAccess = LocalFile(Path(source)) if isinstance(source, (str, os.PathLike)) else source
-        self.path = Path(self._source.name)
+        self.local: Path | None = None  # the file's path, when the blob is a local file
+        self._source: RandomAccess
+        if isinstance(source, (str, os.PathLike)):
+            self.local = Path(source)
+            self._source = LocalFile(self.local)
+        else:
+            self._source = source
+        self.path = Path(self._source.name)  # for messages
         self.size = self._source.size
 
     def __enter__(self) -> BlobReader:

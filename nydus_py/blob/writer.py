@@ -17,9 +17,10 @@ import queue
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from nydus_py.blob import compress
+from nydus_py.blob.zran import ZranChunk, ZranContext, encode_contexts
 from nydus_py.errors import InternalError, UnsupportedError
 from nydus_py.format import blobmeta, build, rafs, tar
 from nydus_py.format.blobmeta import BLOB_ID_PLACEHOLDER, BlobFeatures
@@ -29,11 +30,16 @@ from nydus_py.image import BlobInfo
 from nydus_py.model import ChunkRef
 
 BLOCK = 4096
-_CHUNK_INFO_SIZE = blobmeta.CHUNK_INFO_V1_SIZE  # what encode_chunk_info_v1 writes per chunk
 WRITE_BATCH = 1 << 20  # bytes gathered before they go to the writer thread
 # What a blob built like `nydus-image create --blob-inline-meta --features blob-toc` declares.
 BASE_FEATURES = (BlobFeatures.ALIGNED | BlobFeatures.INLINED_FS_META | BlobFeatures.HAS_TAR_HEADER
                  | BlobFeatures.HAS_TOC | BlobFeatures.CAP_TAR_TOC)
+# ... and `nydus-image create --type targz-ref --blob-inline-meta --features blob-toc` (0x7000003f)
+ZRAN_FEATURES = (BASE_FEATURES | BlobFeatures.INLINED_CHUNK_DIGEST | BlobFeatures.SEPARATE | BlobFeatures.ZRAN
+                 | BlobFeatures.CHUNK_INFO_V2)
+_ZRAN_CHUNK_FLAGS = blobmeta.ChunkFlagsV2.ZRAN | blobmeta.ChunkFlagsV2.COMPRESSED
+_NO_CHUNK_INFO: dict[str, Any] = {"ci_compressor": CompressAlgo.NONE, "ci_offset": 0, "ci_compressed_size": 0,
+                                  "ci_uncompressed_size": 0}
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,14 +138,14 @@ class BlobWriter:
 
     @property
     def chunk_count(self) -> int:
-        return len(self.ci) // _CHUNK_INFO_SIZE
+        return len(self.digests)  # one digest per chunk info entry, whatever its version
 
     def append_chunk(self, stored: bytes, compressed: bool, size: int, digest: bytes, crc32: int,
                      file_offset: int) -> ChunkRef:
         """Store one chunk (`stored` is its compressed or raw bytes) and describe where it went."""
         if self._data_info is not None:
             raise InternalError("chunk appended after the blob data was finished")
-        ci_index = len(self.ci) // _CHUNK_INFO_SIZE
+        ci_index = len(self.digests)
         if ci_index >= rafs.MAX_CHUNKS_PER_BLOB:
             raise UnsupportedError(f"more than {rafs.MAX_CHUNKS_PER_BLOB} distinct chunks in one blob")
         uncompressed_offset = self.uncompressed_size
@@ -155,7 +161,7 @@ class BlobWriter:
     def finish_data(self) -> BlobInfo:
         """Write everything up to the inline bootstrap; returns the blob table entry that bootstrap carries."""
         features = BASE_FEATURES
-        ci_compressor, ci_offset, ci_stored, ci_raw = CompressAlgo.NONE, 0, b"", b""
+        ci = _NO_CHUNK_INFO
         if self.ci:
             features |= BlobFeatures.INLINED_CHUNK_DIGEST
             data_size = self.pos
@@ -164,35 +170,74 @@ class BlobWriter:
             self._sync()
             self.toc.append(_TocRecord(blobmeta.TOC_ENTRY_BLOB_RAW, CompressAlgo.NONE, self.hash.copy().digest(), 0,
                                        data_size, self.uncompressed_size))
-            ci_raw = bytes(self.ci)
-            ci_stored, ci_compressed = compress.compress(ci_raw, meta_compressor(self.compressor))
-            ci_compressor = meta_compressor(self.compressor) if ci_compressed else CompressAlgo.NONE
-            ci_offset = self._write(ci_stored)
-            header = build(blobmeta.CompressionContextHeader, {
-                "s_features": features, "s_ci_compressor": ci_compressor, "s_ci_entries": self.chunk_count,
-                "s_ci_offset": ci_offset, "s_ci_compressed_size": len(ci_stored),
-                "s_ci_uncompressed_size": len(ci_raw), "s_ci_zran_offset": 0, "s_ci_zran_size": 0,
-                "s_ci_zran_count": 0, "s_reserved": bytes(4032),
-            }, what="chunk info header")
-            self._write(header)
-            self._tail_header(blobmeta.TOC_ENTRY_BLOB_META, len(ci_stored) + len(header))
-            self.toc.append(_TocRecord(blobmeta.TOC_ENTRY_BLOB_META, ci_compressor, hashlib.sha256(ci_raw).digest(),
-                                       ci_offset, len(ci_stored), len(ci_raw)))
-            self.toc.append(_TocRecord(blobmeta.TOC_ENTRY_BLOB_META_HEADER, CompressAlgo.NONE,
-                                       hashlib.sha256(header).digest(), ci_offset + len(ci_stored), len(header),
-                                       len(header)))
-            digests = b"".join(self.digests)
-            digests_offset = self._write(digests)
-            self._tail_header(blobmeta.TOC_ENTRY_BLOB_DIGEST, len(digests))
-            self.toc.append(_TocRecord(blobmeta.TOC_ENTRY_BLOB_DIGEST, CompressAlgo.NONE,
-                                       hashlib.sha256(digests).digest(), digests_offset, len(digests), len(digests)))
+            ci = self._write_chunk_info(bytes(self.ci), features)
         self._data_info = BlobInfo(
             blob_id=BLOB_ID_PLACEHOLDER, blob_index=self.blob_index, chunk_size=self.chunk_size,
             chunk_count=self.chunk_count, compressor=self.compressor, digester=self.digester, features=features,
-            compressed_size=self.pos, uncompressed_size=self.uncompressed_size, ci_compressor=ci_compressor,
-            ci_offset=ci_offset, ci_compressed_size=len(ci_stored), ci_uncompressed_size=len(ci_raw),
-        )
+            compressed_size=self.pos, uncompressed_size=self.uncompressed_size, **ci)
         return self._data_info
+
+    # --- zran (OCI-reference) blobs: chunk info and contexts only, the data stays in the gzip layer ---------
+
+    def append_zran_chunk(self, size: int, digest: bytes, crc32: int, file_offset: int, chunk: ZranChunk) -> ChunkRef:
+        """Record one chunk that lies in the original gzip layer (a chunk info v2 entry: gzip range, context,
+        offset in the context's output); nothing is written."""
+        ci_index = len(self.digests)
+        if ci_index >= rafs.MAX_CHUNKS_PER_BLOB:
+            raise UnsupportedError(f"more than {rafs.MAX_CHUNKS_PER_BLOB} distinct chunks in one blob")
+        uncompressed_offset = self.uncompressed_size
+        ref = ChunkRef(self.blob_index, ci_index, uncompressed_offset, size, chunk.in_pos, chunk.in_len, True,
+                       digest, crc32, file_offset)
+        self.ci += blobmeta.encode_chunk_info_v2(uncompressed_offset, size, chunk.in_pos, chunk.in_len,
+                                                 _ZRAN_CHUNK_FLAGS, chunk.context << 32 | chunk.offset)
+        self.digests.append(digest)
+        self.uncompressed_size = uncompressed_offset + -(-size // BLOCK) * BLOCK
+        return ref
+
+    def finish_zran_data(self, contexts: list[ZranContext], layer_id: str, layer_size: int) -> BlobInfo:
+        """Write the chunk info (v2 entries, then the context table), the digests and the header; returns the
+        blob table entry the inline bootstrap carries: the original layer's id and size (the data is there),
+        gzip and sha256 (nydus-image 2.2's `targz-ref`: docs/format.md §11.10)."""
+        count = self.chunk_count
+        ci = _NO_CHUNK_INFO
+        if count:
+            table = encode_contexts(contexts)
+            ci = self._write_chunk_info(bytes(self.ci) + table, ZRAN_FEATURES, zran_offset=len(self.ci),
+                                        zran_size=len(table), zran_count=len(contexts))
+        self._data_info = BlobInfo(
+            blob_id=layer_id, blob_index=self.blob_index, chunk_size=self.chunk_size, chunk_count=count,
+            compressor=CompressAlgo.GZIP, digester=DigestAlgo.SHA256, features=ZRAN_FEATURES,
+            compressed_size=layer_size, uncompressed_size=self.uncompressed_size, **ci)
+        return self._data_info
+
+    def _write_chunk_info(self, ci_raw: bytes, features: BlobFeatures, *, zran_offset: int = 0, zran_size: int = 0,
+                          zran_count: int = 0) -> dict[str, Any]:
+        """The chunk info (compressed as TOC metadata is), its 4 KiB header, the digest array, each section with
+        its tail tar header and TOC record; returns the blob table's ci_* fields."""
+        ci_stored, ci_compressed = compress.compress(ci_raw, meta_compressor(self.compressor))
+        ci_compressor = meta_compressor(self.compressor) if ci_compressed else CompressAlgo.NONE
+        ci_offset = self._write(ci_stored)
+        header = build(blobmeta.CompressionContextHeader, {
+            "s_features": features, "s_ci_compressor": ci_compressor,
+            "s_ci_entries": self.chunk_count, "s_ci_offset": ci_offset,
+            "s_ci_compressed_size": len(ci_stored), "s_ci_uncompressed_size": len(ci_raw),
+            "s_ci_zran_offset": zran_offset, "s_ci_zran_size": zran_size, "s_ci_zran_count": zran_count,
+            "s_reserved": bytes(4032),
+        }, what="chunk info header")
+        self._write(header)
+        self._tail_header(blobmeta.TOC_ENTRY_BLOB_META, len(ci_stored) + len(header))
+        self.toc.append(_TocRecord(blobmeta.TOC_ENTRY_BLOB_META, ci_compressor, hashlib.sha256(ci_raw).digest(),
+                                   ci_offset, len(ci_stored), len(ci_raw)))
+        self.toc.append(_TocRecord(blobmeta.TOC_ENTRY_BLOB_META_HEADER, CompressAlgo.NONE,
+                                   hashlib.sha256(header).digest(), ci_offset + len(ci_stored), len(header),
+                                   len(header)))
+        digests = b"".join(self.digests)
+        digests_offset = self._write(digests)
+        self._tail_header(blobmeta.TOC_ENTRY_BLOB_DIGEST, len(digests))
+        self.toc.append(_TocRecord(blobmeta.TOC_ENTRY_BLOB_DIGEST, CompressAlgo.NONE,
+                                   hashlib.sha256(digests).digest(), digests_offset, len(digests), len(digests)))
+        return {"ci_compressor": ci_compressor, "ci_offset": ci_offset, "ci_compressed_size": len(ci_stored),
+                "ci_uncompressed_size": len(ci_raw)}
 
     def finish(self, inline_bootstrap: bytes) -> BlobInfo:
         """Append the inline bootstrap and the TOC, close the file; returns the final blob table entry
@@ -222,7 +267,7 @@ class BlobWriter:
                 self.file.close()
         except OSError as exc:
             raise self._named(exc) from None
-        return self._data_info.merged_entry(blob_id=self.hash.hexdigest(), size=self.pos, toc_digest=toc_digest,
+        return self._data_info.merged_entry(file_id=self.hash.hexdigest(), file_size=self.pos, toc_digest=toc_digest,
                                             toc_size=len(entries) + len(header))
 
     def _stop(self) -> None:

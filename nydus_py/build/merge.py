@@ -11,7 +11,7 @@ References: docs/format.md §14.2; nydus `src/bin/nydus-image/merge.rs`; docs/oc
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from nydus_py.blob.chunker import ChunkStats
@@ -199,17 +199,26 @@ def _read_layer_bootstrap(source: Path, key: int, facts: BlobFacts) -> tuple[Mer
                        chunk_size=boot.chunk_size)
     if not own:
         return layer, None
-    blob_id = facts.blob_id or _id_from_name(source, own[0])
-    layer.own_blob = blob_id
-    needed = max((c.compressed_offset + c.compressed_size for c in boot.chunk_table), default=0)
-    if facts.size is not None and facts.size < needed:
-        raise UsageError(f"{source}: --blob-sizes {facts.size} is smaller than the {needed} bytes its chunks occupy "
+    table_entry = own[0]
+    if table_entry.is_separate:
+        # a zran blob keeps the original layer's id (the converter names the bootstrap after it); the flags name
+        # its meta blob (nydus src/bin/nydus-image/merge.rs, the SEPARATE branch)
+        blob_id = _id_from_name(source, table_entry)
+        file_id = facts.blob_id or blob_id
+        file_size = table_entry.meta_size if facts.size is None else facts.size
+        needed = 0
+    else:
+        blob_id = file_id = facts.blob_id or _id_from_name(source, table_entry)
+        file_size = table_entry.compressed_size if facts.size is None else facts.size
+        needed = max((c.compressed_offset + c.compressed_size for c in boot.chunk_table), default=0)
+    if file_size < needed:
+        raise UsageError(f"{source}: --blob-sizes {file_size} is smaller than the {needed} bytes its chunks occupy "
                          f"in blob {blob_id}")
-    info = own[0].merged_entry(
-        blob_id=blob_id, blob_index=key,
-        size=own[0].compressed_size if facts.size is None else facts.size,
-        toc_digest=own[0].toc_digest if facts.toc_digest is None else facts.toc_digest,
-        toc_size=own[0].toc_size if facts.toc_size is None else facts.toc_size)
+    layer.own_blob = blob_id
+    info = replace(table_entry, blob_id=blob_id).merged_entry(
+        file_id=file_id, file_size=file_size, blob_index=key,
+        toc_digest=table_entry.toc_digest if facts.toc_digest is None else facts.toc_digest,
+        toc_size=table_entry.toc_size if facts.toc_size is None else facts.toc_size)
     return layer, info
 
 

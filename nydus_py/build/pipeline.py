@@ -29,11 +29,14 @@ from nydus_py.blob.chunker import ChunkPipeline, ChunkStats
 from nydus_py.build.config import BuildConfig
 from nydus_py.sources import WhiteoutSpec
 from nydus_py.errors import FormatError, UnsupportedError, UsageError
+from nydus_py.format.rafs import CompressAlgo
 from nydus_py.util.fsutil import output_file, staging_dir
 from nydus_py.util.gcpause import without_cyclic_gc
 from nydus_py.image import BlobInfo
+from nydus_py.build.zran import build_zran_layer
 from nydus_py.build.plan import bootstrap_bytes, dataless_blob_info, final_blob_info, plan_bootstrap, relabel
 from nydus_py.model import ChunkRef, Tree, is_marker, new_directory, walk_bfs
+from nydus_py.sources.gzipref import ZranLayer
 from nydus_py.sources.layer import Source
 
 @dataclass(slots=True)
@@ -155,11 +158,35 @@ def _one_layer_bootstrap(layer: BuiltLayer, config: BuildConfig,
     layer.plan = layer.meta_area = None
     if plan is None or meta_area is None or (whiteouts and _has_markers(layer.tree)):
         return None
-    final = retarget(plan, layer.tree, [layer.info] if plan.blobs else [], compressor=config.compressor.algo,
-                     digester=config.digester.algo, prefetch_paths=list(config.prefetch_patterns))
+    final = retarget(plan, layer.tree, [layer.info] if plan.blobs else [],
+                     compressor=_superblock_compressor([layer], config), digester=config.digester.algo,
+                     prefetch_paths=list(config.prefetch_patterns))
     if final is None:
         return None
     return layer.tree, render_bootstrap(final, meta_area), list(final.blob_positions)
+
+
+def _superblock_compressor(built: list[BuiltLayer], config: BuildConfig) -> CompressAlgo:
+    """The compressor a merged superblock names: the last layer's, as nydus-image merge takes it (a zran
+    layer's is gzip; every other layer's is the build's)."""
+    return built[-1].info.compressor if built else config.compressor.algo
+
+
+def _zran_or_fallback(index: int, name: str, layer: ZranLayer, work: Path, config: BuildConfig,
+                      built: list[BuiltLayer], stats: ChunkStats) -> BuiltLayer:
+    """A zran layer; when it cannot be referenced in place and the caller can read it again, an ordinary
+    layer blob instead (with a note)."""
+    try:
+        result = build_zran_layer(index, layer, work, config, progress=config.progress)
+    except UnsupportedError as exc:
+        if layer.fallback is None:
+            raise
+        if layer.note is not None:
+            layer.note(f"{exc}; its Nydus blob holds its data")
+        return build_layer(index, name, layer.fallback(), work, config, built, stats)
+    _add_stats(stats, result.stats)
+    return BuiltLayer(name=name, tree=result.tree, info=result.info, stored={}, path=result.path, plan=result.plan,
+                      meta_area=result.meta_area)
 
 
 def _refuse_real_markers(tree: Tree, layer: str) -> None:
@@ -174,7 +201,7 @@ def _refuse_real_markers(tree: Tree, layer: str) -> None:
 
 
 @without_cyclic_gc
-def build_layers(sources: Iterable[tuple[str, Source | ReusedLayer]], work: Path, config: BuildConfig, *,
+def build_layers(sources: Iterable[tuple[str, Source | ReusedLayer | ZranLayer]], work: Path, config: BuildConfig, *,
                  layered: bool) -> BuiltImage:
     """Build every (name, source) into a layer blob in `work` (or reuse it), then the merged bootstrap."""
     started = time.perf_counter()
@@ -185,6 +212,12 @@ def build_layers(sources: Iterable[tuple[str, Source | ReusedLayer]], work: Path
             layer.plan = layer.meta_area = None
         if isinstance(source, ReusedLayer):
             built.append(source.built(index, name))
+            continue
+        if isinstance(source, ZranLayer):
+            layer = _zran_or_fallback(index, name, source, work, config, built, stats)
+            built.append(layer)
+            if layered and config.whiteout_spec is WhiteoutSpec.NONE:
+                _refuse_real_markers(layer.tree, name)
             continue
         built.append(build_layer(index, name, source, work, config, built, stats))
         if layered and config.whiteout_spec is WhiteoutSpec.NONE:
@@ -203,24 +236,32 @@ def build_layers(sources: Iterable[tuple[str, Source | ReusedLayer]], work: Path
     else:  # an image with `"layers": []`: an empty root and no blobs, as nydus-image builds an empty directory
         merged = Tree(root=new_directory())
     plain, keys = bootstrap_bytes(merged, {i: layer.info for i, layer in enumerate(built)},
-                                  chunk_size=config.chunk_size, compressor=config.compressor.algo,
+                                  chunk_size=config.chunk_size, compressor=_superblock_compressor(built, config),
                                   digester=config.digester.algo, prefetch=config.prefetch_patterns)
     return BuiltImage(layers=built, merged=merged, bootstrap=plain, keys=keys, stats=stats,
                       seconds_data=data_done - started)
 
 
-def build_blob_file(source: Source, config: BuildConfig, *, blob: Path | None = None, blob_dir: Path | None = None,
-                    prefetch: tuple[bytes, ...] = ()) -> BlobInfo:
+def build_blob_file(source: Source | ZranLayer, config: BuildConfig, *, blob: Path | None = None,
+                    blob_dir: Path | None = None, prefetch: tuple[bytes, ...] = ()) -> BlobInfo:
     """One layer into one blob file with its bootstrap inline, as `nydus-image create --blob-inline-meta`
     writes it: into `blob` (a FIFO or character device in place, strictly in order, as the converter reads it;
     anything else staged beside it and renamed when complete), or into `blob_dir` named by its id (staged in a
-    directory of this process's there, renamed when complete); returns its blob table entry."""
+    directory of this process's there, renamed when complete); returns its blob table entry. A ZranLayer
+    gives a meta blob (named, in `blob_dir`, by its own digest: the layer keeps the blob id)."""
+
+    def build(work: Path, out: BinaryIO | None) -> BuiltLayer:
+        if isinstance(source, ZranLayer):
+            result = build_zran_layer(0, source, work, config, blob_output=out, inline_prefetch=prefetch)
+            return BuiltLayer(name=source.name, tree=result.tree, info=result.info, stored={}, path=result.path)
+        return build_layer(0, str(source), source, work, config, [], ChunkStats(), blob_output=out,
+                           inline_prefetch=prefetch)
+
     if blob is not None:
         if source.holds(blob):
             raise UsageError(f"{blob}: --blob names the layer being read")
         with output_file(blob) as out:
-            return build_layer(0, str(source), source, blob.parent, config, [], ChunkStats(), blob_output=out,
-                               inline_prefetch=prefetch).info
+            return build(blob.parent, out).info
     if blob_dir is None:
         raise UsageError("give --blob or --blob-dir")
     try:
@@ -228,10 +269,10 @@ def build_blob_file(source: Source, config: BuildConfig, *, blob: Path | None = 
     except OSError as exc:
         raise UsageError(f"{blob_dir}: cannot write the blob directory: {exc.strerror}") from None
     try:
-        built = build_layer(0, str(source), source, work, config, [], ChunkStats(), inline_prefetch=prefetch)
+        built = build(work, None)
         assert built.path is not None
         os.chmod(built.path, 0o644)
-        os.replace(built.path, blob_dir / built.info.blob_id)
+        os.replace(built.path, blob_dir / built.info.file_id)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return built.info

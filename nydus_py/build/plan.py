@@ -54,7 +54,7 @@ def final_blob_info(info: BlobInfo, blob: Path | RandomAccess, blob_id: str, blo
     """The blob table entry a merged bootstrap records for a blob file found on disk (or in a registry): its
     facts read from the file (`BlobInfo.merged_entry`)."""
     size, toc_digest, toc_size = _file_facts(blob)
-    return info.merged_entry(blob_id=blob_id, size=size, toc_digest=toc_digest, toc_size=toc_size,
+    return info.merged_entry(file_id=blob_id, file_size=size, toc_digest=toc_digest, toc_size=toc_size,
                              blob_index=blob_index)
 
 

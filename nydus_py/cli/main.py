@@ -194,7 +194,7 @@ def _build(layers: tuple[str, ...], outdir: Path, config: BuildConfig, extra_boo
 
 @cli.command()
 @click.argument("source")
-@click.argument("target")
+@click.argument("target", required=False)
 @_build_options
 @click.option("--output-json", type=click.Path(path_type=Path), help="Write the result as JSON here.")
 @click.option("--prefetch-patterns", help="File ('-': stdin) of absolute paths to prefetch (default: /).")
@@ -205,26 +205,36 @@ def _build(layers: tuple[str, ...], outdir: Path, config: BuildConfig, extra_boo
                    "skopeo reject Nydus layers in Docker manifests.")
 @click.option("--merge-platform", is_flag=True,
               help="Write one index with the original and the Nydus manifests.")
+@click.option("--oci-ref", is_flag=True,
+              help="zran: reference each gzip layer in place (blobs hold only metadata; nydusd reads the original "
+                   "layers, which must stay in the target repository). Implies --digester sha256.")
 @_registry_options
-def convert(source: str, target: str, compressor: str, digester: str, chunk_size: int, jobs: int,
-            whiteout_spec: str, overlay_xattr_ns: str, cross_layer_dedup: bool, output_json: Path | None,
+@click.pass_context
+def convert(ctx: click.Context, source: str, target: str | None, compressor: str, digester: str, chunk_size: int,
+            jobs: int, whiteout_spec: str, overlay_xattr_ns: str, cross_layer_dedup: bool, output_json: Path | None,
             prefetch_patterns: str | None, no_prefetch: bool, platforms: tuple[str, ...], docker_media_types: bool,
-            merge_platform: bool, creds: str | None, plain_http: bool, insecure: bool, quiet: bool) -> None:
+            merge_platform: bool, oci_ref: bool, creds: str | None, plain_http: bool, insecure: bool,
+            quiet: bool) -> None:
     """Convert an image into a Nydus image.
 
     SOURCE is oci:DIR[:TAG], oci-archive:FILE[:TAG] (docker buildx --output type=oci), docker-archive:FILE
-    (docker save) or docker://REGISTRY/REPO[:TAG|@DIGEST]; TARGET is oci:DIR[:TAG] or docker://REGISTRY/REPO[:TAG].
+    (docker save) or docker://REGISTRY/REPO[:TAG|@DIGEST]; TARGET is oci:DIR[:TAG] or docker://REGISTRY/REPO[:TAG]
+    (default for a docker:// SOURCE: its own repository, tag TAG-nydus).
     """
     from nydus_py.oci.convert import ConvertOptions
     from nydus_py.oci.convert import convert as convert_image
-    from nydus_py.oci.ref import parse_image_ref, parse_target_ref
+    from nydus_py.oci.ref import default_target, parse_image_ref, parse_target_ref
     from nydus_py.oci.images import RegistryOptions
 
-    source_ref, target_ref = parse_image_ref(source), parse_target_ref(target)
+    source_ref = parse_image_ref(source)
+    target_ref = parse_target_ref(target) if target is not None else default_target(source_ref)
+    if oci_ref and ctx.get_parameter_source("digester") is click.core.ParameterSource.DEFAULT:
+        digester = Digester.SHA256.value
     progress = progress_bar(quiet, output_json)
     config = _build_config(compressor, digester, chunk_size, jobs, whiteout_spec, overlay_xattr_ns,
                            cross_layer_dedup, _prefetch(prefetch_patterns, no_prefetch), progress)
-    opts = ConvertOptions(platforms=platforms, docker_types=docker_media_types, merge_platform=merge_platform)
+    opts = ConvertOptions(platforms=platforms, docker_types=docker_media_types, merge_platform=merge_platform,
+                          oci_ref=oci_ref)
     registry = RegistryOptions(creds=creds, plain_http=plain_http, insecure=insecure)
     try:
         result = convert_image(source_ref, target_ref, config, opts, registry)
@@ -247,7 +257,7 @@ def convert(source: str, target: str, compressor: str, digester: str, chunk_size
                    f"{result.push.existing} already there ({result.push.existing_bytes} bytes), "
                    f"{result.push.mounted} mounted")
     assert result.top is not None
-    click.echo(f"{target}: {result.top.media_type} {result.top.digest}")
+    click.echo(f"{target_ref}: {result.top.media_type} {result.top.digest}")
 
 
 @cli.command()

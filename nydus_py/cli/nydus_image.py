@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from collections.abc import Callable
@@ -70,9 +71,10 @@ def _prefetch_patterns(policy: str) -> tuple[bytes, ...]:
 @cli.command(context_settings=_HELP)
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("-t", "--type", "--source-type", "source_type", default="dir-rafs", show_default=True,
-              type=click.Choice(["directory", "dir-rafs", "tar-rafs"]),
-              help="Conversion type: a directory (dir-rafs) or an OCI layer tar stream, plain, gzip or zstd "
-                   "(tar-rafs).")
+              type=click.Choice(["directory", "dir-rafs", "tar-rafs", "targz-ref"]),
+              help="Conversion type: a directory (dir-rafs), an OCI layer tar stream, plain, gzip or zstd "
+                   "(tar-rafs), or a gzip layer referenced in place (targz-ref: the blob holds only metadata; "
+                   "gzip chunks, sha256 digests).")
 @click.option("-b", "--blob", "blob", type=click.Path(path_type=Path), help="Where the data blob is written "
               "(may be a FIFO: written sequentially, in place).")
 @click.option("--blob-inline-meta", "--inline-bootstrap", "inline_meta", is_flag=True,
@@ -112,17 +114,22 @@ def create(source: Path, source_type: str, blob: Path | None, inline_meta: bool,
     if blob is None and blob_dir is None:
         raise click.UsageError("give --blob or --blob-dir")
     from nydus_py.build.pipeline import build_blob_file
-    from nydus_py.sources.layer import LayerKind, open_layer
+    from nydus_py.sources.layer import LayerKind, open_gzip_ref, open_layer
 
     config = BuildConfig(compressor=Compressor(compressor), digester=Digester(digester),
                          chunk_size=check_chunk_size(parse_size(chunk_size)), whiteout_spec=WhiteoutSpec(whiteout_spec))
     patterns = _prefetch_patterns(prefetch_policy)
-    kind = LayerKind.TAR if source_type == "tar-rafs" else LayerKind.DIRECTORY
-    layer = open_layer(str(source), whiteout_spec=config.whiteout_spec, overlay_ns=config.overlay_xattr_ns, kind=kind)
-    info = build_blob_file(layer, config, blob=blob, blob_dir=blob_dir, prefetch=patterns)
+    if source_type == "targz-ref":  # nydus-image forces gzip chunks and sha256 digests for it
+        config = replace(config, digester=Digester.SHA256)
+        info = build_blob_file(open_gzip_ref(str(source)), config, blob=blob, blob_dir=blob_dir, prefetch=patterns)
+    else:
+        kind = LayerKind.TAR if source_type == "tar-rafs" else LayerKind.DIRECTORY
+        layer = open_layer(str(source), whiteout_spec=config.whiteout_spec, overlay_ns=config.overlay_xattr_ns,
+                           kind=kind)
+        info = build_blob_file(layer, config, blob=blob, blob_dir=blob_dir, prefetch=patterns)
     if output_json is not None:
         _write_json(output_json, {"version": _version(), "bootstrap": "", "blobs": [info.blob_id],
-                                  "fs_version": "6", "compressor": compressor})
+                                  "fs_version": "6", "compressor": info.compressor.name.lower()})
 
 
 def _write_json(path: Path, doc: dict[str, Any]) -> None:

@@ -18,6 +18,7 @@ from construct import (
     Bytes,
     ByteSwapped,
     Const,
+    Int8ul,
     Int32ul,
     Int64ul,
     Struct,
@@ -130,6 +131,39 @@ ChunkInfoV2 = Struct(  # 24 B: batch, encrypted, zran and ref blobs
 )
 CHUNK_INFO_V2_SIZE = 24
 assert ChunkInfoV2.sizeof() == CHUNK_INFO_V2_SIZE
+
+ZRAN_DICT_WINDOW = 32768  # zlib_random.rs ZRAN_DICT_WIN_SIZE: the largest window a context keeps
+
+ZranInflateContext = Struct(  # 40 B, repr(C, packed): nydus storage/src/meta/zran.rs ZranInflateContext
+    "in_offset" / Int64ul,  # the restart point in the gzip stream (the byte after the partly used one)
+    "out_offset" / Int64ul,  # the restart point in the tar stream
+    "dict_offset" / Int64ul,  # its window, from the start of the windows (which follow every context)
+    "in_len" / Int32ul,  # gzip bytes from in_offset to the end of the context's last chunk
+    "out_len" / Int32ul,  # tar bytes they decode to
+    "dict_size" / Int32ul,  # 0 at a member's start, else min(32 KiB, bytes the member has made)
+    "ctx_byte" / Int8ul,  # the partly used byte (when ctx_bits)
+    "ctx_bits" / Int8ul,  # how many of its high bits belong to the block at the restart point
+    "reserved" / Bytes(2),
+)
+ZRAN_CONTEXT_SIZE = 40
+assert ZranInflateContext.sizeof() == ZRAN_CONTEXT_SIZE
+
+
+class ZranInflateContextRecord(NamedTuple):
+    """FAST_ZRAN_CONTEXT's record: ZranInflateContext's value fields, in order."""
+
+    in_offset: int
+    out_offset: int
+    dict_offset: int
+    in_len: int
+    out_len: int
+    dict_size: int
+    ctx_byte: int
+    ctx_bits: int
+    reserved: bytes
+
+
+FAST_ZRAN_CONTEXT = FastStruct(ZranInflateContext, ZranInflateContextRecord)
 
 TocEntry = Struct(  # 128 B, an array of them ends the blob, before the `rafs.blob.toc` tar header
     "flags" / IntEnumField(Int32ul, TocFlags),

@@ -42,6 +42,8 @@ RESTRICTED_LAYER_TYPES = frozenset({
     "application/vnd.docker.image.rootfs.foreign.diff.tar",
     "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
 })
+# the layers an OCI-reference (zran) image can point into: gzip'd tars a registry distributes
+ZRAN_LAYER_TYPES = frozenset({OCI_LAYER_GZIP, DOCKER_LAYER_GZIP})
 TAR_LAYER_TYPES = frozenset({OCI_LAYER_TAR, OCI_LAYER_GZIP, OCI_LAYER_ZSTD, DOCKER_LAYER_TAR, DOCKER_LAYER_GZIP,
                              DOCKER_LAYER_ZSTD}) | RESTRICTED_LAYER_TYPES
 
@@ -51,6 +53,9 @@ FAMILY_TYPES = {OCI_MANIFEST: (OCI_CONFIG, OCI_LAYER_GZIP), DOCKER_MANIFEST: (DO
 # annotations (containerd copies containerd.io/snapshot/* into snapshot labels)
 NYDUS_BLOB_ANNOTATION = "containerd.io/snapshot/nydus-blob"
 NYDUS_BOOTSTRAP_ANNOTATION = "containerd.io/snapshot/nydus-bootstrap"
+# a zran (OCI-reference) blob layer: the original gzip layer its chunks point into (nydus-snapshotter
+# pkg/label/label.go NydusRefLayer)
+NYDUS_REF_ANNOTATION = "containerd.io/snapshot/nydus-ref"
 NYDUS_FS_VERSION_ANNOTATION = "containerd.io/snapshot/nydus-fs-version"
 NYDUS_SOURCE_DIGEST_ANNOTATION = "containerd.io/snapshot/nydus-source-digest"
 NYDUS_EMPTY_LAYER_ANNOTATION = "containerd.io/snapshot/nydus-empty-layer"

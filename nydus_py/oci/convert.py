@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-from nydus_py.build.config import BuildConfig
-from nydus_py.errors import NydusError, UnsupportedError
+from nydus_py.build.config import BuildConfig, Digester
+from nydus_py.errors import InternalError, NydusError, UnsupportedError, UsageError
 from nydus_py.format import oci
 from nydus_py.oci.documents import Descriptor
 from nydus_py.oci.nydus import is_nydus_image
@@ -27,11 +28,14 @@ from nydus_py.oci.package import gzip_bytes, history_per_layer, write_nydus_imag
 from nydus_py.oci.platforms import platform_of, platform_text
 from nydus_py.oci.publish import BuildResult, layer_blobs, publish_layers
 from nydus_py.oci.ref import ImageRef, Transport
-from nydus_py.oci.images import RegistryOptions, SourceImage, open_source, registry_images, verified_layers
+from nydus_py.oci.images import (RegistryOptions, SourceImage, open_source, registry_images,
+                                 verified_layers)
 from nydus_py.oci.targets import LayoutWriter, PushStats, Target, open_target
 from nydus_py.build.pipeline import ReusedLayer, build_layers
+from nydus_py.sources.gzipref import ZranLayer
 from nydus_py.sources.layer import Source
 from nydus_py.sources.tarball import TarSource
+from nydus_py.util.fsutil import Readable
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +43,7 @@ class ConvertOptions:
     platforms: tuple[str, ...] = ()
     docker_types: bool = False
     merge_platform: bool = False
+    oci_ref: bool = False  # zran: gzip layers referenced in place, not copied (docs/oci.md §1.7)
 
 
 @dataclass(slots=True)
@@ -71,10 +76,10 @@ class ConvertResult:
         return out
 
 
-def build_fingerprint(config: BuildConfig) -> str:
+def build_fingerprint(config: BuildConfig, oci_ref: bool = False) -> str:
     """What a reused blob must have been built with."""
     return (f"{config.compressor.value},{config.digester.value},{config.chunk_size:#x},{config.whiteout_spec.value},"
-            f"{config.overlay_xattr_ns.value}")
+            f"{config.overlay_xattr_ns.value}{',oci-ref' if oci_ref else ''}")
 
 
 def _restricted_layer(layer: Descriptor) -> bool:
@@ -86,8 +91,11 @@ def _restricted_layer(layer: Descriptor) -> bool:
 
 
 def _layer_sources(image: SourceImage, open_layer: Callable[[Descriptor], Any], config: BuildConfig,
-                   reusable: dict[str, ReusedLayer], warn: Callable[[str], None]
-                   ) -> Iterator[tuple[str, Source | ReusedLayer]]:
+                   reusable: dict[str, ReusedLayer], warn: Callable[[str], None], *, oci_ref: bool = False,
+                   tee: Callable[[Descriptor, Readable], Readable] | None = None
+                   ) -> Iterator[tuple[str, Source | ReusedLayer | ZranLayer]]:
+    """What each layer is built from: its reused blob, its gzip stream referenced in place (`oci_ref`; `tee`
+    keeps a copy of the bytes read on their way, for the target), or its tar."""
     for layer in image.layers:
         restricted = _restricted_layer(layer)
         if layer.digest in reusable:
@@ -96,21 +104,76 @@ def _layer_sources(image: SourceImage, open_layer: Callable[[Descriptor], Any], 
         if restricted:
             warn(f"layer {layer.digest} is non-distributable ({layer.media_type}); its Nydus blob is an ordinary "
                  "layer, pushed wherever the image goes")
-        yield layer.digest, TarSource(open_layer(layer), f"layer {layer.digest}",
-                                      whiteout_spec=config.whiteout_spec, overlay_ns=config.overlay_xattr_ns)
+
+        def tar_source(desc: Descriptor = layer) -> Source:
+            return TarSource(open_layer(desc), f"layer {desc.digest}", whiteout_spec=config.whiteout_spec,
+                             overlay_ns=config.overlay_xattr_ns)
+
+        if oci_ref and layer.media_type in oci.ZRAN_LAYER_TYPES:
+            raw: Readable = open_layer(layer)
+            yield layer.digest, ZranLayer(raw=tee(layer, raw) if tee else raw, name=f"layer {layer.digest}",
+                                          expected=layer.digest, fallback=tar_source, note=_prefixed(warn, layer))
+            continue
+        if oci_ref:
+            warn(f"layer {layer.digest} is not gzip ({layer.media_type or 'no media type'}): its Nydus blob holds its "
+                 "data")
+        yield layer.digest, tar_source()
+
+
+def _prefixed(warn: Callable[[str], None], layer: Descriptor) -> Callable[[str], None]:
+    def note(message: str) -> None:
+        warn(f"layer {layer.digest}: {message}")
+    return note
+
+
+class _Tee:
+    """A layer's bytes on their way to the build, also written to a file of the target layout (one read of
+    the layer makes both), hashed to be checked before the file is published."""
+
+    def __init__(self, raw: Readable, out: BinaryIO, path: Path) -> None:
+        self.raw, self.out, self.path = raw, out, path
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def read(self, size: int = -1, /) -> bytes:
+        data = self.raw.read(size)
+        self.out.write(data)
+        self.hash.update(data)
+        self.size += len(data)
+        return data
 
 
 def _convert_one(image: SourceImage, writer: LayoutWriter, config: BuildConfig, opts: ConvertOptions,
                  bootstrap_name: str, warn: Callable[[str], None], *, config_media_type: str | None = None,
-                 reusable: dict[str, ReusedLayer] | None = None) -> tuple[Descriptor, BuildResult]:
+                 reusable: dict[str, ReusedLayer] | None = None, local_target: bool = True
+                 ) -> tuple[Descriptor, BuildResult]:
     started = time.perf_counter()
+    tees: dict[str, _Tee] = {}
+
+    def tee(layer: Descriptor, raw: Readable) -> Readable:  # the target keeps the originals it references
+        out, path = writer.out.temporary(layer.hex)
+        tees[layer.digest] = _Tee(raw, out, path)
+        return tees[layer.digest]
+
     with verified_layers(image) as open_layer:  # every layer verified to its end before anything is published
-        built = build_layers(_layer_sources(image, open_layer, config, reusable or {}, warn), writer.work, config,
-                             layered=True)
+        sources = _layer_sources(image, open_layer, config, reusable or {}, warn, oci_ref=opts.oci_ref,
+                                 tee=tee)
+        built = build_layers(sources, writer.work, config, layered=True)
     for layer, source in zip(built.layers, image.layers, strict=True):
         layer.source_digest = source.digest
+        copied = tees.pop(source.digest, None)
+        if copied is None:
+            continue
+        copied.out.close()
+        if not layer.info.is_separate:  # built as an ordinary blob after all: the copy is not needed
+            copied.path.unlink()
+            continue
+        if f"sha256:{copied.hash.hexdigest()}" != source.digest or copied.size != source.size:
+            raise InternalError(f"layer {source.digest}: the copy kept for the target is not the layer")
+        writer.put_file(copied.path, source.hex, source.size)
     outputs = publish_layers(built, writer)
-    notes = {} if config.cross_layer_dedup else {oci.BUILD_OPTIONS_ANNOTATION: build_fingerprint(config)}
+    notes = {} if config.cross_layer_dedup else {
+        oci.BUILD_OPTIONS_ANNOTATION: build_fingerprint(config, opts.oci_ref)}
     manifest, _ = write_nydus_image(writer, layer_blobs(outputs, notes), built.bootstrap, image.config,
                                     docker_types=opts.docker_types, config_media_type=config_media_type)
     bootstrap_path = writer.out.publish_bytes(built.bootstrap, bootstrap_name)
@@ -148,10 +211,11 @@ def _copy_source_image(image: SourceImage, writer: LayoutWriter) -> Descriptor:
                            annotations={oci.NYDUS_SOURCE_DIGEST_ANNOTATION: image.manifest_descriptor.digest})
 
 
-def _reusable_layers(target: Target, image: SourceImage, config: BuildConfig) -> dict[str, ReusedLayer]:
+def _reusable_layers(target: Target, image: SourceImage, config: BuildConfig,
+                     opts: ConvertOptions) -> dict[str, ReusedLayer]:
     """Blob layers of the image already at the target tag, by source layer, built with the same options."""
-    if target.client is None or target.remote is None or config.cross_layer_dedup:
-        return {}
+    if target.client is None or target.remote is None or config.cross_layer_dedup or opts.oci_ref:
+        return {}  # a zran layer is cheap to index again: its data is never rewritten
     from nydus_py.oci.registry import RemoteBlob  # only here: a registry target
 
     client, repo = target.client, target.remote.repository
@@ -163,7 +227,7 @@ def _reusable_layers(target: Target, image: SourceImage, config: BuildConfig) ->
     except NydusError:
         return {}
     out: dict[str, ReusedLayer] = {}
-    wanted = build_fingerprint(config)
+    wanted = build_fingerprint(config, opts.oci_ref)
     for layer in existing[0].layers[:-1] if existing else []:
         source_digest = layer.annotations.get(oci.SOURCE_LAYER_ANNOTATION)
         if not source_digest or layer.annotations.get(oci.BUILD_OPTIONS_ANNOTATION) != wanted:
@@ -175,11 +239,33 @@ def _reusable_layers(target: Target, image: SourceImage, config: BuildConfig) ->
     return out
 
 
+def _originals_warning(source: ImageRef, target: Target) -> str:
+    """A zran image's originals pushed where no manifest lists them (docs/oci.md §1.7)."""
+    assert target.remote is not None
+    where = f"{target.remote.registry}/{target.remote.repository}"
+    how = "mounted" if source.remote is not None else "uploaded"
+    return (f"{target.ref}: the original layers the image reads are {how} into {where}, where no manifest lists "
+            "them: registry garbage collection deletes them unless an image that lists them is kept in the "
+            "registry, and copy tools other than `nydus-py copy` leave them behind")
+
+
+def _refuse_foreign_originals(source: ImageRef, target: ImageRef) -> None:
+    """zran is about not storing a registry's layers twice: the originals stay in the source's registry."""
+    if source.remote is not None and target.remote is not None and source.remote.registry != target.remote.registry:
+        raise UsageError(f"{target}: --oci-ref images must stay in {source.remote.registry}, the registry of their "
+                         "original layers (convert into a repository there, or copy the source image first)")
+
+
 def convert(source: ImageRef, target: ImageRef, config: BuildConfig, opts: ConvertOptions,
             registry: RegistryOptions | None = None) -> ConvertResult:
     """Convert SOURCE (`oci:`, `oci-archive:`, `docker-archive:` or `docker://`) into TARGET (`oci:DIR[:TAG]` or
     `docker://REGISTRY/REPO[:TAG]`)."""
     registry = registry or RegistryOptions()
+    if opts.oci_ref:
+        _refuse_foreign_originals(source, target)
+    if opts.oci_ref and config.digester is not Digester.SHA256:
+        raise UsageError("--oci-ref needs --digester sha256 (zran chunks are named by sha256, as nydus-image names "
+                         "them)")
     if opts.merge_platform and source.transport is Transport.DOCKER_ARCHIVE:
         raise UnsupportedError("--merge-platform needs an OCI source (oci:, oci-archive: or docker://)")
     images = open_source(source, list(opts.platforms) or None, registry)
@@ -217,7 +303,7 @@ def _convert(source: ImageRef, images: list[SourceImage], target: Target, config
         # a Nydus config type marks the Nydus manifests of a merged index, but stays out of Docker manifests
         config_type = oci.NYDUS_CONFIG if opts.merge_platform and not opts.docker_types else None
         with _about(source, name):
-            reusable = _reusable_layers(target, image, config)
+            reusable = _reusable_layers(target, image, config, opts)
             manifest, built = _convert_one(image, writer, config, opts, bootstrap,
                                            _warner(result, f"{source} ({name})"), config_media_type=config_type,
                                            reusable=reusable)
@@ -241,6 +327,8 @@ def _convert(source: ImageRef, images: list[SourceImage], target: Target, config
     same_registry = (source.remote is not None and target.remote is not None
                      and source.remote.registry == target.remote.registry)
     mount_from = source.remote.repository if same_registry and source.remote is not None else None
+    if opts.oci_ref and target.remote is not None and mount_from != target.remote.repository:
+        result.warnings.append(_originals_warning(source, target))
     result.top, result.push = target.publish(top, mount_from=mount_from)
     return result
 

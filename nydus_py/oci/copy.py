@@ -17,6 +17,7 @@ from nydus_py.oci.documents import (
     ManifestDoc,
     decode,
     is_index,
+    referenced_layers,
 )
 from nydus_py.oci.ref import ImageRef, Transport
 from nydus_py.oci.images import BlobStore, LayoutStore, RegistryOptions, registry_store
@@ -42,8 +43,11 @@ class _Copy:
                 self.manifest(Descriptor.of(child), depth + 1)
         else:
             doc = decode(data, ManifestDoc, where)
-            for blob in [doc.config, *doc.layers]:
-                blob_desc = Descriptor.of(blob)
+            layers = [Descriptor.of(layer) for layer in doc.layers]
+            # a zran image's originals go with it, though no manifest lists them (docs/oci.md §1.7)
+            originals = [Descriptor(oci.OCI_LAYER_GZIP, digest, self.store.size(digest, "original layer"))
+                         for digest in referenced_layers(layers)]
+            for blob_desc in [Descriptor.of(doc.config), *layers, *originals]:
                 self.writer.put_stream(self.store.open(blob_desc), blob_desc)
         self.writer.put_bytes(data, desc.media_type)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, TypeVar, overload
 
@@ -178,6 +179,18 @@ class Descriptor:
         return digest_hex(self.digest)
 
 
+def referenced_layers(layers: Sequence[Descriptor]) -> dict[str, int]:
+    """The original gzip layers a zran image's blob layers reference in place (their `nydus-ref`
+    annotation), by digest, with the index of the layer naming each; the manifest does not list them
+    (docs/oci.md §1.7)."""
+    out: dict[str, int] = {}
+    for i, layer in enumerate(layers[:-1]):
+        ref = layer.annotations.get(oci.NYDUS_REF_ANNOTATION)
+        if ref is not None:
+            out.setdefault(ref, i)
+    return out
+
+
 def digest_hex(digest: str) -> str:
     """The hex part of a sha256 digest (the only algorithm we read or write)."""
     if not _DIGEST.fullmatch(digest):
@@ -196,4 +209,4 @@ def dumps(doc: Json) -> bytes:
 
 __all__ = ["MAX_DOCUMENT", "MAX_ENTRIES", "MAX_INDEX_DEPTH", "ConfigDoc", "Descriptor", "DescriptorDoc",
            "DockerArchive", "DockerArchiveEntry", "IndexDoc", "ManifestDoc", "PlatformDoc", "decode", "decode_object",
-           "digest_hex", "dumps", "is_index", "sha256_digest"]
+           "digest_hex", "dumps", "is_index", "referenced_layers", "sha256_digest"]

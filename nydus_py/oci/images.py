@@ -164,9 +164,20 @@ def read_verified(stream: VerifiedStream, what: str) -> bytes:
 class BlobStore:
     """Blobs by descriptor from one place (layout, archive, registry repository): verified streams."""
 
-    def __init__(self, name: str, open_raw: Callable[[Descriptor], IO[bytes]]) -> None:
+    def __init__(self, name: str, open_raw: Callable[[Descriptor], IO[bytes]],
+                 size_of: Callable[[str], int | None]) -> None:
         self.name = name
         self._open_raw = open_raw
+        self._size_of = size_of
+
+    def size(self, digest: str, what: str = "blob") -> int:
+        """The size of the blob `digest`, which no descriptor gives (a zran layer's original, named only by
+        its digest); FormatError when the store lacks it."""
+        digest_hex(digest)
+        size = self._size_of(digest)
+        if size is None:
+            raise FormatError(f"{self.name}: {what} {digest} is missing")
+        return size
 
     def open(self, desc: Descriptor, what: str = "blob") -> VerifiedStream:
         try:
@@ -246,13 +257,19 @@ class LayoutStore(BlobStore):
             raise UsageError(f"{name}: not an OCI image layout ({exc.strerror})") from None
         self.root = root
         self._blobs_fd: int | None = None
-        super().__init__(name, self._open_blob)
+        super().__init__(name, lambda desc: os.fdopen(self._blob_fd(desc.digest), "rb"), self._blob_size)
 
-    def _open_blob(self, desc: Descriptor) -> IO[bytes]:
+    def _blob_fd(self, digest: str) -> int:
         if self._blobs_fd is None:
             self._blobs_fd = open_subdir(self.root_fd, "blobs/sha256", self.name)
-        fd = open_regular(self._blobs_fd, digest_hex(desc.digest), f"{self.name}: blob {desc.digest}")
-        return os.fdopen(fd, "rb")
+        return open_regular(self._blobs_fd, digest_hex(digest), f"{self.name}: blob {digest}")
+
+    def _blob_size(self, digest: str) -> int:
+        fd = self._blob_fd(digest)
+        try:
+            return os.fstat(fd).st_size
+        finally:
+            os.close(fd)
 
     def read_top(self, name: str) -> bytes:
         """`index.json` (or another top-level document): a regular file, capped."""
@@ -307,7 +324,8 @@ class ArchiveStore(BlobStore):
             if self.members:
                 raise
             raise FormatError(f"{name}: not a tar archive (plain, gzip, bzip2, xz or zstd)") from None
-        super().__init__(name, lambda desc: self.open_member(f"blobs/sha256/{digest_hex(desc.digest)}"))
+        super().__init__(name, lambda desc: self.open_member(f"blobs/sha256/{digest_hex(desc.digest)}"),
+                         lambda digest: self.member(f"blobs/sha256/{digest_hex(digest)}")[1])
 
     def _stream(self) -> IO[bytes]:
         """The archive's tar stream from its start: the file itself, or its decompressor."""
@@ -459,7 +477,8 @@ def _docker_archive_images(ref: ImageRef) -> list[SourceImage]:
         "layers": [d.to_json() for d in layers]}
     raw = dumps(manifest)
     desc = Descriptor(oci.DOCKER_MANIFEST, sha256_digest(raw), len(raw))
-    layer_store = BlobStore(str(ref), lambda d: store.open_member(by_digest[d.digest]))
+    layer_store = BlobStore(str(ref), lambda d: store.open_member(by_digest[d.digest]),
+                            lambda digest: store.member(by_digest[digest])[1] if digest in by_digest else None)
     return [SourceImage(manifest=manifest, manifest_descriptor=desc, config_bytes=config_bytes, config=config,
                         config_doc=config_doc, layers=layers, store=layer_store,
                         platform=image_platform(None, config))]
@@ -545,7 +564,8 @@ def registry_store(client: RegistryClient, ref: Reference) -> tuple[BlobStore, D
                 raise FormatError(f"{name}: manifest {desc.digest} does not match its descriptor")
             return data
 
-    store = _Registry(name, lambda desc: client.open_blob(repo, desc.digest, desc.size))
+    store = _Registry(name, lambda desc: client.open_blob(repo, desc.digest, desc.size),
+                      lambda digest: client.blob_size(repo, digest))
     data, media_type, digest = client.get_manifest(repo, ref.ref)
     if len(data) > MAX_DOCUMENT:
         raise FormatError(f"{name}: manifest of {len(data)} bytes is over the {MAX_DOCUMENT >> 20} MiB limit")

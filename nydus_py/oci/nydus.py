@@ -21,11 +21,10 @@ from typing import TYPE_CHECKING
 from nydus_py.bootstrap.reader import read_bootstrap
 from nydus_py.errors import FormatError, UsageError
 from nydus_py.format import oci
-from nydus_py.blob.reader import find_blob_file
-from nydus_py.read.locate import MAX_BOOTSTRAP_SIZE, OpenedImage, open_image
+from nydus_py.read.locate import MAX_BOOTSTRAP_SIZE, OpenedImage, locate_blobs, open_image
 from nydus_py.sources.tarstream import TarReader
 from nydus_py.util.fsutil import Readable
-from nydus_py.oci.documents import digest_hex
+from nydus_py.oci.documents import digest_hex, referenced_layers
 from nydus_py.oci.platforms import platform_text
 from nydus_py.oci.ref import ImageRef, Transport, parse_image_ref
 from nydus_py.oci.images import SourceImage, open_regular, open_source
@@ -153,7 +152,8 @@ def manifest_defects(image: NydusImage, blob_ids: list[str]) -> list[Defect]:
                 out.append(Defect(f"{where} config", 0, f"diff_ids[{i}] is not the blob layer's digest"))
         if diff_ids[-1] != image.bootstrap_tar_digest:
             out.append(Defect(f"{where} config", 0, "the last diff_id is not the digest of the bootstrap tar"))
-    digests = {layer.digest for layer in layers}
+    originals = referenced_layers(layers)
+    digests = {layer.digest for layer in layers} | set(originals)
     for blob_id in blob_ids:
         if f"sha256:{blob_id}" not in digests:
             out.append(Defect(where, 0, f"the bootstrap references blob {blob_id}, which is not a layer"))
@@ -161,11 +161,21 @@ def manifest_defects(image: NydusImage, blob_ids: list[str]) -> list[Defect]:
         problem = _blob_problem(image.layout, layer.digest, layer.size)
         if problem:
             out.append(Defect(f"{where} layer {i}", 0, f"blob {layer.digest} {problem}"))
+    for digest, i in originals.items():
+        try:
+            digest_hex(digest)
+        except FormatError:
+            out.append(Defect(f"{where} layer {i}", 0, f"{oci.NYDUS_REF_ANNOTATION} {digest!r} is not a sha256 digest"))
+            continue
+        problem = _blob_problem(image.layout, digest, None)
+        if problem:
+            out.append(Defect(f"{where} layer {i}", 0, f"the original layer {digest} it references {problem}"))
     return out
 
 
-def _blob_problem(layout: Path, digest: str, size: int) -> str | None:
-    """Why the layout's blob `digest` is not a regular file of `size` bytes hashing to it (None: it is)."""
+def _blob_problem(layout: Path, digest: str, size: int | None) -> str | None:
+    """Why the layout's blob `digest` is not a regular file (of `size` bytes when given) hashing to it (None:
+    it is)."""
     try:
         dir_fd = os.open(layout / "blobs" / "sha256", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
@@ -178,7 +188,7 @@ def _blob_problem(layout: Path, digest: str, size: int) -> str | None:
         os.close(dir_fd)
     hasher = hashlib.sha256()
     with os.fdopen(fd, "rb") as f:
-        if os.fstat(f.fileno()).st_size != size:
+        if size is not None and os.fstat(f.fileno()).st_size != size:
             return "does not match its digest and size"
         while block := f.read(1 << 20):
             hasher.update(block)
@@ -213,9 +223,6 @@ def _from_layout(nydus: NydusImage) -> OpenedImage:
     opened = OpenedImage(source=nydus.layout / oci.INDEX_FILE, bootstrap=read_bootstrap(nydus.bootstrap),
                          bootstrap_bytes=nydus.bootstrap, packaged=True,
                          container_defects=lambda blob_ids: manifest_defects(nydus, blob_ids))
-    for info in opened.bootstrap.blobs:
-        found = find_blob_file([nydus.layout / "blobs" / "sha256"], info.blob_id)
-        if found is not None:
-            opened.blob_paths[info.blob_id] = found
+    locate_blobs(opened, [nydus.layout / "blobs" / "sha256"])
     return opened
 

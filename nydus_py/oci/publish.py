@@ -47,10 +47,13 @@ class BlobOutput:
     source_digest: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.info.blob_id, "path": str(self.path) if self.path else None,
-                "size": self.info.compressed_size, "uncompressed_size": self.info.uncompressed_size,
-                "chunk_count": self.info.chunk_count, "referenced": self.referenced,
-                "reused": self.remote is not None}
+        doc = {"id": self.info.blob_id, "path": str(self.path) if self.path else None,
+               "size": self.info.compressed_size, "uncompressed_size": self.info.uncompressed_size,
+               "chunk_count": self.info.chunk_count, "referenced": self.referenced,
+               "reused": self.remote is not None}
+        if self.info.is_separate:  # a zran blob: its data is the original layer, its file the meta blob
+            doc.update({"meta_id": self.info.file_id, "meta_size": self.info.file_size})
+        return doc
 
 
 @dataclass(slots=True)
@@ -102,7 +105,7 @@ def publish_layers(built: BuiltImage, writer: LayoutWriter) -> list[BlobOutput]:
     for index, layer in enumerate(built.layers):
         path = None
         if layer.path is not None:
-            path = writer.put_file(layer.path, layer.info.blob_id, layer.info.compressed_size)
+            path = writer.put_file(layer.path, layer.info.file_id, layer.info.file_size)
         outputs.append(BlobOutput(info=layer.info, path=path, referenced=index in built.keys,
                                   remote=layer.remote, source_digest=layer.source_digest))
     return outputs
@@ -115,7 +118,9 @@ def layer_blobs(outputs: list[BlobOutput], annotations: dict[str, str] | None = 
         notes = dict(annotations or {})
         if o.source_digest and annotations is not None:
             notes[oci.SOURCE_LAYER_ANNOTATION] = o.source_digest
-        out.append(LayerBlob(blob_id=o.info.blob_id, size=o.info.compressed_size, path=o.path, remote=o.remote,
+        if o.info.is_separate:  # a zran blob: its data is the original layer, which nydusd fetches by this
+            notes[oci.NYDUS_REF_ANNOTATION] = f"sha256:{o.info.blob_id}"
+        out.append(LayerBlob(blob_id=o.info.file_id, size=o.info.file_size, path=o.path, remote=o.remote,
                              has_data=o.info.chunk_count > 0, annotations=notes))
     return out
 

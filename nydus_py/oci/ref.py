@@ -150,6 +150,20 @@ def parse_target_ref(text: str) -> ImageRef:
     return ref
 
 
+NYDUS_TAG_SUFFIX = "-nydus"  # acceld's default tag suffix for converted images
+
+
+def default_target(source: ImageRef) -> ImageRef:
+    """The TARGET a registry SOURCE converts into when none is given: its own repository, tag + `-nydus`
+    (`latest-nydus` for an untagged source, `nydus` for one named by digest). A zran image must live there:
+    nydusd fetches the original layers from the image's repository (docs/oci.md §1.7)."""
+    if source.remote is None:
+        raise UsageError(f"{source}: give a TARGET (only a docker:// SOURCE has a default one)")
+    remote = source.remote
+    tag = "nydus" if remote.digest else f"{remote.tag or 'latest'}{NYDUS_TAG_SUFFIX}"
+    return parse_target_ref(f"docker://{remote.registry}/{remote.repository}:{tag}")
+
+
 def output_ref(text: str) -> ImageRef:
     """`build -o`/`merge -o`: a directory, `oci:DIR[:TAG]` or `docker://REGISTRY/REPO[:TAG]`."""
     scheme, sep, _ = text.partition(":")
@@ -158,5 +172,5 @@ def output_ref(text: str) -> ImageRef:
     return ImageRef(Transport.OCI, text, path=Path(text))
 
 
-__all__ = ["FORMS", "ImageRef", "Reference", "Transport", "output_ref", "parse_creds", "parse_image_ref",
-           "parse_reference", "parse_target_ref"]
+__all__ = ["FORMS", "ImageRef", "Reference", "Transport", "default_target", "output_ref", "parse_creds",
+           "parse_image_ref", "parse_reference", "parse_target_ref"]

@@ -25,7 +25,8 @@ import msgspec
 
 from nydus_py.errors import FormatError, UsageError
 from nydus_py.format import oci
-from nydus_py.oci.documents import MAX_DOCUMENT, Descriptor, IndexDoc, Json, ManifestDoc, decode, dumps, is_index
+from nydus_py.oci.documents import (MAX_DOCUMENT, Descriptor, IndexDoc, Json, ManifestDoc, decode, dumps, is_index,
+                                   referenced_layers)
 from nydus_py.oci.platforms import platform_of
 from nydus_py.oci.ref import ImageRef, Transport
 from nydus_py.oci.ref import Reference
@@ -203,8 +204,11 @@ def push_layout(root: Path, top: Descriptor, ref: Reference, client: RegistryCli
                 push(Descriptor.of(child), depth + 1)
         else:
             doc = decode(data, ManifestDoc, f"{root}: {desc.digest}")
-            for blob in [doc.config, *doc.layers]:
-                blob_desc = Descriptor.of(blob)
+            layers = [Descriptor.of(layer) for layer in doc.layers]
+            # a zran image's originals go with it, though no manifest lists them (docs/oci.md §1.7)
+            originals = [Descriptor(oci.OCI_LAYER_GZIP, digest, store.size(digest, "original layer"))
+                         for digest in referenced_layers(layers)]
+            for blob_desc in [Descriptor.of(doc.config), *layers, *originals]:
 
                 def opener(d: Descriptor = blob_desc) -> VerifiedStream:
                     return store.open(d)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nydus_py.blob.reader import BlobChunk, BlobReader, TocItem, blob_id_digests
+from nydus_py.blob.zran import ZranBlobReader
 from nydus_py.bootstrap.reader import BootstrapParser, RawInode, file_type_of, read_bootstrap
 from nydus_py.errors import FormatError, NydusError, UnsupportedError, UsageError
 from nydus_py.format import blobmeta, erofs, tar
@@ -131,12 +132,13 @@ def check_image(opened: OpenedImage) -> CheckReport:
             report.defects.append(Defect(f"blob table entry {info.blob_index}", 0, f"blob id {info.blob_id!r} is "
                                          "not 64 lowercase hex digits: no blob file, cache entry or URL can have it"))
             continue
-        path = opened.blob_path(info)
-        if path is None:
-            report.missing_blobs.append(info.blob_id)
+        reader = opened.blob_reader(info)
+        if reader is None:
+            report.missing_blobs.append(opened.missing(info) or info.blob_id)
             continue
-        report.blob_files.append(path)
-        _check_blob(path, info, boot, report)
+        report.blob_files.append(reader.local or reader.path)
+        with reader:
+            _check_blob(reader, info, boot, report)
     if opened.container_defects is not None:
         report.defects += opened.container_defects([b.blob_id for b in boot.blobs])
     return report
@@ -294,16 +296,25 @@ def _check_chunk_table(boot: Bootstrap, report: CheckReport) -> None:
             report.defects.append(Defect(f"chunk table entry {i}", 0, "uncompressed_offset is not 4 KiB aligned"))
 
 
-def _check_blob(path: Path, info: BlobInfo, boot: Bootstrap, report: CheckReport) -> None:
+def _check_blob(blob: BlobReader, info: BlobInfo, boot: Bootstrap, report: CheckReport) -> None:
+    """A blob's files against its table entry: sizes, chunk info, every chunk, TOC and ids. A zran blob's
+    `blob` is its meta blob, and its data the original layer (`blob.data`), whose id the table records."""
     name = f"blob {info.blob_id[:16]}"
     try:
-        with BlobReader(path) as blob:
-            if blob.size < info.compressed_size or (info.toc_size and blob.size != info.compressed_size):
-                report.defects.append(Defect(name, 0, f"file is {blob.size} bytes, the blob table says "
-                                             f"{info.compressed_size}"))
-            _check_blob_meta(blob, info, boot, report, name)
-            _check_toc(blob, info, report, name)
-            _check_blob_id(path, info, report, name)
+        data = blob.data if isinstance(blob, ZranBlobReader) else blob
+        if data.size < info.compressed_size or (info.toc_size and not info.is_separate
+                                                and data.size != info.compressed_size):
+            report.defects.append(Defect(name, 0, f"file is {data.size} bytes, the blob table says "
+                                         f"{info.compressed_size}"))
+        if info.is_separate and info.meta_size and blob.size != info.meta_size:
+            report.defects.append(Defect(f"{name} meta blob", 0, f"file is {blob.size} bytes, the blob table says "
+                                         f"{info.meta_size}"))
+        _check_blob_meta(blob, info, boot, report, name)
+        _check_toc(blob, info, report, name)
+        if data.local is not None:
+            _check_blob_id(data.local, info.blob_id, info, report, name)
+        if info.is_separate and info.meta_id is not None and blob.local is not None:
+            _check_blob_id(blob.local, info.meta_id, info, report, f"{name} meta blob")
     except NydusError as exc:
         report.defects.append(Defect(name, 0, str(exc)))
     report.blobs_checked += 1
@@ -356,6 +367,8 @@ def _check_toc(blob: BlobReader, info: BlobInfo, report: CheckReport, name: str)
         return
     for item in toc:
         try:
+            if item.name == blobmeta.TOC_ENTRY_BLOB_RAW and info.is_separate:
+                continue  # the data lives in the original layer: nydus-image 2.2.0 names it, at an offset that wraps
             if item.name == blobmeta.TOC_ENTRY_BLOB_RAW:
                 _check_image_blob_entry(blob, item, report, name)
             else:
@@ -382,11 +395,12 @@ def _check_image_blob_entry(blob: BlobReader, item: TocItem, report: CheckReport
         report.defects.append(Defect(f"{name} TOC entry 'image.blob'", 0, "sha256 does not match the chunk data"))
 
 
-def _check_blob_id(path: Path, info: BlobInfo, report: CheckReport, name: str) -> None:
-    """Blob id = sha256 of the file (ours, nydus-snapshotter), or nydus-image's hash that skips the digest array."""
-    if info.blob_id == BLOB_ID_PLACEHOLDER:
+def _check_blob_id(path: Path, blob_id: str, info: BlobInfo, report: CheckReport, name: str) -> None:
+    """Blob id = sha256 of the file (ours, nydus-snapshotter; a zran blob's data: the original layer's digest),
+    or nydus-image's hash that skips the digest array."""
+    if blob_id == BLOB_ID_PLACEHOLDER:
         return
-    if info.blob_id not in blob_id_digests(path) and not _older_inline(info):
+    if blob_id not in blob_id_digests(path) and not _older_inline(info):
         report.defects.append(Defect(name, 0, "blob id is not the sha256 of the blob"))
 
 

@@ -57,6 +57,9 @@ def blob_summary(info: BlobInfo) -> dict[str, Any]:
         "ci_uncompressed_size": info.ci_uncompressed_size,
         "toc_size": info.toc_size,
         "toc_digest": info.toc_digest.hex(),
+        # zran: the chunks are in the original gzip layer (`id`); the meta blob holds the chunk info
+        "meta_id": info.meta_id if info.is_separate else None,
+        "meta_size": info.meta_size if info.is_separate else None,
     }
 
 
@@ -77,6 +80,9 @@ def summary_text(bootstrap: Bootstrap) -> list[str]:
         lines.append(f"      {blob['chunk_count']} chunks, {blob['compressor']}/{blob['digester']}, "
                      f"compressed {blob['compressed_size']}, uncompressed {blob['uncompressed_size']}")
         lines.append(f"      features {blob['features']:#x} ({', '.join(blob['feature_names'])})")
+        if "SEPARATE" in blob["feature_names"]:
+            meta = f"meta blob {blob['meta_id']} ({blob['meta_size']} bytes)" if blob["meta_id"] else "meta inline"
+            lines.append(f"      zran: data in the original gzip layer, {meta}")
         if device is not None:
             lines.append(f"      device slot: {device['blocks']} blocks at mapped block {device['mapped_blkaddr']}")
     return lines

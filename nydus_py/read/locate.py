@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nydus_py.blob.reader import BlobReader, find_blob_file
+from nydus_py.blob.zran import blob_reader
 from nydus_py.bootstrap.reader import is_bootstrap, read_bootstrap
 from nydus_py.errors import FormatError, UsageError
 from nydus_py.format import erofs
@@ -27,7 +28,8 @@ class OpenedImage:
     source: Path
     bootstrap: Bootstrap
     bootstrap_bytes: bytes
-    blob_paths: dict[str, Path] = field(default_factory=dict)
+    blob_paths: dict[str, Path] = field(default_factory=dict)  # blob id -> its data (a zran blob's: the layer)
+    meta_paths: dict[str, Path] = field(default_factory=dict)  # zran blob id -> its meta blob
     inline_blob: Path | None = None  # set when IMAGE was a blob with an inline bootstrap
     packaged: bool = False  # the bootstrap came out of a package (an OCI image's bootstrap layer)
     # the rules of the package the bootstrap came in, given the blob ids it references (set by the layer
@@ -40,9 +42,30 @@ class OpenedImage:
         return self.source if self.inline_blob is None and not self.packaged else None
 
     def blob_path(self, info: BlobInfo) -> Path | None:
+        """The file holding the blob's data: the blob file, or for a zran blob the original gzip layer."""
         if info.blob_id == BLOB_ID_PLACEHOLDER and self.inline_blob is not None:
             return self.inline_blob
         return self.blob_paths.get(info.blob_id)
+
+    def meta_path(self, info: BlobInfo) -> Path | None:
+        """A zran blob's meta blob (its chunk info, contexts and TOC); None for other blobs or when not found."""
+        return self.meta_paths.get(info.blob_id) if info.is_separate else None
+
+    def blob_reader(self, info: BlobInfo) -> BlobReader | None:
+        """A reader of the blob's chunks, or None when its files were not found."""
+        data = self.blob_path(info)
+        meta = self.meta_path(info)
+        if data is None or (info.is_separate and meta is None):
+            return None
+        return blob_reader(info, data, meta)
+
+    def missing(self, info: BlobInfo) -> str | None:
+        """What of the blob was not found: None, its data, or its meta blob (zran)."""
+        if self.blob_path(info) is None:
+            return f"blob {info.blob_id}" + (" (the original layer)" if info.is_separate else "")
+        if info.is_separate and self.meta_path(info) is None:
+            return f"blob {info.blob_id}'s meta blob {info.meta_id or ''}".rstrip()
+        return None
 
 
 def open_image(image: str | os.PathLike[str], blob_dir: str | os.PathLike[str] | None = None, *,
@@ -65,13 +88,23 @@ def open_image(image: str | os.PathLike[str], blob_dir: str | os.PathLike[str] |
     if blob_dir is not None:
         search.insert(0, Path(blob_dir))
         search.insert(1, Path(blob_dir) / "blobs" / "sha256")
-    for info in opened.bootstrap.blobs:
-        found = own_blob or find_blob_file(search, info.blob_id)
-        if found is not None:
-            opened.blob_paths[info.blob_id] = found
+    locate_blobs(opened, search, own_blob=own_blob)
     if own_blob is not None:
         opened.inline_blob = None
     return opened
+
+
+def locate_blobs(opened: OpenedImage, search: list[Path], *, own_blob: Path | None = None) -> None:
+    """Find every blob of the bootstrap in `search` (files named by id): a zran blob's data is the original
+    layer (named by the blob id) and its meta blob is named by its own digest (or is IMAGE itself)."""
+    for info in opened.bootstrap.blobs:
+        if info.is_separate and info.blob_id not in opened.meta_paths and info.meta_id:
+            meta = find_blob_file(search, info.meta_id)
+            if meta is not None:
+                opened.meta_paths[info.blob_id] = meta
+        found = own_blob or opened.blob_paths.get(info.blob_id) or find_blob_file(search, info.blob_id)
+        if found is not None:
+            opened.blob_paths[info.blob_id] = found
 
 
 def _open_file(path: Path) -> OpenedImage:
@@ -94,7 +127,11 @@ def _open_file(path: Path) -> OpenedImage:
     if not is_bootstrap(data):
         raise FormatError(f"{path}: inline bootstrap has no EROFS superblock")
     opened = OpenedImage(source=path, bootstrap=read_bootstrap(data), bootstrap_bytes=data, inline_blob=path)
+    own = opened.bootstrap.blobs[0] if len(opened.bootstrap.blobs) == 1 else None
+    if own is not None and own.is_separate:  # a zran layer's meta blob: its data is the original layer
+        opened.meta_paths[own.blob_id] = path
+        return opened
     opened.blob_paths[file_sha256(path)] = path
-    if len(opened.bootstrap.blobs) == 1:  # a layer blob's own bootstrap names itself (older builders: a real id)
-        opened.blob_paths[opened.bootstrap.blobs[0].blob_id] = path
+    if own is not None:  # a layer blob's own bootstrap names itself (older builders: a real id)
+        opened.blob_paths[own.blob_id] = path
     return opened

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from nydus_py.blob.device import expand_blob
-from nydus_py.blob.reader import blob_id_digests
+from nydus_py.blob.reader import BlobReader, blob_id_digests
 from nydus_py.read.check import check_bootstrap_bytes
 from nydus_py.errors import FormatError, UsageError
 from nydus_py.format.blobmeta import BLOB_ID_PLACEHOLDER
@@ -35,18 +35,26 @@ def require_sound_bootstrap(opened: OpenedImage) -> None:
         raise FormatError(f"{opened.source}: not mounted, the bootstrap is malformed: {defects[0]}{more}")
 
 
-def verified_blob(opened: OpenedImage, info: BlobInfo) -> tuple[Path, str]:
-    """The blob file of `info` and its sha256, after checking that the file is the blob its id names."""
+def verified_blob(opened: OpenedImage, info: BlobInfo) -> tuple[BlobReader, str]:
+    """A reader of `info`'s chunks and the sha256 of what it reads, after checking that each file is the one
+    its id names (a zran blob: the original layer and its meta blob)."""
     if info.blob_id != BLOB_ID_PLACEHOLDER and not is_blob_digest(info.blob_id):
         raise FormatError(f"{opened.source}: blob id {info.blob_id!r} is not 64 lowercase hex digits: it cannot "
                           "name a file")
-    blob = opened.blob_path(info)
-    if blob is None:
-        raise UsageError(f"{opened.source}: blob {info.blob_id} not found (give --blob-dir)")
-    whole, nydus_rule = blob_id_digests(blob)
-    if info.blob_id != BLOB_ID_PLACEHOLDER and info.blob_id not in (whole, nydus_rule):
-        raise FormatError(f"{blob}: the file does not hash to blob id {info.blob_id}")
-    return blob, whole
+    missing = opened.missing(info)
+    reader = opened.blob_reader(info)
+    if missing is not None or reader is None:
+        raise UsageError(f"{opened.source}: {missing or info.blob_id} not found (give --blob-dir)")
+    made_of = []
+    for path, blob_id in [(opened.blob_path(info), info.blob_id), (opened.meta_path(info), info.meta_id)]:
+        if path is None:
+            continue
+        whole, nydus_rule = blob_id_digests(path)
+        if blob_id is not None and blob_id != BLOB_ID_PLACEHOLDER and blob_id not in (whole, nydus_rule):
+            reader.close()
+            raise FormatError(f"{path}: the file does not hash to blob id {blob_id}")
+        made_of.append(whole)
+    return reader, "".join(made_of)
 
 
 def cache_key(file_sha256: str, info: BlobInfo, digests: dict[int, bytes]) -> str:
@@ -69,11 +77,13 @@ def prepare_devices(opened: OpenedImage, cache_dir: Path) -> tuple[Path, list[Pa
         raise UsageError(f"{cache_dir}: cannot create the cache directory: {exc.strerror}") from exc
     devices = []
     for info in opened.bootstrap.blobs:
-        blob, file_sha256 = verified_blob(opened, info)
+        reader, file_sha256 = verified_blob(opened, info)
         by_ci = {c.ci_index: c.digest for c in opened.bootstrap.chunk_table if c.blob_index == info.blob_index}
         device = cache_dir / (cache_key(file_sha256, info, by_ci) + DEVICE_SUFFIX)
         if not device.is_file():  # written only by a complete, verified expansion (atomic rename)
-            expand_blob(blob, info, device, by_ci)
+            expand_blob(reader, info, device, by_ci)
+        else:
+            reader.close()
         devices.append(device)
     bootstrap = opened.bootstrap_file
     if bootstrap is None:  # the kernel needs the bootstrap as a file of its own

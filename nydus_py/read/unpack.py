@@ -43,9 +43,9 @@ class ChunkReader:
         self.boot = opened.bootstrap
         self.readers: dict[int, BlobReader] = {}
         for info in self.boot.blobs:
-            path = opened.blob_path(info)
-            if path is not None:
-                self.readers[info.blob_index] = BlobReader(path)
+            reader = opened.blob_reader(info)
+            if reader is not None:
+                self.readers[info.blob_index] = reader
         self._cache: OrderedDict[tuple[int, int], bytes] = OrderedDict()
         self._zero_digests: dict[int, bytes] = {}
 

@@ -11,6 +11,8 @@ from typing import BinaryIO
 from nydus_py.errors import UsageError
 from nydus_py.sources import WhiteoutSpec, XattrNamespace
 from nydus_py.sources.directory import DirectorySource
+from nydus_py.sources.gzipref import ZranLayer
+from nydus_py.util.fsutil import file_identity
 from nydus_py.sources.tarball import TarSource
 
 Source = DirectorySource | TarSource
@@ -36,6 +38,12 @@ def open_layer(layer: str, *, whiteout_spec: WhiteoutSpec = WhiteoutSpec.AUTO,
     return TarSource(stream, name, whiteout_spec=whiteout_spec, overlay_ns=overlay_ns)
 
 
+def open_gzip_ref(layer: str) -> ZranLayer:
+    """A gzip layer (a file, a FIFO or '-' for stdin) to reference in place (`--type targz-ref`)."""
+    stream, name = _open_tar(layer)
+    return ZranLayer(raw=stream, name=name, identity=file_identity(stream))
+
+
 def _open_tar(path: str) -> tuple[BinaryIO, str]:
     """A layer tar opened for reading (or '-' for stdin), and a name for messages."""
     if path == "-":
@@ -46,4 +54,4 @@ def _open_tar(path: str) -> tuple[BinaryIO, str]:
         raise UsageError(f"{path}: cannot open the layer: {exc.strerror}") from exc
 
 
-__all__ = ["LayerKind", "Source", "open_layer"]
+__all__ = ["LayerKind", "Source", "open_gzip_ref", "open_layer"]

@@ -37,6 +37,7 @@ from nydus_py.model import OPAQUE_MARKER, WHITEOUT_PREFIX, Entry, FileKind, Inod
 from nydus_py.sources import WhiteoutSpec, XattrNamespace
 from nydus_py.sources.gunzip import threaded_gunzip
 from nydus_py.sources.tarstream import STREAM_ERRORS, TarMember, TarReader
+from nydus_py.util.fsutil import Readable, file_identity, is_file
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -47,15 +48,6 @@ _KIND_OF_TYPE = {
 }
 _SCHILY_XATTR = b"SCHILY.xattr."
 _LIBARCHIVE_XATTR = b"LIBARCHIVE.xattr."
-
-
-def _identity(stream: BinaryIO) -> tuple[int, int] | None:
-    """(device, inode) of the file under `stream`, when it is one."""
-    try:
-        st = os.fstat(stream.fileno())
-    except (OSError, ValueError, io.UnsupportedOperation):
-        return None
-    return st.st_dev, st.st_ino
 
 
 def _is_regular_file(stream: BinaryIO) -> bool:
@@ -132,15 +124,20 @@ class TarFile:
 class TarSource:
     """Read one layer tar; `files()` builds `tree` as it goes and yields regular files in entry order."""
 
-    def __init__(self, raw: BinaryIO, name: str, *, whiteout_spec: WhiteoutSpec = WhiteoutSpec.AUTO,
-                 overlay_ns: XattrNamespace = XattrNamespace.TRUSTED) -> None:
-        """`raw` is the layer as stored (plain, gzip or zstd); `name` names it in messages."""
+    def __init__(self, raw: BinaryIO | Readable, name: str, *, whiteout_spec: WhiteoutSpec = WhiteoutSpec.AUTO,
+                 overlay_ns: XattrNamespace = XattrNamespace.TRUSTED, decompress: bool = True) -> None:
+        """`raw` is the layer as stored (plain, gzip or zstd), or, without `decompress`, the tar stream itself,
+        read as it is (no buffering: a caller that watches the reads, as the zran indexer does, sees each
+        header and each chunk read on its own); `name` names it in messages."""
         self.name = name
-        self._identity = _identity(raw)
-        try:
-            self.stream = decompressed(raw)
-        except STREAM_ERRORS as exc:
-            raise FormatError(f"{name}: cannot read the layer ({exc})") from None
+        self._identity = file_identity(raw)
+        if not decompress:
+            self.stream: Readable = raw
+        else:
+            try:
+                self.stream = decompressed(cast(BinaryIO, raw))
+            except STREAM_ERRORS as exc:
+                raise FormatError(f"{name}: cannot read the layer ({exc})") from None
         self.spec = WhiteoutSpec.OCI if whiteout_spec is WhiteoutSpec.AUTO else whiteout_spec
         self.overlay_prefix = overlay_ns.value.encode() + b".overlay."
         self.tree = Tree(root=new_directory())
@@ -151,11 +148,7 @@ class TarSource:
 
     def holds(self, path: Path) -> bool:
         """Whether writing `path` would write the layer being read (the same file, or a hardlink to it)."""
-        try:
-            st = os.stat(path)
-        except OSError:
-            return False
-        return self._identity == (st.st_dev, st.st_ino)
+        return is_file(self._identity, path)
 
     def _fail(self, what: str, member: bytes | None = None) -> FormatError:
         where = f"{self.name}: {_text(member)!r}: " if member is not None else f"{self.name}: "
@@ -169,7 +162,9 @@ class TarSource:
                 if content is not None:
                     yield content
         finally:
-            self.stream.close()
+            close = getattr(self.stream, "close", None)
+            if close is not None:
+                close()
         self._finish()
 
     def _finish(self) -> None:

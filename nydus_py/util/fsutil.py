@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 import shutil
 import stat
@@ -148,3 +149,22 @@ def raise_fd_limit() -> None:
     if soft != hard:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def file_identity(stream: object) -> tuple[int, int] | None:
+    """(device, inode) of the file under `stream`, when it is one."""
+    fileno = getattr(stream, "fileno", None)
+    try:
+        st = os.fstat(fileno()) if fileno is not None else None
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return None
+    return (st.st_dev, st.st_ino) if st is not None else None
+
+
+def is_file(identity: tuple[int, int] | None, path: Path) -> bool:
+    """Whether `path` is the file of `identity` (`file_identity`), the same inode under any name."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return identity == (st.st_dev, st.st_ino)

@@ -247,6 +247,24 @@ def test_chunk_info_v2() -> None:
         assert blobmeta.encode_chunk_info_v2(uo, us, co, cs, flags, data) == raw
 
 
+@covers("ZranInflateContext")
+def test_zran_inflate_context() -> None:
+    meta = V3_META.read_bytes()
+    table = meta[163 * 24 :]  # 21 contexts follow the 163 chunk infos, then their windows
+    first = assert_roundtrip(blobmeta.ZranInflateContext, table[:40], {
+        "in_offset": 10, "out_offset": 0, "dict_offset": 0, "in_len": 200380, "out_len": 1052790, "dict_size": 0,
+        "ctx_byte": 0, "ctx_bits": 0})  # the first deflate block starts after the 10-byte gzip header
+    assert first.reserved == bytes(2)
+    second = assert_roundtrip(blobmeta.ZranInflateContext, table[40:80], {
+        "in_offset": 187761, "out_offset": 987149, "dict_offset": 0, "dict_size": blobmeta.ZRAN_DICT_WINDOW,
+        "ctx_byte": 103, "ctx_bits": 5})
+    last = assert_roundtrip(blobmeta.ZranInflateContext, table[20 * 40 : 21 * 40], {
+        "in_offset": 9798811, "dict_offset": 19 * blobmeta.ZRAN_DICT_WINDOW, "ctx_bits": 3})
+    assert second.in_offset < last.in_offset
+    assert blobmeta.FAST_ZRAN_CONTEXT.unpack_from(table, 40) == blobmeta.ZranInflateContextRecord(
+        187761, 987149, 0, 592813, 1801715, 32768, 103, 5, bytes(2))
+
+
 @covers("TocEntry")
 def test_toc_entries(v1: tuple[bytes, bytes]) -> None:
     _, blob = v1
@@ -290,6 +308,7 @@ FAST_CODECS = [
     (rafs.Blob, rafs.FAST_BLOB),
     (rafs.ChunkInfo, rafs.FAST_CHUNK_INFO),
     (blobmeta.TocEntry, blobmeta.FAST_TOC_ENTRY),
+    (blobmeta.ZranInflateContext, blobmeta.FAST_ZRAN_CONTEXT),
     (posix_acl.PosixAclXattrHeader, posix_acl.FAST_POSIX_ACL_XATTR_HEADER),
     (posix_acl.PosixAclXattrEntry, posix_acl.FAST_POSIX_ACL_XATTR_ENTRY),
 ]

@@ -2,9 +2,13 @@
 // and nerdctl do, with the builder binary given by -builder: the real nydus-image or nydus-py-image. It is a
 // test harness of nydus-py (tests/test_drop_in_builder.py).
 //
-//	converter pack   -builder B [-compressor C] [-chunk-size S] [-prefetch P] -out BLOB LAYER.tar
-//	converter merge  -builder B -out BOOTSTRAP.tar BLOB...   (prints the blob digests the bootstrap names)
+//	converter pack   -builder B [-compressor C] [-chunk-size S] [-prefetch P] [-oci-ref] -out BLOB LAYER.tar
+//	converter merge  -builder B [-oci-ref] -out BOOTSTRAP.tar BLOB[=ORIGINAL-DIGEST]...
+//	                 (prints the blob digests the bootstrap names)
 //	converter unpack -builder B -out LAYER.tar BLOB
+//
+// With -oci-ref, pack reads a gzip layer and writes its zran meta blob (BuildKit's `oci-ref`), and merge
+// takes each meta blob with the digest of the gzip layer it references (the `nydus-ref` annotation).
 package main
 
 import (
@@ -14,6 +18,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	"github.com/containerd/containerd/v2/plugins/content/local"
 	"github.com/containerd/nydus-snapshotter/pkg/converter"
@@ -31,6 +36,7 @@ func main() {
 	chunkSize := flags.String("chunk-size", "", "chunk size")
 	prefetch := flags.String("prefetch", "", "prefetch patterns, one a line")
 	workDir := flags.String("work-dir", "", "the converter's work directory")
+	ociRef := flags.Bool("oci-ref", false, "zran: reference gzip layers in place")
 	if err := flags.Parse(os.Args[2:]); err != nil {
 		fail(err)
 	}
@@ -44,12 +50,12 @@ func main() {
 	case "pack":
 		err = pack(ctx, dest, flags.Arg(0), converter.PackOption{
 			WorkDir: *workDir, BuilderPath: *builder, FsVersion: "6", Compressor: *compressor,
-			ChunkSize: *chunkSize, PrefetchPatterns: *prefetch,
+			ChunkSize: *chunkSize, PrefetchPatterns: *prefetch, OCIRef: *ociRef,
 		})
 	case "merge":
 		err = merge(ctx, dest, flags.Args(), converter.MergeOption{
 			WorkDir: *workDir, BuilderPath: *builder, FsVersion: "6", WithTar: true, OCI: true,
-			PrefetchPatterns: *prefetch,
+			PrefetchPatterns: *prefetch, OCIRef: *ociRef,
 		})
 	case "unpack":
 		err = unpack(ctx, dest, flags.Arg(0), converter.UnpackOption{
@@ -82,7 +88,16 @@ func pack(ctx context.Context, dest io.Writer, layer string, opt converter.PackO
 
 func merge(ctx context.Context, dest io.Writer, blobs []string, opt converter.MergeOption) error {
 	var layers []converter.Layer
-	for _, path := range blobs {
+	for _, arg := range blobs {
+		path, original, hasOriginal := strings.Cut(arg, "=")
+		var originalDigest *digest.Digest
+		if hasOriginal {
+			parsed, err := digest.Parse(original)
+			if err != nil {
+				return err
+			}
+			originalDigest = &parsed
+		}
 		ra, err := local.OpenReader(path)
 		if err != nil {
 			return err
@@ -97,7 +112,7 @@ func merge(ctx context.Context, dest io.Writer, blobs []string, opt converter.Me
 		if err != nil {
 			return err
 		}
-		layers = append(layers, converter.Layer{Digest: dgst, ReaderAt: ra})
+		layers = append(layers, converter.Layer{Digest: dgst, OriginalDigest: originalDigest, ReaderAt: ra})
 	}
 	digests, err := converter.Merge(ctx, layers, dest, opt)
 	if err != nil {
