@@ -166,6 +166,26 @@ def test_copy_between_layouts(capsys: pytest.CaptureFixture[str], tmp_path: Path
     assert status == 2 and "not an image reference" in err
 
 
+def test_chunkdict_output_and_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """`chunkdict`'s summary names each image; what it is not given is one line, exit 2."""
+    for name, extra in (("a", b"only in a" * 999), ("b", b"only in b" * 999)):
+        tree = tmp_path / f"tree-{name}"
+        tree.mkdir()
+        (tree / "shared").write_bytes(b"in both images\n" * 5000)
+        (tree / "own").write_bytes(extra)
+        assert run(capsys, "build", str(tree), "-o", str(tmp_path / name), "-q")[0] == 0
+    status, out, err = run(capsys, "chunkdict", f"oci:{tmp_path / 'a'}", f"oci:{tmp_path / 'b'}", "-o",
+                           f"oci:{tmp_path / 'dict'}:d")
+    assert status == 0 and err == ""
+    assert out.splitlines()[0] == "chunk dictionary: 1 chunk (75000 bytes) in 1 blob"
+    assert f"oci:{tmp_path / 'a'} (linux/" in out and f"oci:{tmp_path / 'dict'}:d: application/" in out
+    status, _, err = run(capsys, "chunkdict", str(tmp_path / "tree-a"), "-o", f"oci:{tmp_path / 'd2'}")
+    assert status == 2 and err.count("\n") == 1 and not (tmp_path / "d2").exists()
+    status, _, err = run(capsys, "chunkdict", f"oci:{tmp_path / 'a'}", "-o", f"oci:{tmp_path / 'd3'}",
+                         "--max-blob-size", "lots")
+    assert status == 2 and "'lots' is not a size" in err
+
+
 def test_progress_bar_only_on_a_terminal(tmp_path: Path) -> None:
     import os as _os
     import pty

@@ -158,6 +158,7 @@ COVERED_ELSEWHERE = {
     "nydus_py.sources.directory": "tests/test_layers.py (directory and overlayfs layers), tests/test_overlay.py",
     "nydus_py.sources.tarball": "tests/test_tar_layers.py, tests/test_conformance_layers.py",
     "nydus_py.sources.gzipref": "tests/test_zran.py (the drop-in's --type targz-ref opens one)",
+    "nydus_py.sources.chunklist": "tests/test_chunkdict.py (nydus-py chunkdict builds its layers from one)",
     "nydus_py.sources.layer": "tests/test_cli.py (directories, tars, '-') and tests/test_drop_in_builder.py",
     "nydus_py.blob": "package",
     "nydus_py.blob.chunker": "tests/test_build.py (dedup, holes, --jobs give the same bytes)",

@@ -138,6 +138,24 @@ def test_zran_image_defaults_to_the_source_repository(open_registry: str, tmp_pa
     assert main(["check", f"oci:{tmp_path / 'copy'}:{TAG}", "--require-data"]) == 0
 
 
+def test_a_dictionary_in_the_registry_is_mounted_not_uploaded(open_registry: str, tmp_path: Path) -> None:
+    """A chunk dictionary made from a Nydus image in the registry, used by a conversion into another
+    repository: the dictionary blobs the image references are mounted there, none uploaded again."""
+    host = open_registry
+    status, raw = convert(f"docker://{host}/src:{TAG}", f"docker://{host}/base:{TAG}")
+    assert status == 0, raw
+    assert main(["chunkdict", f"docker://{host}/base:{TAG}", "--min-count", "1", "-o", f"docker://{host}/dict:{TAG}",
+                 "--plain-http"]) == 0
+    status, raw = convert(f"docker://{host}/src:{TAG}", f"docker://{host}/deduped:{TAG}", "--chunk-dict",
+                          f"docker://{host}/dict:{TAG}")
+    assert status == 0, raw
+    doc = json.loads(raw)
+    dict_blobs = {b["id"] for b in doc["blobs"] if b["chunk_dict"]}
+    assert dict_blobs and doc["push"]["mounted"] == len(dict_blobs)
+    assert main(["copy", f"docker://{host}/deduped:{TAG}", f"oci:{tmp_path / 'copy'}:{TAG}", "--plain-http"]) == 0
+    assert main(["check", f"oci:{tmp_path / 'copy'}:{TAG}", "--require-data"]) == 0
+
+
 def test_build_pushes_to_a_registry(open_registry: str, tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()

@@ -10,7 +10,7 @@ throughput. Corpora are generated here (no network): a distro-like rootfs, a tre
 node_modules (NODE_MODULES_SHAPE), many small files, one big file, a stack of layers; or give a directory, a real
 node_modules or a layer tar.gz.
 
-Usage: python3 tools/bench.py [--corpus rootfs,nodemodules,small,bigfile,layers,targz,zran] [--scale F] [--runs N]
+Usage: python3 tools/bench.py [--corpus rootfs,nodemodules,small,bigfile,layers,targz,zran,chunkdict] [--scale F] [--runs N]
                               [--source DIR] [--node-modules DIR] [--tar-gz FILE] [--workdir DIR] [--jobs N]
                               [--small-files N] [--big-file-mib N]
 """
@@ -18,6 +18,7 @@ Usage: python3 tools/bench.py [--corpus rootfs,nodemodules,small,bigfile,layers,
 from __future__ import annotations
 
 import argparse
+import json
 import compileall
 import math
 import os
@@ -317,6 +318,50 @@ def drop_in_create(source: Path, kind: str = "dir-rafs", compressor: str = "zstd
                                      f"--digester blake3 --chunk-size 0x100000 -D {{out}} {source}"}
 
 
+def make_versions(rootfs: Path, work: Path, scale: float) -> list[Path]:
+    """Three versions of an image: the rootfs, then the rootfs with a python-shaped tree added, then with an
+    application on top (each version keeps what the one before had)."""
+    versions = []
+    for v, seed in enumerate((None, 11, 12)):
+        tree = work / f"version{v}"
+        shutil.rmtree(tree, ignore_errors=True)
+        shutil.copytree(versions[-1] if versions else rootfs, tree, symlinks=True)
+        if seed is not None:
+            make_node_modules(tree / f"opt/added{v}", scale * 0.5, seed=seed)
+        versions.append(tree)
+    return versions
+
+
+def bench_chunk_dict(rootfs: Path, work: Path, runs: int, scale: float) -> list[str]:
+    """Bytes a third version stores with a dictionary made from the first two, and what a dictionary of
+    ~100k chunks costs a build that finds nothing in it."""
+    versions = make_versions(rootfs, work, scale)
+    images = []
+    for i, tree in enumerate(versions[:2]):
+        images.append(f"oci:{work / f'cd-image{i}'}")
+        subprocess.run([PY, "-m", "nydus_py.cli", "build", str(tree), "-o", str(work / f"cd-image{i}"), "-q"],
+                       check=True, capture_output=True)
+    subprocess.run([PY, "-m", "nydus_py.cli", "chunkdict", *images, "-o", f"oci:{work / 'cd-dict'}"], check=True,
+                   capture_output=True)
+    stored = {}
+    for name, extra in (("without", []), ("with", ["--chunk-dict", f"oci:{work / 'cd-dict'}"])):
+        out = work / f"cd-v2-{name}"
+        subprocess.run([PY, "-m", "nydus_py.cli", "build", str(versions[2]), "-o", str(out), "-q", "--output-json",
+                        str(work / f"cd-{name}.json"), *extra], check=True, capture_output=True)
+        stored[name] = json.loads((work / f"cd-{name}.json").read_text())["layers"][0]["size"]
+    print(f"chunkdict: version 3 stores {stored['with']} bytes with the dictionary of versions 1 and 2, "
+          f"{stored['without']} without ({stored['with'] / stored['without']:.1%})", file=sys.stderr)
+    small = make_small_files(work / "cd-small", max(1000, int(100_000 * scale)))
+    subprocess.run([PY, "-m", "nydus_py.cli", "build", str(small), "-o", str(work / "cd-small-image"), "-q"],
+                   check=True, capture_output=True)
+    subprocess.run([PY, "-m", "nydus_py.cli", "chunkdict", f"oci:{work / 'cd-small-image'}", "--min-count", "1", "-o",
+                    f"oci:{work / 'cd-big-dict'}"], check=True, capture_output=True)
+    commands = {"nydus-py": f"{PY} -m nydus_py.cli build {rootfs} -o {{out}}/img --chunk-dict oci:{work / 'cd-big-dict'}",
+                "nydus-py without a dictionary": f"{PY} -m nydus_py.cli build {rootfs} -o {{out}}/img"}
+    size, entries = tree_size(rootfs)
+    return bench("rootfs with an unrelated 100k-chunk dictionary", commands, work, runs, size, entries)
+
+
 def zran_peers(tgz: Path) -> dict[str, str]:
     """Indexing a gzip layer in place (nydus-py-image and nydus-image `create -t targz-ref`, as nydus-snapshotter
     calls them), against building an ordinary blob from it (the data recompressed)."""
@@ -348,7 +393,7 @@ TREE_TOOLS = ("nydus-py", "nydus-py-image create", "nydus-image create", "mkfs.e
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus", default="rootfs,nodemodules,small,bigfile,layers,targz,zran")
+    parser.add_argument("--corpus", default="rootfs,nodemodules,small,bigfile,layers,targz,zran,chunkdict")
     parser.add_argument("--scale", type=float, default=1.0, help="corpus size factor (CI smoke: 0.01)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--source", type=Path, help="benchmark this directory instead of the generated rootfs")
@@ -371,7 +416,7 @@ def main(argv: list[str]) -> int:
     corpora = args.corpus.split(",")
     try:
         rootfs = args.source
-        if "rootfs" in corpora or "targz" in corpora or "zran" in corpora:
+        if any(c in corpora for c in ("rootfs", "targz", "zran", "chunkdict")):
             if rootfs is None:
                 rootfs = make_rootfs(work / "rootfs", args.scale)
         if "rootfs" in corpora:
@@ -417,6 +462,8 @@ def main(argv: list[str]) -> int:
                            check=True)
             print(f"zran: the meta blob is {meta.stat().st_size} bytes for a {tgz.stat().st_size}-byte layer "
                   f"({meta.stat().st_size / tgz.stat().st_size:.1%})", file=sys.stderr)
+        if "chunkdict" in corpora:
+            rows += bench_chunk_dict(rootfs, work, args.runs, args.scale)
         if "layers" in corpora:
             layers = make_layers(work / "layers", 20, max(100, int(20_000 * args.scale)))
             commands = {"nydus-py": f"{PY} -m nydus_py.cli build {' '.join(map(str, layers))} -o {{out}}/img {jobs}"}

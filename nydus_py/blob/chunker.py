@@ -71,6 +71,8 @@ class ChunkStats:
     hole_chunks: int = 0
     bytes_in: int = 0
     bytes_stored: int = 0
+    elsewhere_hits: int = 0  # distinct chunks found in other blobs (a chunk dictionary's, lower layers')
+    bytes_elsewhere: int = 0  # their compressed bytes: what this blob did not store again
 
 
 class ChunkPipeline:
@@ -85,6 +87,7 @@ class ChunkPipeline:
         self.digester = digester
         self.stored: dict[tuple[bytes, int], ChunkRef] = dict(known or {})
         self._claimed = set(self.stored)
+        self._elsewhere: set[tuple[bytes, int]] = set()  # keys of other blobs' chunks already counted
         self._lock = threading.Lock()
         self._zero_digests: dict[int, bytes] = {}
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nydus-chunk") if workers > 1 else None
@@ -183,6 +186,10 @@ class ChunkPipeline:
                 stats.bytes_stored += len(stored)
             else:  # the chunk table keeps the offset in the file that first produced the chunk
                 stats.dedup_hits += 1
+                if ref.blob_index != self.blob.blob_index and key not in self._elsewhere:
+                    self._elsewhere.add(key)  # counted once, as a stored chunk is
+                    stats.elsewhere_hits += 1
+                    stats.bytes_elsewhere += ref.compressed_size
             inode.chunks.append(ref)
         stats.chunks += len(batch)
 

@@ -19,6 +19,7 @@ from construct import Container
 
 from nydus_py.errors import FormatError, UnsupportedError
 from nydus_py.format import erofs, parse, rafs
+from nydus_py.format.rafs import DigestAlgo, digester_of
 from nydus_py.image import BlobInfo, Bootstrap, DeviceInfo
 from nydus_py.model import ChunkRef, Entry, FileKind, Inode, Tree
 
@@ -60,6 +61,51 @@ def read_bootstrap(data: bytes, relabel: Callable[[list[BlobInfo]], dict[int, in
     instead of one per chunk reference).
     """
     data = bytes(data)
+    tables = read_tables(data, relabel)
+    sb, ext, is_rafs, mapping = tables.superblock, tables.ext, tables.is_rafs, tables.mapping
+    prefetch = _read_prefetch_table(data, ext) if ext is not None else []
+    walker = BootstrapParser(data, sb.meta_blkaddr, tables.chunk_size, tables.chunk_table if is_rafs else None,
+                             {v: k for k, v in mapping.items()} if mapping is not None else None)
+    tree = walker.read(sb.root_nid)
+    return Bootstrap(
+        size=len(data),
+        flags=tables.flags,
+        chunk_size=tables.chunk_size,
+        inode_count=sb.inos,
+        meta_blkaddr=sb.meta_blkaddr,
+        root_nid=sb.root_nid,
+        blocks=sb.blocks,
+        devices=tables.devices,
+        blobs=tables.blobs,
+        tree=tree,
+        prefetch_nids=prefetch,
+        chunk_table=tables.chunk_table,
+        rafs=is_rafs,
+    )
+
+
+@dataclass(slots=True)
+class Tables:
+    """A bootstrap's superblocks and tables, without its tree (what a chunk dictionary needs)."""
+
+    superblock: Container
+    ext: Container | None
+    is_rafs: bool
+    flags: rafs.SuperFlags
+    chunk_size: int
+    devices: list[DeviceInfo]
+    blobs: list[BlobInfo]
+    chunk_table: list[ChunkRef]
+    mapping: dict[int, int] | None
+
+    @property
+    def digester(self) -> DigestAlgo:
+        return digester_of(self.flags)
+
+
+def read_tables(data: bytes, relabel: Callable[[list[BlobInfo]], dict[int, int]] | None = None) -> Tables:
+    """The superblocks, device table, blob table and chunk table of a bootstrap, checked as `read_bootstrap`
+    checks them; the chunk table's blob indexes mapped through `relabel`."""
     sb = parse(erofs.SuperBlock, data, what="superblock", offset=erofs.EROFS_SUPER_OFFSET)
     if sb.blkszbits != erofs.EROFS_BLKSIZ_BITS:
         raise UnsupportedError(f"superblock blkszbits={sb.blkszbits} at 0x400: only 12 (4 KiB blocks) is supported")
@@ -76,26 +122,9 @@ def read_bootstrap(data: bytes, relabel: Callable[[list[BlobInfo]], dict[int, in
                           "must be a power of two from 4 KiB to 16 MiB")
     chunk_rows = _chunk_table_bytes(data, ext) if ext is not None else b""
     mapping = relabel(blobs) if relabel is not None else None  # after the table checks, as its errors come first
-    chunk_table = _decode_chunk_table(chunk_rows, mapping or {})
-    prefetch = _read_prefetch_table(data, ext) if ext is not None else []
-    walker = BootstrapParser(data, sb.meta_blkaddr, chunk_size, chunk_table if is_rafs else None,
-                             {v: k for k, v in mapping.items()} if mapping is not None else None)
-    tree = walker.read(sb.root_nid)
-    return Bootstrap(
-        size=len(data),
-        flags=ext.s_flags if ext is not None else rafs.SuperFlags(0),
-        chunk_size=chunk_size,
-        inode_count=sb.inos,
-        meta_blkaddr=sb.meta_blkaddr,
-        root_nid=sb.root_nid,
-        blocks=sb.blocks,
-        devices=devices,
-        blobs=blobs,
-        tree=tree,
-        prefetch_nids=prefetch,
-        chunk_table=chunk_table,
-        rafs=is_rafs,
-    )
+    return Tables(superblock=sb, ext=ext, is_rafs=is_rafs, flags=ext.s_flags if ext is not None else rafs.SuperFlags(0),
+                  chunk_size=chunk_size, devices=devices, blobs=blobs,
+                  chunk_table=_decode_chunk_table(chunk_rows, mapping or {}), mapping=mapping)
 
 
 def _signed64(value: int) -> int:
@@ -598,5 +627,5 @@ assert [f.name for f in fields(Inode)][:11] == [  # the argument order `_common_
     "kind", "mode", "uid", "gid", "mtime", "mtime_nsec", "size", "rdev", "xattrs", "symlink_target", "chunks"]
 
 
-__all__ = ["BootstrapParser", "blob_info_from_record", "file_type_of", "is_bootstrap", "read_bootstrap",
-           "xattr_name"]
+__all__ = ["BootstrapParser", "Tables", "blob_info_from_record", "file_type_of", "is_bootstrap", "read_bootstrap",
+           "read_tables", "xattr_name"]

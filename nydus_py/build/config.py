@@ -6,11 +6,15 @@ import enum
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from nydus_py.errors import UsageError
 from nydus_py.util.fsutil import Readable
 from nydus_py.sources import WhiteoutSpec, XattrNamespace
 from nydus_py.format.rafs import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, CompressAlgo, DigestAlgo
+
+if TYPE_CHECKING:
+    from nydus_py.build.chunkdict import ChunkDict
 
 
 class Compressor(enum.Enum):
@@ -46,10 +50,13 @@ class BuildConfig:
     overlay_xattr_ns: XattrNamespace = XattrNamespace.TRUSTED
     prefetch_patterns: tuple[bytes, ...] = (b"/",)  # paths the merged bootstrap prefetches; "/" = all (BuildKit)
     cross_layer_dedup: bool = False
+    chunk_dict: ChunkDict | None = field(default=None, compare=False)  # chunks to reference, not store
     progress: Callable[[int], None] | None = field(default=None, compare=False)  # called with each file's bytes
 
     def __post_init__(self) -> None:
         check_chunk_size(self.chunk_size)
+        if self.chunk_dict is not None:
+            self.chunk_dict.check_fits(self.chunk_size, self.digester.algo)
         if self.jobs < 0:
             raise UsageError(f"--jobs {self.jobs}: must be at least 1 (or 0 for all cores)")
 
@@ -64,18 +71,19 @@ def check_chunk_size(size: int) -> int:
     return size
 
 
-_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mb": 1 << 20, "mib": 1 << 20}
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mb": 1 << 20, "mib": 1 << 20,
+          "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30}
 
 
 def parse_size(text: str) -> int:
-    """`1MiB`, `512KiB`, `0x100000` or `1048576` -> bytes (binary units)."""
+    """`1MiB`, `512KiB`, `1GiB`, `0x100000` or `1048576` -> bytes (binary units)."""
     raw = text.strip().lower()
     if raw.startswith("0x"):
         try:
             return int(raw, 16)
         except ValueError:
             raise UsageError(f"{text!r} is not a size") from None
-    digits = raw.rstrip("kmib")
+    digits = raw.rstrip("kmgib")
     unit = raw[len(digits) :]
     if not digits.isdigit() or unit not in _UNITS:
         raise UsageError(f"{text!r} is not a size (use e.g. 1MiB, 512KiB or 0x100000)")

@@ -22,6 +22,7 @@ from nydus_py.build.config import BuildConfig
 from nydus_py.build.plan import bootstrap_bytes, dataless_blob_info, final_blob_info
 from nydus_py.errors import FormatError, UsageError
 from nydus_py.format.blobmeta import BLOB_ID_PLACEHOLDER
+from nydus_py.build.chunkdict import DICT_KEY_BASE
 from nydus_py.format.rafs import CompressAlgo, DigestAlgo
 from nydus_py.image import BlobInfo, is_blob_digest
 from nydus_py.model import Tree
@@ -158,28 +159,35 @@ class BlobFacts:
 
 
 @without_cyclic_gc
-def merge_bootstraps(inputs: list[Path], facts: list[BlobFacts], prefetch: tuple[bytes, ...]) -> MergedImage:
+def merge_bootstraps(inputs: list[Path], facts: list[BlobFacts], prefetch: tuple[bytes, ...],
+                     dictionary: frozenset[str] = frozenset()) -> MergedImage:
     """Merge per-layer bootstraps (lowest first), each with at most one blob of its own, named by `facts`, its
     own non-placeholder id, or the bootstrap's file name (nydus-snapshotter names each extracted bootstrap by
-    its layer digest's hex)."""
+    its layer digest's hex). A layer built with a chunk dictionary also references the dictionary's blobs:
+    its own is the one with the placeholder id, or the one not among `dictionary`'s blob ids (nydus-image
+    merge `--chunk-dict`)."""
     if len(facts) != len(inputs):
         raise UsageError(f"{len(facts)} blob descriptions for {len(inputs)} bootstraps")
     layers: list[MergeInput] = []
     infos: dict[int, BlobInfo] = {}
     own_blobs: list[int] = []
+    referenced: dict[str, tuple[int, BlobInfo]] = {}  # other blobs the layers reference, by id, once each
     for source, fact in zip(inputs, facts, strict=True):
-        layer, info = _read_layer_bootstrap(source, len(infos), fact)
+        layer, info = _read_layer_bootstrap(source, len(own_blobs), fact, dictionary, referenced)
         layers.append(layer)
         if info is not None:
-            own_blobs.append(len(infos))
-            infos[len(infos)] = info
+            own_blobs.append(len(own_blobs))
+            infos[own_blobs[-1]] = info
+    infos.update(referenced.values())
     merged, plain, keys = _merge(layers, infos, prefetch, layers[-1].chunk_size)
     return MergedImage(blobs={key: (info, None) for key, info in infos.items()}, own_blobs=own_blobs,
                        merged=merged, bootstrap=plain, keys=keys, compressor=layers[-1].compressor)
 
 
-def _read_layer_bootstrap(source: Path, key: int, facts: BlobFacts) -> tuple[MergeInput, BlobInfo | None]:
-    """One layer's tree (chunks relabelled to `key`) and its blob table entry as the merged table records it."""
+def _read_layer_bootstrap(source: Path, key: int, facts: BlobFacts, dictionary: frozenset[str],
+                          referenced: dict[str, tuple[int, BlobInfo]]) -> tuple[MergeInput, BlobInfo | None]:
+    """One layer's tree (its own blob's chunks relabelled to `key`, other blobs' to their keys in
+    `referenced`) and its own blob's entry as the merged table records it."""
     try:
         data = source.read_bytes()
     except OSError as exc:
@@ -189,10 +197,19 @@ def _read_layer_bootstrap(source: Path, key: int, facts: BlobFacts) -> tuple[Mer
     own: list[BlobInfo] = []
 
     def relabel(table: list[BlobInfo]) -> dict[int, int]:
-        if len(table) > 1:
+        own.extend(_own_entries(table, dictionary))
+        if len(own) > 1:
             raise UsageError(f"{source}: invalid per layer bootstrap, having multiple associated data blobs")
-        own.extend(table)
-        return {info.blob_index: key for info in table}
+        mapping = {}
+        for info in table:
+            if info in own:
+                mapping[info.blob_index] = key
+                continue
+            if not is_blob_digest(info.blob_id):
+                raise FormatError(f"{source}: blob id {info.blob_id!r} is not 64 lowercase hex digits")
+            entry = referenced.setdefault(info.blob_id, (DICT_KEY_BASE + len(referenced), info))
+            mapping[info.blob_index] = entry[0]
+        return mapping
 
     boot = read_bootstrap(data, relabel)
     layer = MergeInput(tree=boot.tree, own_blob=None, compressor=boot.compressor, digester=boot.digester,
@@ -210,7 +227,8 @@ def _read_layer_bootstrap(source: Path, key: int, facts: BlobFacts) -> tuple[Mer
     else:
         blob_id = file_id = facts.blob_id or _id_from_name(source, table_entry)
         file_size = table_entry.compressed_size if facts.size is None else facts.size
-        needed = max((c.compressed_offset + c.compressed_size for c in boot.chunk_table), default=0)
+        needed = max((c.compressed_offset + c.compressed_size for c in boot.chunk_table if c.blob_index == key),
+                     default=0)
     if file_size < needed:
         raise UsageError(f"{source}: --blob-sizes {file_size} is smaller than the {needed} bytes its chunks occupy "
                          f"in blob {blob_id}")
@@ -220,6 +238,15 @@ def _read_layer_bootstrap(source: Path, key: int, facts: BlobFacts) -> tuple[Mer
         toc_digest=table_entry.toc_digest if facts.toc_digest is None else facts.toc_digest,
         toc_size=table_entry.toc_size if facts.toc_size is None else facts.toc_size)
     return layer, info
+
+
+def _own_entries(table: list[BlobInfo], dictionary: frozenset[str]) -> list[BlobInfo]:
+    """A layer bootstrap's own blob: the entry with the placeholder id, the only entry, or the entries not
+    in the chunk dictionary (more than one: the bootstrap is no layer's)."""
+    placeholder = [info for info in table if info.blob_id == BLOB_ID_PLACEHOLDER]
+    if placeholder or len(table) <= 1:
+        return placeholder or table
+    return [info for info in table if info.blob_id not in dictionary]
 
 
 def _id_from_name(source: Path, info: BlobInfo) -> str:

@@ -96,7 +96,8 @@ class BuiltImage:
 
 
 def _add_stats(total: ChunkStats, part: ChunkStats) -> None:
-    for name in ("files", "chunks", "stored", "dedup_hits", "hole_chunks", "bytes_in", "bytes_stored"):
+    for name in ("files", "chunks", "stored", "dedup_hits", "hole_chunks", "bytes_in", "bytes_stored", "elsewhere_hits",
+                 "bytes_elsewhere"):
         setattr(total, name, getattr(total, name) + getattr(part, name))
 
 
@@ -108,7 +109,8 @@ def build_layer(index: int, name: str, source: Source, workdir: Path, config: Bu
     builder's `--blob`, possibly a FIFO); `inline_prefetch` fills the inline bootstrap's prefetch table."""
     writer = BlobWriter(workdir, blob_index=index, chunk_size=config.chunk_size, compressor=config.compressor.algo,
                         digester=config.digester.algo, output=blob_output)
-    known: dict[tuple[bytes, int], ChunkRef] = {}
+    # a dictionary's chunk wins, as nydus-image looks there first; then the lower layers' (cross-layer dedup)
+    known: dict[tuple[bytes, int], ChunkRef] = dict(config.chunk_dict.chunks) if config.chunk_dict else {}
     if config.cross_layer_dedup:
         for layer in lower:
             for key, ref in layer.stored.items():
@@ -128,7 +130,7 @@ def build_layer(index: int, name: str, source: Source, workdir: Path, config: Bu
         own = {k: v for k, v in chunks.stored.items() if v.blob_index == index} if config.cross_layer_dedup else {}
         del chunks
         data_info = writer.finish_data()
-        infos = {i: layer.info for i, layer in enumerate(lower)}
+        infos = _blob_infos(lower, config)
         infos[index] = data_info
         try:
             plan, _ = plan_bootstrap(source.tree, infos, chunk_size=config.chunk_size,
@@ -143,6 +145,14 @@ def build_layer(index: int, name: str, source: Source, workdir: Path, config: Bu
         raise
     return BuiltLayer(name=name, tree=source.tree, info=info, stored=own, path=writer.path, plan=plan,
                       meta_area=meta_area)
+
+
+def _blob_infos(built: list[BuiltLayer], config: BuildConfig) -> dict[int, BlobInfo]:
+    """Blob key -> table entry of every blob a layer may reference: the layers built so far, and the
+    dictionary's blobs."""
+    infos = config.chunk_dict.infos() if config.chunk_dict is not None else {}
+    infos.update({i: layer.info for i, layer in enumerate(built)})
+    return infos
 
 
 def _has_markers(tree: Tree) -> bool:
@@ -224,7 +234,9 @@ def build_layers(sources: Iterable[tuple[str, Source | ReusedLayer | ZranLayer]]
             _refuse_real_markers(source.tree, name)
     data_done = time.perf_counter()
     whiteouts = config.whiteout_spec is not WhiteoutSpec.NONE
-    reused = _one_layer_bootstrap(built[0], config, whiteouts) if len(built) == 1 else None
+    # a dictionary's blobs stay out of the retargeted plan's table: render the merged bootstrap anew
+    alone = len(built) == 1 and config.chunk_dict is None
+    reused = _one_layer_bootstrap(built[0], config, whiteouts) if alone else None
     for layer in built:
         layer.plan = layer.meta_area = None
     if reused is not None:
@@ -235,7 +247,7 @@ def build_layers(sources: Iterable[tuple[str, Source | ReusedLayer | ZranLayer]]
         merged = overlay.merge_layers([layer.tree for layer in built], whiteouts=whiteouts)
     else:  # an image with `"layers": []`: an empty root and no blobs, as nydus-image builds an empty directory
         merged = Tree(root=new_directory())
-    plain, keys = bootstrap_bytes(merged, {i: layer.info for i, layer in enumerate(built)},
+    plain, keys = bootstrap_bytes(merged, _blob_infos(built, config),
                                   chunk_size=config.chunk_size, compressor=_superblock_compressor(built, config),
                                   digester=config.digester.algo, prefetch=config.prefetch_patterns)
     return BuiltImage(layers=built, merged=merged, bootstrap=plain, keys=keys, stats=stats,

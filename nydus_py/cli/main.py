@@ -25,6 +25,7 @@ from nydus_py.util.fsutil import atomic_output
 from nydus_py.util.gcpause import cyclic_gc_paused
 
 if TYPE_CHECKING:
+    from nydus_py.build.chunkdict import ChunkDict
     from nydus_py.oci.publish import BuildResult
 
 # Each command imports what it uses inside its function (building a directory never loads the registry
@@ -93,13 +94,43 @@ def _registry_options(fn: _Command) -> _Command:
     return fn
 
 
+def _chunk_dict_options(fn: _Command) -> _Command:
+    """Options of commands that build with a chunk dictionary."""
+    for option in reversed([
+        click.option("--chunk-dict", "chunk_dict", metavar="DICT",
+                     help="Reference chunks a dictionary has instead of storing them: a Nydus image (oci:DIR[:TAG], "
+                          "docker://REF), a bootstrap or a layer blob (bootstrap=PATH works too)."),
+        click.option("--chunk-dict-blob-dir", type=click.Path(path_type=Path),
+                     help="Where a bootstrap dictionary's blobs are (default: beside it, and its blobs/sha256/)."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+def _load_chunk_dict(chunk_dict: str | None, blob_dir: Path | None, creds: str | None, plain_http: bool,
+                     insecure: bool) -> ChunkDict | None:
+    if chunk_dict is None:
+        if blob_dir is not None:
+            raise UsageError("--chunk-dict-blob-dir needs --chunk-dict")
+        return None
+    from nydus_py.oci.chunkdict import open_chunk_dict
+    from nydus_py.oci.images import RegistryOptions
+
+    return open_chunk_dict(chunk_dict, RegistryOptions(creds=creds, plain_http=plain_http, insecure=insecure),
+                           blob_dir)
+
+
 def _build_config(compressor: str, digester: str, chunk_size: int, jobs: int, whiteout_spec: str,
                   overlay_xattr_ns: str, cross_layer_dedup: bool, prefetch: tuple[bytes, ...],
-                  progress: ProgressBar | None = None) -> BuildConfig:
+                  progress: ProgressBar | None = None, chunk_dict: ChunkDict | None = None) -> BuildConfig:
     return BuildConfig(compressor=Compressor(compressor), digester=Digester(digester), chunk_size=chunk_size,
                        jobs=jobs, whiteout_spec=WhiteoutSpec(whiteout_spec),
                        overlay_xattr_ns=XattrNamespace(overlay_xattr_ns), prefetch_patterns=prefetch,
-                       cross_layer_dedup=cross_layer_dedup, progress=progress)
+                       cross_layer_dedup=cross_layer_dedup, chunk_dict=chunk_dict, progress=progress)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _write_json(path: Path | None, doc: dict[str, Any]) -> None:
@@ -153,20 +184,22 @@ def _build_options(fn: _Command) -> _Command:
               help="Image config JSON to describe the image (rootfs and history are filled in).")
 @click.option("--platform", help="OS/ARCH[/VARIANT] of the image (default: this machine's, linux).")
 @click.option("--tag", help="Tag of the image in OUTDIR's index.json.")
+@_chunk_dict_options
 @_registry_options
 def build(layers: tuple[str, ...], outdir: Path, compressor: str, digester: str, chunk_size: int, jobs: int,
           whiteout_spec: str, overlay_xattr_ns: str, cross_layer_dedup: bool, extra_bootstrap: Path | None,
           output_json: Path | None, prefetch_patterns: str | None, no_prefetch: bool, config_file: Path | None,
-          platform: str | None, tag: str | None, creds: str | None, plain_http: bool, insecure: bool,
-          quiet: bool) -> None:
+          platform: str | None, tag: str | None, chunk_dict: str | None, chunk_dict_blob_dir: Path | None,
+          creds: str | None, plain_http: bool, insecure: bool, quiet: bool) -> None:
     """Build LAYERS (lowest first) into one blob per layer and a merged RAFS v6 bootstrap in OUTDIR.
 
     Each layer is a directory, an overlayfs upper directory, or an OCI layer tar (plain, gzip or zstd;
     '-' reads stdin). OUTDIR may be docker://REGISTRY/REPO:TAG to push the image instead.
     """
+    dictionary = _load_chunk_dict(chunk_dict, chunk_dict_blob_dir, creds, plain_http, insecure)
     progress = progress_bar(quiet, output_json, list(layers))
     config = _build_config(compressor, digester, chunk_size, jobs, whiteout_spec, overlay_xattr_ns,
-                           cross_layer_dedup, _prefetch(prefetch_patterns, no_prefetch), progress)
+                           cross_layer_dedup, _prefetch(prefetch_patterns, no_prefetch), progress, dictionary)
     try:
         _build(layers, outdir, config, extra_bootstrap, output_json, config_file, platform, tag, creds, plain_http,
                insecure)
@@ -208,13 +241,14 @@ def _build(layers: tuple[str, ...], outdir: Path, config: BuildConfig, extra_boo
 @click.option("--oci-ref", is_flag=True,
               help="zran: reference each gzip layer in place (blobs hold only metadata; nydusd reads the original "
                    "layers, which must stay in the target repository). Implies --digester sha256.")
+@_chunk_dict_options
 @_registry_options
 @click.pass_context
 def convert(ctx: click.Context, source: str, target: str | None, compressor: str, digester: str, chunk_size: int,
             jobs: int, whiteout_spec: str, overlay_xattr_ns: str, cross_layer_dedup: bool, output_json: Path | None,
             prefetch_patterns: str | None, no_prefetch: bool, platforms: tuple[str, ...], docker_media_types: bool,
-            merge_platform: bool, oci_ref: bool, creds: str | None, plain_http: bool, insecure: bool,
-            quiet: bool) -> None:
+            merge_platform: bool, oci_ref: bool, chunk_dict: str | None, chunk_dict_blob_dir: Path | None,
+            creds: str | None, plain_http: bool, insecure: bool, quiet: bool) -> None:
     """Convert an image into a Nydus image.
 
     SOURCE is oci:DIR[:TAG], oci-archive:FILE[:TAG] (docker buildx --output type=oci), docker-archive:FILE
@@ -230,9 +264,12 @@ def convert(ctx: click.Context, source: str, target: str | None, compressor: str
     target_ref = parse_target_ref(target) if target is not None else default_target(source_ref)
     if oci_ref and ctx.get_parameter_source("digester") is click.core.ParameterSource.DEFAULT:
         digester = Digester.SHA256.value
+    if oci_ref and chunk_dict is not None:  # nydus-snapshotter builds zran layers without one either
+        raise UsageError("--oci-ref and --chunk-dict exclude each other")
+    dictionary = _load_chunk_dict(chunk_dict, chunk_dict_blob_dir, creds, plain_http, insecure)
     progress = progress_bar(quiet, output_json)
     config = _build_config(compressor, digester, chunk_size, jobs, whiteout_spec, overlay_xattr_ns,
-                           cross_layer_dedup, _prefetch(prefetch_patterns, no_prefetch), progress)
+                           cross_layer_dedup, _prefetch(prefetch_patterns, no_prefetch), progress, dictionary)
     opts = ConvertOptions(platforms=platforms, docker_types=docker_media_types, merge_platform=merge_platform,
                           oci_ref=oci_ref)
     registry = RegistryOptions(creds=creds, plain_http=plain_http, insecure=insecure)
@@ -258,6 +295,41 @@ def convert(ctx: click.Context, source: str, target: str | None, compressor: str
                    f"{result.push.mounted} mounted")
     assert result.top is not None
     click.echo(f"{target_ref}: {result.top.media_type} {result.top.digest}")
+
+
+@cli.command()
+@click.argument("images", nargs=-1, required=True)
+@click.option("-o", "--output", "target", required=True, help="oci:DIR[:TAG] or docker://REGISTRY/REPO[:TAG].")
+@click.option("--min-count", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Keep the chunks at least this many of the images hold.")
+@click.option("--max-blob-size", default="1GiB", show_default=True,
+              help="About how many compressed bytes one dictionary blob holds (e.g. 512MiB).")
+@click.option("--compressor", type=click.Choice([c.value for c in Compressor]), default=Compressor.ZSTD.value,
+              show_default=True, help="Compression of the dictionary's chunks.")
+@click.option("--output-json", type=click.Path(path_type=Path), help="Write the result as JSON here.")
+@_registry_options
+def chunkdict(images: tuple[str, ...], target: str, min_count: int, max_blob_size: str, compressor: str,
+              output_json: Path | None, creds: str | None, plain_http: bool, insecure: bool) -> None:
+    """Make a chunk dictionary image of the chunks Nydus IMAGES (oci:DIR[:TAG], docker://REF) share.
+
+    Use it with `build`, `convert` or nydus-image `--chunk-dict`: their images then reference these chunks
+    instead of storing them again. Chunk size and digester are the images'.
+    """
+    from nydus_py.oci.chunkdict import make_chunk_dict
+    from nydus_py.oci.images import RegistryOptions
+    from nydus_py.oci.ref import parse_image_ref, parse_target_ref
+
+    refs = [parse_image_ref(image) for image in images]
+    result = make_chunk_dict(refs, parse_target_ref(target), BuildConfig(compressor=Compressor(compressor)),
+                             min_count=min_count, max_blob_size=parse_size(max_blob_size),
+                             registry=RegistryOptions(creds=creds, plain_http=plain_http, insecure=insecure))
+    _write_json(output_json, result.to_json())
+    blobs = len(result.image.layers)
+    click.echo(f"chunk dictionary: {_count(result.chunks, 'chunk')} ({result.bytes} bytes) in {_count(blobs, 'blob')}")
+    for name, chunks, size in result.savings:
+        click.echo(f"{name}: {chunks} of its chunks ({size} compressed bytes) are in it")
+    assert result.image.manifest is not None
+    click.echo(f"{target}: {result.image.manifest.media_type} {result.image.manifest.digest}")
 
 
 @cli.command()
@@ -304,11 +376,11 @@ def inspect(image: Path, path: str, blob_dir: Path | None, as_json: bool) -> Non
 
     opened = open_first_image(image, blob_dir)
     if as_json:
-        doc = report_summary(opened.bootstrap)
+        doc = report_summary(opened.bootstrap, opened.dictionary_blobs)
         doc["listing"] = report_listing(opened.bootstrap, path.encode())
         click.echo(json.dumps(doc, indent=2, sort_keys=True))
         return
-    for line in report_summary_text(opened.bootstrap):
+    for line in report_summary_text(opened.bootstrap, opened.dictionary_blobs):
         click.echo(line)
     click.echo("")
     for line in report_listing(opened.bootstrap, path.encode()):

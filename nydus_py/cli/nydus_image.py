@@ -89,7 +89,7 @@ def _prefetch_patterns(policy: str) -> tuple[bytes, ...]:
 @click.option("--compressor", default="zstd", show_default=True, type=click.Choice(["none", "lz4_block", "zstd"]))
 @click.option("--digester", default="blake3", show_default=True, type=click.Choice(["blake3", "sha256"]))
 @click.option("--chunk-size", default="0x100000", show_default=True, help="Chunk size, a power of two.")
-@click.option("--chunk-dict", help="bootstrap=PATH: a chunk dictionary (not supported yet).")
+@click.option("--chunk-dict", help="bootstrap=PATH: reference the chunks this bootstrap (or layer blob) has.")
 @click.option("--aligned-chunk", is_flag=True, help="Align chunks to 4 KiB (RAFS v6 always does).")
 @click.option("--repeatable", is_flag=True, help="Reproducible output (always).")
 @click.option("--prefetch-policy", default="none", show_default=True, type=click.Choice(["fs", "blob", "none"]),
@@ -104,8 +104,6 @@ def create(source: Path, source_type: str, blob: Path | None, inline_meta: bool,
     del aligned_chunk, repeatable, log_level, features  # the behaviour they ask for is the only one we have
     if fs_version != "6":
         raise UsageError(f"--fs-version {fs_version}: only RAFS v6 is supported")
-    if chunk_dict:
-        raise UsageError("--chunk-dict: chunk dictionaries are not supported yet")
     if inline_meta and (bootstrap is not None or blob_id is not None):
         raise click.UsageError("--blob-inline-meta conflicts with --bootstrap and --blob-id")
     if not inline_meta:
@@ -113,13 +111,18 @@ def create(source: Path, source_type: str, blob: Path | None, inline_meta: bool,
                          "inside the blob")
     if blob is None and blob_dir is None:
         raise click.UsageError("give --blob or --blob-dir")
+    from nydus_py.build.chunkdict import dictionary_path, read_chunk_dict_file
     from nydus_py.build.pipeline import build_blob_file
     from nydus_py.sources.layer import LayerKind, open_gzip_ref, open_layer
 
+    dictionary = read_chunk_dict_file(Path(dictionary_path(chunk_dict))) if chunk_dict else None
     config = BuildConfig(compressor=Compressor(compressor), digester=Digester(digester),
-                         chunk_size=check_chunk_size(parse_size(chunk_size)), whiteout_spec=WhiteoutSpec(whiteout_spec))
+                         chunk_size=check_chunk_size(parse_size(chunk_size)), whiteout_spec=WhiteoutSpec(whiteout_spec),
+                         chunk_dict=dictionary)
     patterns = _prefetch_patterns(prefetch_policy)
     if source_type == "targz-ref":  # nydus-image forces gzip chunks and sha256 digests for it
+        if dictionary is not None:
+            raise UsageError("--chunk-dict: a targz-ref layer is indexed in place, never deduplicated")
         config = replace(config, digester=Digester.SHA256)
         info = build_blob_file(open_gzip_ref(str(source)), config, blob=blob, blob_dir=blob_dir, prefetch=patterns)
     else:
@@ -148,7 +151,7 @@ def _write_json(path: Path, doc: dict[str, Any]) -> None:
 @click.option("--blob-sizes", help="Comma-separated blob file sizes, one per source.")
 @click.option("--blob-toc-digests", help="Comma-separated TOC digests, one per source.")
 @click.option("--blob-toc-sizes", help="Comma-separated TOC sizes, one per source.")
-@click.option("--chunk-dict", help="bootstrap=PATH: a chunk dictionary (not supported yet).")
+@click.option("--chunk-dict", help="bootstrap=PATH: the chunk dictionary the layers were built with.")
 @click.option("--parent-bootstrap", type=click.Path(path_type=Path), help="Not supported yet.")
 @click.option("-D", "--blob-dir", type=click.Path(path_type=Path), help="Accepted for compatibility; unused.")
 @_log_level
@@ -160,8 +163,13 @@ def merge(sources: tuple[Path, ...], target: Path, output_json: Path | None, pre
     from nydus_py.build.merge import BlobFacts, merge_bootstraps
 
     del blob_dir, log_level
-    if chunk_dict or parent_bootstrap:
-        raise UsageError("--chunk-dict and --parent-bootstrap are not supported yet")
+    if parent_bootstrap:
+        raise UsageError("--parent-bootstrap is not supported yet")
+    dictionary: frozenset[str] = frozenset()
+    if chunk_dict:
+        from nydus_py.build.chunkdict import dictionary_path, read_chunk_dict_file
+
+        dictionary = frozenset(b.info.blob_id for b in read_chunk_dict_file(Path(dictionary_path(chunk_dict))).blobs)
     count = len(sources)
     ids = _column("--blob-digests", blob_digests, count, _digest_hex)
     sizes = _column("--blob-sizes", blob_sizes, count, _byte_count)
@@ -169,7 +177,7 @@ def merge(sources: tuple[Path, ...], target: Path, output_json: Path | None, pre
     toc_sizes = _column("--blob-toc-sizes", blob_toc_sizes, count, _byte_count)
     facts = [BlobFacts(blob_id=i, size=s, toc_digest=bytes.fromhex(d) if d else None, toc_size=ts)
              for i, s, d, ts in zip(ids, sizes, toc_digests, toc_sizes, strict=True)]
-    merged = merge_bootstraps(list(sources), facts, _prefetch_patterns(prefetch_policy))
+    merged = merge_bootstraps(list(sources), facts, _prefetch_patterns(prefetch_policy), dictionary)
     with atomic_output(target) as f:
         f.write(merged.bootstrap)
     if output_json is not None:

@@ -62,6 +62,7 @@ NYDUS_EMPTY_LAYER_ANNOTATION = "containerd.io/snapshot/nydus-empty-layer"
 # on each converted blob layer: the source layer digest and the build options, so that a later conversion
 # into the same repository can reuse the blob instead of converting the layer again
 SOURCE_LAYER_ANNOTATION = "io.github.nydus-py.source-layer"
+CHUNK_DICT_ANNOTATION = "io.github.nydus-py.chunk-dict"  # "true" on a chunk dictionary's blob an image lists
 BUILD_OPTIONS_ANNOTATION = "io.github.nydus-py.build-options"
 NYDUS_OS_FEATURE = "nydus.remoteimage.v1"  # legacy platform.os.features marker: read, never written
 FS_VERSION = "6"
@@ -73,5 +74,6 @@ BLOB_META_SUFFIX = ".blob.meta"
 
 # history entries the converter adds
 HISTORY_BOOTSTRAP = {"created_by": "Nydus Converter", "comment": "Nydus Bootstrap Layer"}
+HISTORY_CHUNK_DICT = {"created_by": "nydus-py", "comment": "Chunk dictionary blob"}  # ours: a blob the image references
 HISTORY_EMPTY_LAYER = {"created_by": "Nydus Converter", "comment": "Nydus Empty Layer"}
 EMPTY_LAYER_DIFF_ID = "sha256:5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef"  # 1024 zero bytes

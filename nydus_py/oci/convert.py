@@ -26,11 +26,11 @@ from nydus_py.oci.documents import Descriptor
 from nydus_py.oci.nydus import is_nydus_image
 from nydus_py.oci.package import gzip_bytes, history_per_layer, write_nydus_image
 from nydus_py.oci.platforms import platform_of, platform_text
-from nydus_py.oci.publish import BuildResult, layer_blobs, publish_layers
+from nydus_py.oci.publish import BuildResult, carry_dict_blobs, device_table, layer_blobs, publish_layers
 from nydus_py.oci.ref import ImageRef, Transport
 from nydus_py.oci.images import (RegistryOptions, SourceImage, open_source, registry_images,
                                  verified_layers)
-from nydus_py.oci.targets import LayoutWriter, PushStats, Target, open_target
+from nydus_py.oci.targets import ForeignBlob, LayoutWriter, PushStats, Target, open_target
 from nydus_py.build.pipeline import ReusedLayer, build_layers
 from nydus_py.sources.gzipref import ZranLayer
 from nydus_py.sources.layer import Source
@@ -143,11 +143,12 @@ class _Tee:
         return data
 
 
-def _convert_one(image: SourceImage, writer: LayoutWriter, config: BuildConfig, opts: ConvertOptions,
+def _convert_one(image: SourceImage, target: Target, config: BuildConfig, opts: ConvertOptions,
                  bootstrap_name: str, warn: Callable[[str], None], *, config_media_type: str | None = None,
-                 reusable: dict[str, ReusedLayer] | None = None, local_target: bool = True
-                 ) -> tuple[Descriptor, BuildResult]:
+                 reusable: dict[str, ReusedLayer] | None = None
+                 ) -> tuple[Descriptor, BuildResult, dict[str, ForeignBlob]]:
     started = time.perf_counter()
+    writer = target.writer
     tees: dict[str, _Tee] = {}
 
     def tee(layer: Descriptor, raw: Readable) -> Readable:  # the target keeps the originals it references
@@ -172,15 +173,22 @@ def _convert_one(image: SourceImage, writer: LayoutWriter, config: BuildConfig, 
             raise InternalError(f"layer {source.digest}: the copy kept for the target is not the layer")
         writer.put_file(copied.path, source.hex, source.size)
     outputs = publish_layers(built, writer)
-    notes = {} if config.cross_layer_dedup else {
+    carried = carry_dict_blobs(built, config.chunk_dict, target)
+    notes = {} if not _reuses_layers(config) else {
         oci.BUILD_OPTIONS_ANNOTATION: build_fingerprint(config, opts.oci_ref)}
-    manifest, _ = write_nydus_image(writer, layer_blobs(outputs, notes), built.bootstrap, image.config,
-                                    docker_types=opts.docker_types, config_media_type=config_media_type)
+    manifest, _ = write_nydus_image(writer, layer_blobs(outputs, notes, carried, built.keys), built.bootstrap,
+                                    image.config, docker_types=opts.docker_types, config_media_type=config_media_type)
     bootstrap_path = writer.out.publish_bytes(built.bootstrap, bootstrap_name)
-    result = BuildResult(bootstrap=bootstrap_path, blobs=[outputs[k] for k in built.keys], layers=outputs,
+    result = BuildResult(bootstrap=bootstrap_path, blobs=device_table(outputs, carried, built.keys), layers=outputs,
                          entries=built.entries, stats=built.stats, manifest=manifest,
                          layout=writer.root, timings={"total": time.perf_counter() - started})
-    return manifest, result
+    return manifest, result, carried.foreign
+
+
+def _reuses_layers(config: BuildConfig) -> bool:
+    """Whether converted layers are self-contained blobs a later `convert` may reuse (not with cross-layer
+    dedup or a chunk dictionary: their blobs depend on what else the image holds)."""
+    return not config.cross_layer_dedup and config.chunk_dict is None
 
 
 def _copy_source_image(image: SourceImage, writer: LayoutWriter) -> Descriptor:
@@ -214,7 +222,7 @@ def _copy_source_image(image: SourceImage, writer: LayoutWriter) -> Descriptor:
 def _reusable_layers(target: Target, image: SourceImage, config: BuildConfig,
                      opts: ConvertOptions) -> dict[str, ReusedLayer]:
     """Blob layers of the image already at the target tag, by source layer, built with the same options."""
-    if target.client is None or target.remote is None or config.cross_layer_dedup or opts.oci_ref:
+    if target.client is None or target.remote is None or not _reuses_layers(config) or opts.oci_ref:
         return {}  # a zran layer is cheap to index again: its data is never rewritten
     from nydus_py.oci.registry import RemoteBlob  # only here: a registry target
 
@@ -297,6 +305,7 @@ def _convert(source: ImageRef, images: list[SourceImage], target: Target, config
     writer = target.writer
     result = ConvertResult(layout=target.layout, tag=target.tag, top=None)
     entries: list[Descriptor] = []
+    foreign: dict[str, ForeignBlob] = {}
     for image in images:
         name = platform_text(image.platform)
         bootstrap = "bootstrap" if len(images) == 1 else f"bootstrap.{name.replace('/', '-')}"
@@ -304,9 +313,10 @@ def _convert(source: ImageRef, images: list[SourceImage], target: Target, config
         config_type = oci.NYDUS_CONFIG if opts.merge_platform and not opts.docker_types else None
         with _about(source, name):
             reusable = _reusable_layers(target, image, config, opts)
-            manifest, built = _convert_one(image, writer, config, opts, bootstrap,
-                                           _warner(result, f"{source} ({name})"), config_media_type=config_type,
-                                           reusable=reusable)
+            manifest, built, carried = _convert_one(image, target, config, opts, bootstrap,
+                                                    _warner(result, f"{source} ({name})"),
+                                                    config_media_type=config_type, reusable=reusable)
+        foreign.update(carried)
         result.reused_layers += len(reusable)
         result.reused_bytes += sum(layer.size for layer in image.layers if layer.digest in reusable)
         result.platforms.append((name, built))
@@ -329,7 +339,7 @@ def _convert(source: ImageRef, images: list[SourceImage], target: Target, config
     mount_from = source.remote.repository if same_registry and source.remote is not None else None
     if opts.oci_ref and target.remote is not None and mount_from != target.remote.repository:
         result.warnings.append(_originals_warning(source, target))
-    result.top, result.push = target.publish(top, mount_from=mount_from)
+    result.top, result.push = target.publish(top, mount_from=mount_from, foreign=foreign)
     return result
 
 

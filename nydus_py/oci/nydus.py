@@ -220,9 +220,12 @@ def open_first_image(image: str | os.PathLike[str], blob_dir: str | os.PathLike[
 
 
 def _from_layout(nydus: NydusImage) -> OpenedImage:
+    dictionary = frozenset(layer.hex for layer in nydus.source.layers[:-1]
+                           if layer.annotations.get(oci.CHUNK_DICT_ANNOTATION) == "true")
     opened = OpenedImage(source=nydus.layout / oci.INDEX_FILE, bootstrap=read_bootstrap(nydus.bootstrap),
                          bootstrap_bytes=nydus.bootstrap, packaged=True,
-                         container_defects=lambda blob_ids: manifest_defects(nydus, blob_ids))
+                         container_defects=lambda blob_ids: manifest_defects(nydus, blob_ids),
+                         dictionary_blobs=dictionary)
     locate_blobs(opened, [nydus.layout / "blobs" / "sha256"])
     return opened
 

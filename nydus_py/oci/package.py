@@ -22,6 +22,7 @@ from nydus_py.errors import InternalError
 from nydus_py.blob.reader import BlobReader, RandomAccess
 from nydus_py.blob.compress import decompress
 from nydus_py.format import blobmeta, oci, tar
+from nydus_py.image import BlobInfo
 from nydus_py.oci.documents import Descriptor, Json
 from nydus_py.oci.targets import LayoutWriter
 
@@ -32,12 +33,24 @@ GZIP_LEVEL = 6  # Go compress/gzip's default
 class LayerBlob:
     """A Nydus blob layer as it goes into the manifest."""
 
-    blob_id: str
-    size: int
+    info: BlobInfo  # its entry in the bootstrap's blob table
     path: Path | None  # the blob file, or
     remote: RandomAccess | None  # where a reused blob already is
-    has_data: bool  # chunk data (so a blob.meta cache file)
     annotations: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def blob_id(self) -> str:
+        """The layer's digest (hex): the blob file's sha256 (a zran blob's: its meta blob's)."""
+        return self.info.file_id
+
+    @property
+    def size(self) -> int:
+        return self.info.file_size
+
+    @property
+    def has_data(self) -> bool:
+        """Chunk data, so a blob.meta cache file."""
+        return self.info.chunk_count > 0
 
     @property
     def source(self) -> Path | RandomAccess:
@@ -48,10 +61,11 @@ class LayerBlob:
         return found
 
 
-def blob_meta_cache(source: Path | RandomAccess) -> bytes:
-    """`<blob id>.blob.meta`: the uncompressed chunk info array padded to 4 KiB, then the 4 KiB header."""
+def blob_meta_cache(source: Path | RandomAccess, info: BlobInfo | None = None) -> bytes:
+    """`<blob id>.blob.meta`: the uncompressed chunk info array padded to 4 KiB, then the 4 KiB header (found
+    through the TOC, or through `info`, the blob's table entry, for a blob without one)."""
     with BlobReader(source) as blob:
-        header = blob.ci_header()
+        header = blob.ci_header(info)
         raw = blob.read_at(header.ci_offset, header.ci_compressed_size, "chunk info array")
         header_bytes = blob.read_at(header.offset, blobmeta.BLOB_CCT_HEADER_SIZE, "chunk info header")
     data = decompress(raw, header.ci_compressor, header.ci_uncompressed_size)
@@ -81,8 +95,11 @@ def patched_config(base: Json, blobs: list[LayerBlob], bootstrap_diff_id: str,
     history gains entries for layers it lacks and one for the bootstrap layer."""
     config = copy.deepcopy(base)
     config["rootfs"] = {"type": "layers", "diff_ids": [f"sha256:{b.blob_id}" for b in blobs] + [bootstrap_diff_id]}
-    history = history_per_layer(config.get("history") if layer_history is None else layer_history, len(blobs))
-    config["history"] = [*history, dict(oci.HISTORY_BOOTSTRAP)]
+    dictionary = sum(1 for b in blobs if oci.CHUNK_DICT_ANNOTATION in b.annotations)  # they come last
+    history = history_per_layer(config.get("history") if layer_history is None else layer_history,
+                                len(blobs) - dictionary)
+    config["history"] = [*history, *(dict(oci.HISTORY_CHUNK_DICT) for _ in range(dictionary)),
+                         dict(oci.HISTORY_BOOTSTRAP)]
     return config
 
 
@@ -98,7 +115,7 @@ def write_nydus_image(writer: LayoutWriter, blobs: list[LayerBlob], bootstrap: b
                       docker_types: bool = False, layer_history: list[Json] | None = None,
                       config_media_type: str | None = None) -> tuple[Descriptor, Json]:
     """Write the bootstrap layer, config and manifest of one image; returns (manifest descriptor, config)."""
-    metas = [(b.blob_id, blob_meta_cache(b.source)) for b in blobs if b.has_data]
+    metas = [(b.blob_id, blob_meta_cache(b.source, b.info)) for b in blobs if b.has_data]
     tar = bootstrap_tar(bootstrap, metas)
     diff_id = "sha256:" + hashlib.sha256(tar).hexdigest()
     manifest_type = oci.DOCKER_MANIFEST if docker_types else oci.OCI_MANIFEST

@@ -140,6 +140,13 @@ def _split_archive(rest: str) -> tuple[str, str | None]:
     return rest[:first], rest[first + 1 :] or None
 
 
+def is_image_ref(text: str) -> bool:
+    """Whether `text` is written as an image reference (`oci:`, `oci-archive:`, `docker-archive:`, `docker:`)
+    rather than a file path."""
+    scheme, sep, _ = text.partition(":")
+    return bool(sep) and scheme in {t.value for t in Transport}
+
+
 def parse_target_ref(text: str) -> ImageRef:
     """A TARGET: `oci:DIR[:TAG]` or `docker://REGISTRY/REPO[:TAG]` (a digest cannot be pushed to)."""
     ref = parse_image_ref(text)
@@ -172,5 +179,5 @@ def output_ref(text: str) -> ImageRef:
     return ImageRef(Transport.OCI, text, path=Path(text))
 
 
-__all__ = ["FORMS", "ImageRef", "Reference", "Transport", "default_target", "output_ref", "parse_creds",
+__all__ = ["FORMS", "ImageRef", "Reference", "Transport", "default_target", "is_image_ref", "output_ref", "parse_creds",
            "parse_image_ref", "parse_reference", "parse_target_ref"]

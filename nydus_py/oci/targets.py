@@ -16,7 +16,7 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -125,8 +125,8 @@ class Target:
     def layout(self) -> Path | None:
         return None if self.remote is not None else self.writer.root
 
-    def publish(self, top: Descriptor, *, tag: str | None = None,
-                mount_from: str | None = None) -> tuple[Descriptor, PushStats | None]:
+    def publish(self, top: Descriptor, *, tag: str | None = None, mount_from: str | None = None,
+                foreign: dict[str, ForeignBlob] | None = None) -> tuple[Descriptor, PushStats | None]:
         """The last step of every command that writes an image: `top` (a manifest or index already in the
         layout) goes into index.json under `tag` (default: the target's), then, for a registry target, the
         layout is pushed (`mount_from`: a repository of the same registry to mount blobs from). Returns the
@@ -136,7 +136,8 @@ class Target:
         self.writer.write_index([entry])
         if self.remote is None or self.client is None:
             return entry, None
-        return entry, push_layout(self.writer.root, top, self.remote, self.client, mount_from=mount_from)
+        return entry, push_layout(self.writer.root, top, self.remote, self.client, mount_from=mount_from,
+                                  foreign=foreign)
 
 
 @contextlib.contextmanager
@@ -184,10 +185,20 @@ class PushStats:
     mounted: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class ForeignBlob:
+    """A blob an image lists that is not in the layout pushed (a chunk dictionary's, in a repository of the
+    same registry): mounted from `repository`, else streamed by `open`."""
+
+    repository: str
+    open: Callable[[], VerifiedStream]
+
+
 def push_layout(root: Path, top: Descriptor, ref: Reference, client: RegistryClient,
-                mount_from: str | None = None) -> PushStats:
+                mount_from: str | None = None, foreign: dict[str, ForeignBlob] | None = None) -> PushStats:
     """Upload the image `top` of the layout at `root` to `ref` (tag or digest); every blob read from the
-    layout is verified as it goes."""
+    layout is verified as it goes. `foreign` blobs, by digest, are not in the layout."""
+    foreign = foreign or {}
     store = LayoutStore(root, str(root))
     stats = PushStats()
     visited: set[str] = set()
@@ -213,8 +224,10 @@ def push_layout(root: Path, top: Descriptor, ref: Reference, client: RegistryCli
                 def opener(d: Descriptor = blob_desc) -> VerifiedStream:
                     return store.open(d)
 
-                how = client.push_blob(ref.repository, blob_desc.digest, blob_desc.size, opener,
-                                       mount_from=mount_from)
+                elsewhere = foreign.get(blob_desc.digest)
+                how = client.push_blob(ref.repository, blob_desc.digest, blob_desc.size,
+                                       elsewhere.open if elsewhere else opener,
+                                       mount_from=elsewhere.repository if elsewhere else mount_from)
                 if how == "exists":
                     stats.existing += 1
                     stats.existing_bytes += blob_desc.size
@@ -232,4 +245,4 @@ def push_layout(root: Path, top: Descriptor, ref: Reference, client: RegistryCli
     return stats
 
 
-__all__ = ["LayoutWriter", "PushStats", "Target", "open_target", "push_layout", "refuse_inside"]
+__all__ = ["ForeignBlob", "LayoutWriter", "PushStats", "Target", "open_target", "push_layout", "refuse_inside"]

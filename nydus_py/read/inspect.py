@@ -16,8 +16,9 @@ def flag_names(flags: enum.IntFlag) -> list[str]:
     return [member.name for member in type(flags) if member in flags and member.name]
 
 
-def summary(bootstrap: Bootstrap) -> dict[str, Any]:
-    """The superblock facts, tables and counts as plain JSON-ready values."""
+def summary(bootstrap: Bootstrap, dictionary: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The superblock facts, tables and counts as plain JSON-ready values; `dictionary`: the ids of blobs the
+    image's package lists as a chunk dictionary's."""
     inodes = {id(inode) for _, inode in bootstrap.tree.walk()}
     entries = sum(1 for _ in bootstrap.tree.walk())
     return {
@@ -35,7 +36,7 @@ def summary(bootstrap: Bootstrap) -> dict[str, Any]:
         "chunk_table_entries": len(bootstrap.chunk_table),
         "prefetch_nids": bootstrap.prefetch_nids,
         "devices": [{"tag": d.tag, "blocks": d.blocks, "mapped_blkaddr": d.mapped_blkaddr} for d in bootstrap.devices],
-        "blobs": [blob_summary(b) for b in bootstrap.blobs],
+        "blobs": [{**blob_summary(b), "chunk_dict": b.file_id in dictionary} for b in bootstrap.blobs],
     }
 
 
@@ -63,8 +64,8 @@ def blob_summary(info: BlobInfo) -> dict[str, Any]:
     }
 
 
-def summary_text(bootstrap: Bootstrap) -> list[str]:
-    s = summary(bootstrap)
+def summary_text(bootstrap: Bootstrap, dictionary: frozenset[str] = frozenset()) -> list[str]:
+    s = summary(bootstrap, dictionary)
     lines = [
         f"bootstrap:   {s['bootstrap_size']} bytes, {'RAFS v6' if s['rafs'] else 'plain EROFS'}",
         f"flags:       {s['flags']:#x} ({', '.join(s['flag_names']) or 'none'})",
@@ -76,7 +77,7 @@ def summary_text(bootstrap: Bootstrap) -> list[str]:
         f"blobs:       {len(s['blobs'])}",
     ]
     for blob, device in zip(s["blobs"], s["devices"] + [None] * len(s["blobs"]), strict=False):
-        lines.append(f"  [{blob['index']}] {blob['id']}")
+        lines.append(f"  [{blob['index']}] {blob['id']}{' (from a chunk dictionary)' if blob['chunk_dict'] else ''}")
         lines.append(f"      {blob['chunk_count']} chunks, {blob['compressor']}/{blob['digester']}, "
                      f"compressed {blob['compressed_size']}, uncompressed {blob['uncompressed_size']}")
         lines.append(f"      features {blob['features']:#x} ({', '.join(blob['feature_names'])})")

@@ -35,6 +35,7 @@ class OpenedImage:
     # the rules of the package the bootstrap came in, given the blob ids it references (set by the layer
     # that opened the package: the core knows no OCI)
     container_defects: Callable[[list[str]], list[Defect]] | None = None
+    dictionary_blobs: frozenset[str] = frozenset()  # blob ids the package lists as a chunk dictionary's
 
     @property
     def bootstrap_file(self) -> Path | None:

@@ -10,12 +10,13 @@ from typing import BinaryIO
 
 from nydus_py.errors import UsageError
 from nydus_py.sources import WhiteoutSpec, XattrNamespace
+from nydus_py.sources.chunklist import ChunkListSource
 from nydus_py.sources.directory import DirectorySource
 from nydus_py.sources.gzipref import ZranLayer
 from nydus_py.util.fsutil import file_identity
 from nydus_py.sources.tarball import TarSource
 
-Source = DirectorySource | TarSource
+Source = DirectorySource | TarSource | ChunkListSource
 
 
 class LayerKind(enum.Enum):

@@ -2,13 +2,15 @@
 // and nerdctl do, with the builder binary given by -builder: the real nydus-image or nydus-py-image. It is a
 // test harness of nydus-py (tests/test_drop_in_builder.py).
 //
-//	converter pack   -builder B [-compressor C] [-chunk-size S] [-prefetch P] [-oci-ref] -out BLOB LAYER.tar
-//	converter merge  -builder B [-oci-ref] -out BOOTSTRAP.tar BLOB[=ORIGINAL-DIGEST]...
+//	converter pack   -builder B [-compressor C] [-chunk-size S] [-prefetch P] [-oci-ref] [-chunk-dict BOOT]
+//	                 -out BLOB LAYER.tar
+//	converter merge  -builder B [-oci-ref] [-chunk-dict BOOT] -out BOOTSTRAP.tar BLOB[=ORIGINAL-DIGEST]...
 //	                 (prints the blob digests the bootstrap names)
 //	converter unpack -builder B -out LAYER.tar BLOB
 //
 // With -oci-ref, pack reads a gzip layer and writes its zran meta blob (BuildKit's `oci-ref`), and merge
-// takes each meta blob with the digest of the gzip layer it references (the `nydus-ref` annotation).
+// takes each meta blob with the digest of the gzip layer it references (the `nydus-ref` annotation). With
+// -chunk-dict, both pass the chunk dictionary bootstrap (ChunkDictPath).
 package main
 
 import (
@@ -37,6 +39,7 @@ func main() {
 	prefetch := flags.String("prefetch", "", "prefetch patterns, one a line")
 	workDir := flags.String("work-dir", "", "the converter's work directory")
 	ociRef := flags.Bool("oci-ref", false, "zran: reference gzip layers in place")
+	chunkDict := flags.String("chunk-dict", "", "a chunk dictionary bootstrap")
 	if err := flags.Parse(os.Args[2:]); err != nil {
 		fail(err)
 	}
@@ -50,12 +53,12 @@ func main() {
 	case "pack":
 		err = pack(ctx, dest, flags.Arg(0), converter.PackOption{
 			WorkDir: *workDir, BuilderPath: *builder, FsVersion: "6", Compressor: *compressor,
-			ChunkSize: *chunkSize, PrefetchPatterns: *prefetch, OCIRef: *ociRef,
+			ChunkSize: *chunkSize, PrefetchPatterns: *prefetch, OCIRef: *ociRef, ChunkDictPath: *chunkDict,
 		})
 	case "merge":
 		err = merge(ctx, dest, flags.Args(), converter.MergeOption{
 			WorkDir: *workDir, BuilderPath: *builder, FsVersion: "6", WithTar: true, OCI: true,
-			PrefetchPatterns: *prefetch, OCIRef: *ociRef,
+			PrefetchPatterns: *prefetch, OCIRef: *ociRef, ChunkDictPath: *chunkDict,
 		})
 	case "unpack":
 		err = unpack(ctx, dest, flags.Arg(0), converter.UnpackOption{

@@ -1,0 +1,170 @@
+"""Chunk dictionaries: chunks a build references in another image's blobs instead of storing them again
+(nydus-image `create --chunk-dict bootstrap=PATH`).
+
+A dictionary is a bootstrap: its blob table says which blobs hold its chunks, its chunk table (or, lacking
+one, its files) says where each chunk lies. A chunk of the build whose digest and size the dictionary has is
+recorded as the dictionary's (its blob, chunk-info index, offsets and sizes, copied as they are) and not
+written to the layer's blob; every other chunk is stored as before. The dictionary's blobs a build uses join
+its blob table, in order of first reference like every blob (docs/format.md §14.2). References:
+docs/format.md §14.4; nydus `src/bin/nydus-image/core/chunk_dict.rs` (`HashChunkDict`), `core/node.rs`
+(`deduplicate_chunk`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from nydus_py.blob.reader import BlobReader, RandomAccess, find_blob_file
+from nydus_py.bootstrap.reader import is_bootstrap, read_bootstrap, read_tables
+from nydus_py.build.plan import final_blob_info
+from nydus_py.errors import FormatError, UsageError
+from nydus_py.format import rafs
+from nydus_py.format.blobmeta import BLOB_ID_PLACEHOLDER
+from nydus_py.format.rafs import DigestAlgo
+from nydus_py.image import BlobInfo, is_blob_digest
+from nydus_py.model import ChunkRef, walk_bfs
+from nydus_py.util.fsutil import Readable, file_sha256
+
+DICT_KEY_BASE = 1 << 16  # blob keys of a dictionary's blobs in a build: never a layer's index
+MAX_DICT_BOOTSTRAP = 1 << 30  # what a dictionary bootstrap may be (bytes) before it is read
+
+
+@dataclass(frozen=True, slots=True)
+class DictBlob:
+    """One blob of a dictionary: its table entry as a bootstrap that references it records it (real id, file
+    size, TOC), and where its bytes are when known: `source` for reading parts of it (a file, a registry
+    blob), `open` for streaming it whole (checked against its id by whoever copies it)."""
+
+    info: BlobInfo
+    source: Path | RandomAccess | None = None
+    open: Callable[[], Readable] | None = None
+    repository: tuple[str, str] | None = None  # (registry, repository) of a dictionary image: mountable from
+
+
+@dataclass(slots=True)
+class ChunkDict:
+    """A loaded dictionary: its blobs and, by (digest, uncompressed size), the chunk to reference (its
+    blob_index is `DICT_KEY_BASE` + the blob's position in `blobs`)."""
+
+    name: str
+    chunk_size: int
+    digester: DigestAlgo
+    blobs: list[DictBlob]
+    chunks: dict[tuple[bytes, int], ChunkRef]
+
+    def infos(self) -> dict[int, BlobInfo]:
+        """Blob key -> table entry, for every blob of the dictionary."""
+        return {DICT_KEY_BASE + i: blob.info for i, blob in enumerate(self.blobs)}
+
+    def blob(self, key: int) -> DictBlob | None:
+        """The dictionary blob of a build's blob key (None: not a dictionary blob)."""
+        position = key - DICT_KEY_BASE
+        return self.blobs[position] if 0 <= position < len(self.blobs) else None
+
+    def check_fits(self, chunk_size: int, digester: DigestAlgo) -> None:
+        """A dictionary serves a build with its chunk size and digester only (nydus `check_compatibility`;
+        a digest of another algorithm would never match, so say so rather than dedup nothing)."""
+        if chunk_size != self.chunk_size:
+            raise UsageError(f"{self.name}: the chunk dictionary has {self.chunk_size:#x}-byte chunks, the build "
+                             f"{chunk_size:#x} (--chunk-size)")
+        if digester != self.digester:
+            raise UsageError(f"{self.name}: the chunk dictionary's chunks are named by {self.digester.name.lower()}, "
+                             f"the build's by {digester.name.lower()} (--digester)")
+
+
+def dictionary_path(arg: str) -> str:
+    """nydus-image's `--chunk-dict` value: `bootstrap=PATH` or a bare PATH (nydus `parse_chunk_dict_arg`:
+    split at the first `=`, and `bootstrap` is the only type)."""
+    kind, sep, path = arg.partition("=")
+    if not sep:
+        return arg
+    if kind != "bootstrap":
+        raise UsageError(f"--chunk-dict {arg}: invalid chunk dict type {kind!r} (only bootstrap=PATH)")
+    if not path:
+        raise UsageError(f"--chunk-dict {arg}: no path")
+    return path
+
+
+def load_chunk_dict(data: bytes, name: str, *, own: tuple[str, Path | RandomAccess] | None = None,
+                    find: Callable[[str], Path | RandomAccess | None] | None = None) -> ChunkDict:
+    """A dictionary from a bootstrap's bytes (plain, merged, or a layer blob's inline one). `own` is (id,
+    file) of the layer blob the bootstrap came from, whose entry carries the placeholder id; `find` locates
+    the other blobs by id. FormatError when the bootstrap is malformed or lists more blobs than RAFS v6
+    allows."""
+    def keys(table: list[BlobInfo]) -> dict[int, int]:
+        return {info.blob_index: DICT_KEY_BASE + i for i, info in enumerate(table)}
+
+    try:
+        tables = read_tables(data, keys)
+        if not tables.chunk_table:  # a bootstrap without a chunk table: its chunks are in its files
+            tables.chunk_table = [c for inode in walk_bfs(read_bootstrap(data, keys).tree) for c in inode.chunks]
+    except FormatError as exc:
+        raise FormatError(f"{name}: not a usable chunk dictionary: {exc}") from None
+    if not tables.is_rafs:
+        raise FormatError(f"{name}: a plain EROFS image, not a RAFS bootstrap: it has no chunks to share")
+    if len(tables.blobs) > rafs.MAX_BLOBS:
+        raise FormatError(f"{name}: the chunk dictionary lists {len(tables.blobs)} blobs; RAFS v6 allows at most "
+                          f"{rafs.MAX_BLOBS}")
+    blobs = [_dict_blob(info, name, own, find) for info in tables.blobs]
+    chunks: dict[tuple[bytes, int], ChunkRef] = {}
+    # the chunk table is sorted by digest, then blob: a chunk in several blobs is taken from the first, as
+    # nydus-image takes it
+    for ref in tables.chunk_table:
+        chunks.setdefault((ref.digest, ref.uncompressed_size), ref)
+    return ChunkDict(name=name, chunk_size=tables.chunk_size, digester=tables.digester, blobs=blobs, chunks=chunks)
+
+
+def _dict_blob(info: BlobInfo, name: str, own: tuple[str, Path | RandomAccess] | None,
+               find: Callable[[str], Path | RandomAccess | None] | None) -> DictBlob:
+    if info.blob_id == BLOB_ID_PLACEHOLDER:
+        if own is None:
+            raise FormatError(f"{name}: a layer's bootstrap names its blob by a placeholder; give the layer blob "
+                              "as the chunk dictionary")
+        blob_id, source = own
+        return DictBlob(info=final_blob_info(info, source, blob_id), source=source, open=_opener(source))
+    if info.is_separate:  # nydus-snapshotter builds no zran layer with a dictionary either
+        raise UsageError(f"{name}: blob {info.blob_id} is a zran blob (its chunks are in a gzip layer): a zran "
+                         "image is no chunk dictionary")
+    if not is_blob_digest(info.file_id):
+        raise FormatError(f"{name}: blob id {info.file_id!r} is not 64 lowercase hex digits")
+    found = find(info.file_id) if find is not None else None
+    return DictBlob(info=replace(info, blob_index=0), source=found, open=_opener(found))
+
+
+def _opener(source: Path | RandomAccess | None) -> Callable[[], Readable] | None:
+    if not isinstance(source, Path):
+        return None
+    path = source
+    return lambda: path.open("rb")
+
+
+def read_chunk_dict_file(path: Path, blob_dir: Path | None = None) -> ChunkDict:
+    """A dictionary from a file: a bootstrap (its blobs looked for in `blob_dir`, `blobs/sha256/` beside it,
+    and beside it) or a layer blob with its bootstrap inline (the blob itself then one of its blobs)."""
+    name = str(path)
+    try:
+        with path.open("rb") as f:
+            head = f.read(4096)
+            size = f.seek(0, 2)
+    except OSError as exc:
+        raise UsageError(f"{name}: cannot read the chunk dictionary: {exc.strerror}") from None
+    folders = [*([blob_dir, blob_dir / "blobs" / "sha256"] if blob_dir else []), path.parent / "blobs" / "sha256",
+               path.parent]
+
+    def find(blob_id: str) -> Path | None:
+        return find_blob_file(folders, blob_id)
+
+    if is_bootstrap(head):
+        if size > MAX_DICT_BOOTSTRAP:
+            raise FormatError(f"{name}: a {size}-byte bootstrap is over the {MAX_DICT_BOOTSTRAP >> 20} MiB limit")
+        return load_chunk_dict(path.read_bytes(), name, find=find)
+    with BlobReader(path) as reader:
+        data = reader.inline_bootstrap()
+    if data is None:
+        raise FormatError(f"{name}: neither a bootstrap nor a layer blob with its bootstrap inline")
+    return load_chunk_dict(data, name, own=(file_sha256(path), path), find=find)
+
+
+__all__ = ["DICT_KEY_BASE", "ChunkDict", "DictBlob", "dictionary_path", "load_chunk_dict", "read_chunk_dict_file"]
