@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import subprocess
 import tempfile
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -230,3 +232,63 @@ def test_an_endless_prefetch_list_is_refused_at_once(src: Path, tmp_path: Path, 
         took = time.monotonic() - started
     assert done.returncode == 2 and one_line(done.stderr) and "longer than 4096 bytes" in done.stderr, done.stderr
     assert took < 5 and not (tmp_path / "out").exists()
+
+
+# --- what one layer may hold: refused in one line before the memory runs out ------------------------------
+
+
+def tar_of(path: Path, members: list[tarfile.TarInfo], data: dict[str, bytes] | None = None) -> Path:
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for info in members:
+            tar.addfile(info, io.BytesIO((data or {}).get(info.name, b"")))
+    return path
+
+
+def test_a_layer_of_too_many_entries(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                                     tmp_path: Path) -> None:
+    monkeypatch.setattr("nydus_py.sources.tarball.MAX_LAYER_ENTRIES", 100)
+    monkeypatch.setattr("nydus_py.sources.directory.MAX_LAYER_ENTRIES", 100)
+    layer = tar_of(tmp_path / "many.tar", [tarfile.TarInfo(f"f{i}") for i in range(101)])
+    status, err = run(capsys, "build", str(layer), "-o", str(tmp_path / "o1"))
+    assert status == 2 and one_line(err) and "more than 100 entries in one layer" in err
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for i in range(101):
+        (tree / f"f{i}").write_bytes(b"")
+    status, err = run(capsys, "build", str(tree), "-o", str(tmp_path / "o2"))
+    assert status == 2 and one_line(err) and "more than 100 entries in one layer" in err
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+
+
+def test_a_layer_of_too_many_xattr_bytes(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                                         tmp_path: Path) -> None:
+    """A global pax xattr lands on every member: the bytes are counted per inode."""
+    monkeypatch.setattr("nydus_py.sources.tarball.MAX_LAYER_XATTR_BYTES", 10_000)
+    members = []
+    for i in range(30):
+        info = tarfile.TarInfo(f"f{i}")
+        info.pax_headers = {"SCHILY.xattr.user.big": "v" * 500}
+        members.append(info)
+    layer = tar_of(tmp_path / "xattrs.tar", members)
+    status, err = run(capsys, "build", str(layer), "-o", str(tmp_path / "o"))
+    assert status == 2 and one_line(err) and "xattrs of more than" in err
+
+
+def test_a_layer_of_too_many_holes(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                                   tmp_path: Path) -> None:
+    """A sparse member of 2^62 bytes without data: its holes cost nothing to send, so they are counted."""
+    monkeypatch.setattr("nydus_py.blob.chunker.MAX_HOLE_CHUNKS", 1000)
+    info = tarfile.TarInfo("sparse")
+    info.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.name": "sparse",
+                        "GNU.sparse.realsize": str(1 << 62)}
+    info.size = 512
+    layer = tar_of(tmp_path / "holes.tar", [info], {"sparse": b"0\n".ljust(512, b"\0")})
+    status, err = run(capsys, "build", str(layer), "-o", str(tmp_path / "o"))
+    assert status == 2 and one_line(err) and "more than 1000 chunks of holes in one layer" in err
+
+
+def test_a_prefetch_line_is_ended_by_a_newline_only(src: Path, tmp_path: Path) -> None:
+    """`\\r` does not split a line (nydus-image's `lines()`): a list cannot slip past the pattern count."""
+    from nydus_py.build.config import parse_prefetch_patterns
+
+    assert parse_prefetch_patterns(b"/a\r/b\r\n/c\n") == (b"/a\r/b", b"/c")

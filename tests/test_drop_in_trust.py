@@ -10,6 +10,7 @@ import json
 import os
 import resource
 import signal
+import stat
 import subprocess
 import sys
 import tarfile
@@ -84,7 +85,7 @@ def test_blob_naming_the_input_never_destroys_it(tmp_path: Path, how: str) -> No
     blob = source if how == "same path" else tmp_path / "link"
     if how == "hardlink":
         os.link(source, blob)
-    failed(create(source, blob), "--blob names the layer being read")
+    failed(create(source, blob), "--blob names the same file as SOURCE")
     assert source.read_bytes() == before
 
 
@@ -158,7 +159,7 @@ def test_an_interrupted_create_into_a_blob_dir_leaves_no_staging(tmp_path: Path,
     time.sleep(0.3)
     process.send_signal(signum)
     _, err = process.communicate(timeout=60)
-    assert process.returncode == 1 and b"interrupted" in err, err
+    assert process.returncode == 1 and err == b"Error: interrupted\n", err  # one line, no blank one before it
     assert list((tmp_path / "blobs").iterdir()) == []
 
 
@@ -295,3 +296,165 @@ def test_json_output_is_written_whole(tmp_path: Path) -> None:
     assert create(source, tmp_path / "blob", "--output-json", str(tmp_path / "out.json")).returncode == 0
     assert not (tmp_path / "elsewhere.json").exists()
     assert json.loads((tmp_path / "out.json").read_text())["blobs"]
+
+
+# --- round 3, second pass: every output, not only --blob -------------------------------------------------
+
+
+def test_devices_fifos_and_own_descriptors_at_outputs_are_written_in_place(tmp_path: Path) -> None:
+    """`--output-json /dev/null` keeps /dev/null a device (a copy of it here), a symlink to a FIFO is written
+    through to its reader, and /dev/stdout is the process's own output."""
+    layer = layer_tar(tmp_path / "layer.tar", {"f": b"data"})
+    null = tmp_path / "null"
+    os.mknod(null, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    assert create(layer, tmp_path / "b1", "--output-json", str(null)).returncode == 0
+    assert stat.S_ISCHR(os.lstat(null).st_mode)
+    fifo = tmp_path / "json.fifo"
+    os.mkfifo(fifo)
+    (tmp_path / "via-link").symlink_to(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    assert create(layer, tmp_path / "b2", "--output-json", str(tmp_path / "via-link")).returncode == 0
+    reader.join(10)
+    assert json.loads(got[0])["blobs"] and stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert (tmp_path / "via-link").is_symlink()
+    done = create(layer, tmp_path / "b3", "--output-json", "/dev/stdout")
+    assert done.returncode == 0 and json.loads(done.stdout)["blobs"]
+
+
+def test_an_output_naming_an_input_or_another_output_is_refused(tmp_path: Path) -> None:
+    layer = layer_tar(tmp_path / "layer.tar", {"f": b"data" * 100})
+    before = layer.read_bytes()
+    failed(create(layer, tmp_path / "b", "--output-json", str(layer)), "--output-json names the same file as SOURCE")
+    failed(create(layer, tmp_path / "b", "--output-json", str(tmp_path / "b")),
+           "--output-json names the same file as --blob")
+    assert layer.read_bytes() == before and not (tmp_path / "b").exists()
+
+
+def test_an_output_json_that_cannot_be_written_fails_before_anything_is_published(tmp_path: Path) -> None:
+    """Read-only (a bind mount): refused before the blob or OUTDIR is written. A missing directory is made."""
+    layer = layer_tar(tmp_path / "layer.tar", {"f": b"data" * 100})
+    (tmp_path / "ro").mkdir()
+    subprocess.run(["mount", "--bind", "-o", "ro", str(tmp_path / "ro"), str(tmp_path / "ro")], check=True)
+    try:
+        failed(create(layer, tmp_path / "b", "--output-json", str(tmp_path / "ro" / "x.json")), "ro/x.json",
+               "Read-only file system")
+        assert not (tmp_path / "b").exists()
+        out = tmp_path / "outdir"
+        done = subprocess.run([sys.executable, "-m", "nydus_py.cli", "build", str(layer), "-o", str(out), "-q",
+                               "--output-json", str(tmp_path / "ro" / "x.json")], capture_output=True, text=True)
+        assert done.returncode == 2 and "ro/x.json" in done.stderr and not out.exists()
+    finally:
+        subprocess.run(["umount", str(tmp_path / "ro")], check=True)
+    assert create(layer, tmp_path / "b", "--output-json", str(tmp_path / "new" / "dir" / "x.json")).returncode == 0
+    assert json.loads((tmp_path / "new" / "dir" / "x.json").read_text())["blobs"]
+
+
+def test_a_blob_dir_inside_the_source_directory_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "src" / "bd").mkdir(parents=True)
+    (tmp_path / "src" / "f").write_bytes(b"data")
+    for blob_dir in (tmp_path / "src" / "bd", tmp_path / "src"):
+        done = drop_in("create", "--type", "dir-rafs", "--blob-dir", blob_dir, "--blob-inline-meta", tmp_path / "src")
+        failed(done, "--blob-dir is inside the source directory")
+    assert sorted(os.listdir(tmp_path / "src")) == ["bd", "f"] and not os.listdir(tmp_path / "src" / "bd")
+
+
+def test_a_live_runs_staging_is_kept_whatever_its_pid_says(tmp_path: Path) -> None:
+    """Staging is locked, not guessed from PIDs: a run in another PID namespace (here: a staging directory
+    named by a PID that does not exist, whose lock a live process holds) is never removed, and an unlocked one
+    is."""
+    import fcntl
+
+    from nydus_py.util.fsutil import remove_stale_staging
+
+    live, dead = tmp_path / ".nydus-py-image-999999999-live", tmp_path / ".nydus-py-image-999999998-dead"
+    live.mkdir()
+    dead.mkdir()
+    holder = os.open(live, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    try:
+        removed = remove_stale_staging(tmp_path, ".nydus-py-image-")
+    finally:
+        os.close(holder)
+    assert removed == [dead] and live.exists() and not dead.exists()
+
+
+def test_a_killed_runs_temporary_output_is_removed_by_the_next_run(tmp_path: Path) -> None:
+    big = layer_tar(tmp_path / "big.tar", {f"f{i}": os.urandom(1 << 20) for i in range(64)})
+    blob = tmp_path / "out" / "layer.blob"
+    blob.parent.mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", CODE, "create", "--type", "tar-rafs", "--blob", str(blob),
+                             "--blob-inline-meta", str(big)], preexec_fn=os.setsid)
+    deadline = time.monotonic() + 20
+    while not any(p.name.startswith(".nydus-py-tmp-") for p in blob.parent.iterdir()):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert [p for p in blob.parent.iterdir() if p.name.startswith(".nydus-py-tmp-")]
+    small = layer_tar(tmp_path / "small.tar", {"f": b"x"})
+    assert create(small, blob).returncode == 0
+    assert sorted(p.name for p in blob.parent.iterdir()) == ["layer.blob"]
+
+
+def test_duplicate_blob_ids_are_one_blob_and_sizes_are_bounded(tmp_path: Path) -> None:
+    """nydus-image merges two layers of one blob into one table entry; a size over RAFS's 2^40 is refused."""
+    layer = layer_tar(tmp_path / "layer.tar", {"f": b"data" * 100})
+    blob = tmp_path / "layer.blob"
+    assert create(layer, blob).returncode == 0
+    from nydus_py.blob.reader import BlobReader
+
+    with BlobReader(blob) as reader:
+        boot = reader.inline_bootstrap()
+    assert boot is not None
+    blob_id = __import__("hashlib").sha256(blob.read_bytes()).hexdigest()
+    (tmp_path / blob_id).write_bytes(boot)
+    merged = tmp_path / "merged"
+    assert drop_in("merge", "--bootstrap", merged, "--blob-digests", f"{blob_id},{blob_id}", tmp_path / blob_id,
+                   tmp_path / blob_id).returncode == 0
+    assert [b.blob_id for b in read_bootstrap(merged.read_bytes()).blobs] == [blob_id]
+    failed(drop_in("merge", "--bootstrap", tmp_path / "m2", "--blob-sizes", str(1 << 41), tmp_path / blob_id),
+           "--blob-sizes", "up to 2^40", status=1)
+    assert not (tmp_path / "m2").exists()
+
+
+def test_a_source_bootstrap_that_is_a_device_is_refused_at_once(tmp_path: Path) -> None:
+    failed(drop_in("check", "--bootstrap", "/dev/zero"), "/dev/zero", "not a regular file")
+    zero = tmp_path / ("b" * 64)
+    zero.symlink_to("/dev/zero")
+    failed(drop_in("merge", "--bootstrap", tmp_path / "m", zero), "not a regular file")
+
+
+def test_a_reader_that_goes_away_is_one_line(tmp_path: Path) -> None:
+    big = layer_tar(tmp_path / "big.tar", {f"f{i}": os.urandom(1 << 20) for i in range(16)})
+    fifo = tmp_path / "blob.fifo"
+    os.mkfifo(fifo)
+
+    def read_a_little() -> None:
+        with open(fifo, "rb") as f:
+            f.read(1000)
+
+    reader = threading.Thread(target=read_a_little)
+    reader.start()
+    done = create(big, fifo)
+    reader.join(10)
+    failed(done, "blob.fifo", "Broken pipe")
+    check = subprocess.run(["bash", "-o", "pipefail", "-c",
+                            f"{sys.executable} -c '{CODE}' --version | (exec 0<&-; sleep 0.5)"],
+                           capture_output=True, text=True)
+    assert check.returncode == 1 and "broken pipe" in check.stderr and check.stderr.count("\n") == 1
+
+
+def test_messages_name_the_output_not_a_temporary_file(tmp_path: Path) -> None:
+    """A full disk (a 1 MiB tmpfs) names --blob-dir and the output JSON as given."""
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=True)
+    try:
+        big = layer_tar(tmp_path / "big.tar", {"f": os.urandom(3 << 20)})
+        done = drop_in("create", "--type", "tar-rafs", "--blob-dir", small, "--blob-inline-meta", big)
+        failed(done, f"{small}: No space left on device")
+        assert ".nydus-py" not in done.stderr and os.listdir(small) == []
+    finally:
+        subprocess.run(["umount", str(small)], check=True)

@@ -58,7 +58,7 @@ def _wait_for_work(out: Path, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         staged = [*out.rglob("*"), *out.parent.glob(f".{out.name}.nydus-py-*/*")]
-        if any(p.name.startswith(".blob.") for p in staged):
+        if any(p.name.startswith(".nydus-py-tmp-") for p in staged):
             return
         time.sleep(0.01)
     pytest.fail("the build never started writing")

@@ -7,6 +7,7 @@ import io
 import os
 import subprocess
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -158,3 +159,93 @@ def test_a_header_with_a_bad_checksum_names_its_offset() -> None:
     data[1024 + 10] ^= 0xFF  # inside the second header's name
     with pytest.raises(FormatError, match="bad header checksum at byte 1024"):
         members(bytes(data))
+
+
+# --- hostile headers (trust round 3, second pass): each bounded in time and memory --------------------------
+
+
+def header(name: bytes = b"f", typeflag: bytes = b"0", size: bytes | int = 0, magic: bytes = b"ustar\x0000",
+           tail: bytes | None = None) -> bytes:
+    """One raw 512-byte header; `size` as a number (octal) or raw field bytes (e.g. base-256)."""
+    size_field = size if isinstance(size, bytes) else b"%011o\0" % size
+    block = (name.ljust(100, b"\0") + b"0000644\0" + b"0000000\0" * 2 + size_field + b"00000000000\0" + b" " * 8
+             + typeflag + bytes(100) + magic + bytes(80) + (tail if tail is not None else bytes(167)))
+    assert len(block) == 512
+    return block[:148] + b"%06o\0 " % sum(block) + block[156:]
+
+
+def padded(data: bytes) -> bytes:
+    return data + bytes(-len(data) % 512)
+
+
+def pax_header(records: list[tuple[bytes, bytes]], typeflag: bytes = b"x") -> bytes:
+    data = b"".join(_record(k, v) for k, v in records)
+    return header(b"pax", typeflag, len(data)) + padded(data)
+
+
+NEGATIVE = b"\xff" * 11 + b"\xfb"  # -5 in GNU base-256
+
+
+@pytest.mark.parametrize(("value", "words"), [(b"1e999999999", "is not a number"),
+                                               (b"1E99999999999999999", "is not a number"),
+                                               (b"99999999999999999999999", "is not a number")])
+def test_a_pax_mtime_is_a_plain_decimal(value: bytes, words: str) -> None:
+    """No exponent: `1e999999999` would ask Decimal for a number of a billion digits (and never return)."""
+    with pytest.raises(FormatError, match=words):
+        members(pax_header([(b"mtime", value)]) + header(b"f") + bytes(1024))
+
+
+def test_pax_mtimes_keep_their_fraction_exactly() -> None:
+    reader = TarReader(io.BytesIO(pax_header([(b"mtime", b"-1.25")]) + header(b"f") + bytes(1024)), "t")
+    (member,) = list(reader.members())
+    assert (member.mtime, member.mtime_nsec) == (-2, 750_000_000)
+
+
+@pytest.mark.parametrize("data", [
+    header(b"pax", b"x", NEGATIVE) + header(b"f"),  # a pax header of -5 bytes
+    header(b"././@LongLink", b"L", NEGATIVE) + header(b"f"),
+    header(b"f", b"0", b"\xff" * 10 + b"\xfe\x00"),  # a regular member of -512 bytes
+])
+def test_negative_sizes_are_refused(data: bytes) -> None:
+    with pytest.raises(FormatError, match="not a size"):
+        members(data + bytes(1024))
+
+
+def test_special_headers_before_one_member_are_capped_together() -> None:
+    chain = b"".join(header(b"././@LongLink", b"L", 1000) + padded(b"n" * 1000) for _ in range(1100))
+    with pytest.raises(FormatError, match="special headers of more than 1 MiB"):
+        members(chain + header(b"f") + bytes(1024))
+
+
+def test_global_pax_records_keep_only_what_members_take() -> None:
+    records = [(b"comment", b"x" * 100)] * 2000 + [(b"uid", b"7")]
+    data = pax_header(records, b"g") + b"".join(header(b"f%d" % i) for i in range(3)) + bytes(1024)
+    reader = TarReader(io.BytesIO(data), "t")
+    got = list(reader.members())
+    assert all(m.uid == 7 and b"comment" not in m.pax for m in got)
+
+
+def test_a_gnu_header_has_no_prefix() -> None:
+    """A GNU header keeps atime and ctime where ustar has `prefix`: GNU tar and Go ignore it there."""
+    gnu = header(b"file", magic=b"ustar  \0", tail=b"14620213540\0" + bytes(155))
+    assert members(gnu + bytes(1024)) == [(b"file", b"0", 0)]
+
+
+def test_a_pax_1_0_sparse_map_is_read_in_linear_time() -> None:
+    """65536 extents announced, then one newline a block: refused when the map outgrows what it announced."""
+    pax = pax_header([(b"GNU.sparse.major", b"1"), (b"GNU.sparse.minor", b"0"), (b"GNU.sparse.name", b"f"),
+                      (b"GNU.sparse.realsize", b"1000")])
+    body = padded(b"65536\n") + b"\n".ljust(512, b"\0") * 8000
+    started = time.monotonic()
+    with pytest.raises(FormatError, match="longer than its extents can be|truncated"):
+        members(pax + header(b"f", size=len(body)) + body + bytes(1024))
+    assert time.monotonic() - started < 5
+
+
+def test_an_old_gnu_sparse_extension_chain_is_bounded() -> None:
+    """Empty extension blocks, each saying another follows: counted, and refused past what 65536 extents need."""
+    tail = bytes(137) + b"\x01" + b"%011o\0" % 100 + bytes(17)  # no extents here, isextended, realsize 100
+    extension = bytes(504) + b"\x01" + bytes(7)
+    data = header(b"s", b"S", 0, magic=b"ustar  \0", tail=tail) + extension * 4000 + bytes(1024)
+    with pytest.raises(FormatError, match="more than 65536 extents"):
+        members(data)

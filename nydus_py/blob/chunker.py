@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from nydus_py.blob.writer import BlobWriter
 from nydus_py.blob.compress import compress
 from nydus_py.blob.digests import chunk_digest, crc32c
+from nydus_py.errors import FormatError
 from nydus_py.format.rafs import CompressAlgo, DigestAlgo
 from nydus_py.model import ChunkRef, FileContent, Inode
 
@@ -60,6 +61,11 @@ def _shorter_switch_interval(change: int) -> None:
         _switch_users += change
         if change < 0 and _switch_users == 0:
             sys.setswitchinterval(_switch_saved)
+
+
+# Chunks wholly inside holes that one layer may hold: each is a reference in memory and in the bootstrap (8 bytes),
+# while a sparse file sends nothing for them (4 Mi of them: 4 TiB of holes at 1 MiB chunks)
+MAX_HOLE_CHUNKS = 1 << 22
 
 
 @dataclass(slots=True)
@@ -111,6 +117,10 @@ class ChunkPipeline:
             for offset, length, data in file.pieces(self.chunk_size):
                 if data is None:
                     self.stats.hole_chunks += 1
+                    if self.stats.hole_chunks > MAX_HOLE_CHUNKS:  # holes cost nothing to send, but memory here
+                        raise FormatError(f"{file.path.decode(errors='replace')}: more than {MAX_HOLE_CHUNKS} "
+                                          f"chunks of holes in one layer ({MAX_HOLE_CHUNKS * self.chunk_size >> 30} "
+                                          "GiB at this chunk size)")
                 else:
                     self._batch_bytes += length
                 batch.append((inode, offset, length, data))

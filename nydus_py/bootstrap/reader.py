@@ -13,14 +13,16 @@ import stat
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, fields
 from itertools import compress, repeat
+from pathlib import Path
 from typing import TypeVar
 
 from construct import Container
 
-from nydus_py.errors import FormatError, UnsupportedError
+from nydus_py.errors import FormatError, UnsupportedError, UsageError
 from nydus_py.format import erofs, parse, rafs
 from nydus_py.format.rafs import DigestAlgo, digester_of
 from nydus_py.image import BlobInfo, Bootstrap, DeviceInfo
+from nydus_py.util.fsutil import open_regular_file
 from nydus_py.model import ChunkRef, Entry, FileKind, Inode, Tree
 
 _SUPPORTED_INCOMPAT = erofs.FeatureIncompat.CHUNKED_FILE | erofs.FeatureIncompat.DEVICE_TABLE
@@ -45,6 +47,22 @@ def xattr_name(index: int, suffix: bytes) -> bytes:
     if prefix is None:
         raise FormatError(f"xattr name index {index} is unknown")
     return prefix + suffix
+
+
+MAX_BOOTSTRAP_SIZE = 1 << 30  # what a bootstrap file may be before it is read whole (1.5M entries need ~200 MiB)
+
+
+def read_bootstrap_file(path: Path) -> bytes:
+    """A bootstrap file's bytes: a regular file (a FIFO or device is never read, nor waited on) of at most
+    MAX_BOOTSTRAP_SIZE bytes; UsageError or FormatError naming it otherwise."""
+    with open_regular_file(path, "a bootstrap") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > MAX_BOOTSTRAP_SIZE:
+            raise FormatError(f"{path}: {size} bytes is more than a bootstrap may be ({MAX_BOOTSTRAP_SIZE >> 20} MiB)")
+        try:
+            return f.read(MAX_BOOTSTRAP_SIZE + 1)
+        except OSError as exc:
+            raise UsageError(f"{path}: cannot read: {exc.strerror}") from None
 
 
 def is_bootstrap(head: bytes) -> bool:
@@ -627,5 +645,5 @@ assert [f.name for f in fields(Inode)][:11] == [  # the argument order `_common_
     "kind", "mode", "uid", "gid", "mtime", "mtime_nsec", "size", "rdev", "xattrs", "symlink_target", "chunks"]
 
 
-__all__ = ["BootstrapParser", "Tables", "blob_info_from_record", "file_type_of", "is_bootstrap", "read_bootstrap",
-           "read_tables", "xattr_name"]
+__all__ = ["MAX_BOOTSTRAP_SIZE", "BootstrapParser", "Tables", "blob_info_from_record", "file_type_of", "is_bootstrap",
+           "read_bootstrap", "read_bootstrap_file", "read_tables", "xattr_name"]

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from nydus_py.blob.reader import BlobReader, RandomAccess, find_blob_file
-from nydus_py.bootstrap.reader import is_bootstrap, read_bootstrap, read_tables
+from nydus_py.bootstrap.reader import is_bootstrap, read_bootstrap, read_bootstrap_file, read_tables
 from nydus_py.build.plan import final_blob_info
 from nydus_py.errors import FormatError, UsageError
 from nydus_py.format import rafs
@@ -25,10 +25,9 @@ from nydus_py.format.blobmeta import BLOB_ID_PLACEHOLDER
 from nydus_py.format.rafs import DigestAlgo
 from nydus_py.image import BlobInfo, is_blob_digest
 from nydus_py.model import ChunkRef, walk_bfs
-from nydus_py.util.fsutil import Readable, file_sha256
+from nydus_py.util.fsutil import Readable, file_sha256, read_head
 
 DICT_KEY_BASE = 1 << 16  # blob keys of a dictionary's blobs in a build: never a layer's index
-MAX_DICT_BOOTSTRAP = 1 << 30  # what a dictionary bootstrap may be (bytes) before it is read
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,12 +143,7 @@ def read_chunk_dict_file(path: Path, blob_dir: Path | None = None) -> ChunkDict:
     """A dictionary from a file: a bootstrap (its blobs looked for in `blob_dir`, `blobs/sha256/` beside it,
     and beside it) or a layer blob with its bootstrap inline (the blob itself then one of its blobs)."""
     name = str(path)
-    try:
-        with path.open("rb") as f:
-            head = f.read(4096)
-            size = f.seek(0, 2)
-    except OSError as exc:
-        raise UsageError(f"{name}: cannot read the chunk dictionary: {exc.strerror}") from None
+    head = read_head(path, 4096, "the chunk dictionary")
     folders = [*([blob_dir, blob_dir / "blobs" / "sha256"] if blob_dir else []), path.parent / "blobs" / "sha256",
                path.parent]
 
@@ -157,9 +151,7 @@ def read_chunk_dict_file(path: Path, blob_dir: Path | None = None) -> ChunkDict:
         return find_blob_file(folders, blob_id)
 
     if is_bootstrap(head):
-        if size > MAX_DICT_BOOTSTRAP:
-            raise FormatError(f"{name}: a {size}-byte bootstrap is over the {MAX_DICT_BOOTSTRAP >> 20} MiB limit")
-        return load_chunk_dict(path.read_bytes(), name, find=find)
+        return load_chunk_dict(read_bootstrap_file(path), name, find=find)
     with BlobReader(path) as reader:
         data = reader.inline_bootstrap()
     if data is None:

@@ -118,8 +118,9 @@ def read_prefetch_patterns(stream: Readable, what: str) -> tuple[bytes, ...]:
 
 
 def parse_prefetch_patterns(text: bytes, what: str = "prefetch patterns") -> tuple[bytes, ...]:
-    """Prefetch patterns, one absolute path a line (blank lines ignored), as nydus-image reads them."""
-    paths = tuple(line.strip() for line in text.splitlines() if line.strip())
+    """Prefetch patterns, one absolute path a line (blank lines ignored), as nydus-image reads them: lines end at
+    `\n` only (Rust's `lines()`, a `\r` before it dropped), as `read_prefetch_patterns` counts them."""
+    paths = tuple(line.strip() for line in text.split(b"\n") if line.strip())
     bad = [p for p in paths if not p.startswith(b"/")]
     if bad:
         raise UsageError(f"{what}: prefetch pattern {bad[0].decode(errors='replace')!r}: must be an absolute path")

@@ -16,10 +16,10 @@ from pathlib import Path
 
 from nydus_py.blob.chunker import ChunkStats
 from nydus_py.blob.reader import BlobReader, find_blob_file
-from nydus_py.bootstrap.reader import is_bootstrap, read_bootstrap
+from nydus_py.bootstrap.reader import is_bootstrap, read_bootstrap, read_bootstrap_file
 from nydus_py.build import overlay
 from nydus_py.build.config import BuildConfig
-from nydus_py.build.plan import bootstrap_bytes, dataless_blob_info, final_blob_info
+from nydus_py.build.plan import bootstrap_bytes, dataless_blob_info, final_blob_info, relabel
 from nydus_py.errors import FormatError, UsageError
 from nydus_py.format.blobmeta import BLOB_ID_PLACEHOLDER
 from nydus_py.build.chunkdict import DICT_KEY_BASE
@@ -118,7 +118,7 @@ def read_layer(path: Path, blob_dir: Path | None, blobs: dict[str, tuple[int, Bl
         return mapping
 
     if is_bootstrap(head):
-        boot = read_bootstrap(path.read_bytes(), register)
+        boot = read_bootstrap(read_bootstrap_file(path), register)
     else:
         with BlobReader(path) as reader:
             data = reader.inline_bootstrap()
@@ -172,12 +172,19 @@ def merge_bootstraps(inputs: list[Path], facts: list[BlobFacts], prefetch: tuple
     infos: dict[int, BlobInfo] = {}
     own_blobs: list[int] = []
     referenced: dict[str, tuple[int, BlobInfo]] = {}  # other blobs the layers reference, by id, once each
+    first_key: dict[str, int] = {}  # blob id -> the key of the first layer that has it
     for source, fact in zip(inputs, facts, strict=True):
-        layer, info = _read_layer_bootstrap(source, len(own_blobs), fact, dictionary, referenced)
+        key = len(infos)
+        layer, info = _read_layer_bootstrap(source, key, fact, dictionary, referenced)
         layers.append(layer)
-        if info is not None:
-            own_blobs.append(len(own_blobs))
-            infos[own_blobs[-1]] = info
+        if info is None:
+            continue
+        if info.file_id in first_key:  # two layers of one blob are one blob, as nydus-image merges them
+            relabel(layer.tree, {key: first_key[info.file_id]})
+            continue
+        first_key[info.file_id] = key
+        own_blobs.append(key)
+        infos[key] = info
     infos.update(referenced.values())
     merged, plain, keys = _merge(layers, infos, prefetch, layers[-1].chunk_size)
     return MergedImage(blobs={key: (info, None) for key, info in infos.items()}, own_blobs=own_blobs,
@@ -188,15 +195,12 @@ def _read_layer_bootstrap(source: Path, key: int, facts: BlobFacts, dictionary: 
                           referenced: dict[str, tuple[int, BlobInfo]]) -> tuple[MergeInput, BlobInfo | None]:
     """One layer's tree (its own blob's chunks relabelled to `key`, other blobs' to their keys in
     `referenced`) and its own blob's entry as the merged table records it."""
-    try:
-        data = source.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"{source}: cannot read: {exc.strerror}") from exc
+    data = read_bootstrap_file(source)
     if not is_bootstrap(data):
         raise UsageError(f"{source}: not a RAFS bootstrap")
     own: list[BlobInfo] = []
 
-    def relabel(table: list[BlobInfo]) -> dict[int, int]:
+    def keys_of(table: list[BlobInfo]) -> dict[int, int]:
         own.extend(_own_entries(table, dictionary))
         if len(own) > 1:
             raise UsageError(f"{source}: invalid per layer bootstrap, having multiple associated data blobs")
@@ -211,7 +215,7 @@ def _read_layer_bootstrap(source: Path, key: int, facts: BlobFacts, dictionary: 
             mapping[info.blob_index] = entry[0]
         return mapping
 
-    boot = read_bootstrap(data, relabel)
+    boot = read_bootstrap(data, keys_of)
     layer = MergeInput(tree=boot.tree, own_blob=None, compressor=boot.compressor, digester=boot.digester,
                        chunk_size=boot.chunk_size)
     if not own:

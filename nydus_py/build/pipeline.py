@@ -12,7 +12,6 @@ References: docs/design.md "The pipeline".
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from nydus_py.build.config import BuildConfig
 from nydus_py.sources import WhiteoutSpec
 from nydus_py.errors import FormatError, UnsupportedError, UsageError
 from nydus_py.format.rafs import CompressAlgo
-from nydus_py.util.fsutil import output_file, staging_dir
+from nydus_py.util.fsutil import output_file, remove_staging, staged_error, staging_dir
 from nydus_py.util.gcpause import without_cyclic_gc
 from nydus_py.image import BlobInfo
 from nydus_py.build.zran import build_zran_layer
@@ -285,8 +284,13 @@ def build_blob_file(source: Source | ZranLayer, config: BuildConfig, *, blob: Pa
         assert built.path is not None
         os.chmod(built.path, 0o644)
         os.replace(built.path, blob_dir / built.info.file_id)
+    except OSError as exc:  # "No space left": about the blob directory, not our temporary file in it
+        renamed = staged_error(exc, work, blob_dir)
+        if renamed is exc:
+            raise
+        raise renamed from None
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        remove_staging(work)
     return built.info
 
 

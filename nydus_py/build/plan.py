@@ -78,12 +78,12 @@ def _file_facts(source: Path | RandomAccess) -> tuple[int, bytes, int]:
 
 
 def relabel(tree: Tree, mapping: dict[int, int]) -> None:  # for trees read without read_bootstrap(relabel=)
-    """Rewrite every chunk's blob_index through `mapping` (in place; each inode once)."""
+    """Rewrite every chunk's blob_index through `mapping` (in place; each inode once; unmapped ones kept)."""
     done: set[int] = set()
     for inode in walk_bfs(tree):
         if inode.chunks and id(inode) not in done:
             done.add(id(inode))
-            inode.chunks = [c._replace(blob_index=mapping[c.blob_index]) for c in inode.chunks]
+            inode.chunks = [c._replace(blob_index=mapping.get(c.blob_index, c.blob_index)) for c in inode.chunks]
 
 
 __all__ = ["bootstrap_bytes", "dataless_blob_info", "final_blob_info", "plan_bootstrap", "referenced_blobs",

@@ -6,6 +6,7 @@ its job (bad options, unreadable or malformed input, I/O failure); 3 an unexpect
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -17,11 +18,11 @@ import click
 
 from nydus_py.build.config import (BuildConfig, Compressor, Digester, check_chunk_size, read_prefetch_patterns,
                                    parse_size)
-from nydus_py.cli.interrupt import sigterm_interrupts
+from nydus_py.cli.interrupt import invoke, sigterm_interrupts, silence_stdout
 from nydus_py.cli.progress import ProgressBar, progress_bar
 from nydus_py.errors import NydusError, UsageError
 from nydus_py.sources import WhiteoutSpec, XattrNamespace
-from nydus_py.util.fsutil import atomic_output
+from nydus_py.util.fsutil import refuse_clashes, reserved_output
 from nydus_py.util.gcpause import cyclic_gc_paused
 
 if TYPE_CHECKING:
@@ -133,14 +134,12 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-def _write_json(path: Path | None, doc: dict[str, Any]) -> None:
-    if path is not None:
-        with atomic_output(path) as f:
-            f.write(json.dumps(doc, indent=2).encode() + b"\n")
+def _json(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, indent=2).encode() + b"\n"
 
 
-def _report(result: BuildResult, output_json: Path | None) -> None:
-    _write_json(output_json, result.to_json())
+def _report(result: BuildResult, write_json: Callable[[bytes], None]) -> None:
+    write_json(_json(result.to_json()))
     click.echo(f"bootstrap {result.bootstrap}")
     for blob in result.layers:
         unused = "" if blob.referenced else ", not referenced"
@@ -200,26 +199,30 @@ def build(layers: tuple[str, ...], outdir: Path, compressor: str, digester: str,
     progress = progress_bar(quiet, output_json, list(layers))
     config = _build_config(compressor, digester, chunk_size, jobs, whiteout_spec, overlay_xattr_ns,
                            cross_layer_dedup, _prefetch(prefetch_patterns, no_prefetch), progress, dictionary)
+    refuse_clashes({"--output-json": output_json, "--bootstrap": extra_bootstrap},
+                   {f"layer {layer}": layer for layer in layers if layer != "-"})
     try:
-        _build(layers, outdir, config, extra_bootstrap, output_json, config_file, platform, tag, creds, plain_http,
-               insecure)
+        with reserved_output(extra_bootstrap) as write_bootstrap, reserved_output(output_json) as write_json:
+            _build(layers, outdir, config, write_bootstrap if extra_bootstrap else None, write_json, config_file,
+                   platform, tag, creds, plain_http, insecure)
     finally:
         if progress is not None:
             progress.close()
 
 
-def _build(layers: tuple[str, ...], outdir: Path, config: BuildConfig, extra_bootstrap: Path | None,
-           output_json: Path | None, config_file: Path | None, platform: str | None, tag: str | None,
-           creds: str | None, plain_http: bool, insecure: bool) -> None:
+def _build(layers: tuple[str, ...], outdir: Path, config: BuildConfig,
+           write_bootstrap: Callable[[bytes], None] | None, write_json: Callable[[bytes], None],
+           config_file: Path | None, platform: str | None, tag: str | None, creds: str | None, plain_http: bool,
+           insecure: bool) -> None:
     from nydus_py.oci.publish import ImageOptions, build_image
     from nydus_py.oci.ref import output_ref
     from nydus_py.oci.images import RegistryOptions
 
     image = ImageOptions(config_file=config_file, platform=platform, tag=tag)
     registry = RegistryOptions(creds=creds, plain_http=plain_http, insecure=insecure)
-    result = build_image(list(layers), output_ref(os.fspath(outdir)), config, extra_bootstrap=extra_bootstrap,
+    result = build_image(list(layers), output_ref(os.fspath(outdir)), config, extra_bootstrap=write_bootstrap,
                          image=image, registry=registry)
-    _report(result, output_json)
+    _report(result, write_json)
     if result.push is not None:
         click.echo(f"pushed to {result.pushed_to}: {result.push.uploaded} blobs uploaded, "
                    f"{result.push.existing} already there")
@@ -273,12 +276,14 @@ def convert(ctx: click.Context, source: str, target: str | None, compressor: str
     opts = ConvertOptions(platforms=platforms, docker_types=docker_media_types, merge_platform=merge_platform,
                           oci_ref=oci_ref)
     registry = RegistryOptions(creds=creds, plain_http=plain_http, insecure=insecure)
+    refuse_clashes({"--output-json": output_json}, {"SOURCE": source_ref.path})
     try:
-        result = convert_image(source_ref, target_ref, config, opts, registry)
+        with reserved_output(output_json) as write_json:
+            result = convert_image(source_ref, target_ref, config, opts, registry)
+            write_json(_json(result.to_json()))
     finally:
         if progress is not None:
             progress.close()
-    _write_json(output_json, result.to_json())
     for warning in result.warnings:
         click.echo(f"nydus-py: warning: {warning}", err=True)
     if result.already_nydus:
@@ -320,10 +325,11 @@ def chunkdict(images: tuple[str, ...], target: str, min_count: int, max_blob_siz
     from nydus_py.oci.ref import parse_image_ref, parse_target_ref
 
     refs = [parse_image_ref(image) for image in images]
-    result = make_chunk_dict(refs, parse_target_ref(target), BuildConfig(compressor=Compressor(compressor)),
-                             min_count=min_count, max_blob_size=parse_size(max_blob_size),
-                             registry=RegistryOptions(creds=creds, plain_http=plain_http, insecure=insecure))
-    _write_json(output_json, result.to_json())
+    with reserved_output(output_json) as write_json:
+        result = make_chunk_dict(refs, parse_target_ref(target), BuildConfig(compressor=Compressor(compressor)),
+                                 min_count=min_count, max_blob_size=parse_size(max_blob_size),
+                                 registry=RegistryOptions(creds=creds, plain_http=plain_http, insecure=insecure))
+        write_json(_json(result.to_json()))
     blobs = len(result.image.layers)
     click.echo(f"chunk dictionary: {_count(result.chunks, 'chunk')} ({result.bytes} bytes) in {_count(blobs, 'blob')}")
     for name, chunks, size in result.savings:
@@ -358,8 +364,11 @@ def merge(layers: tuple[Path, ...], outdir: Path, blob_dir: Path | None, extra_b
     from nydus_py.oci.publish import merge_images
 
     config = BuildConfig(prefetch_patterns=_prefetch(prefetch_patterns, no_prefetch))
-    _report(merge_images(list(layers), outdir, config, blob_dir=blob_dir, extra_bootstrap=extra_bootstrap),
-            output_json)
+    refuse_clashes({"--output-json": output_json, "--bootstrap": extra_bootstrap},
+                   {f"layer {layer}": layer for layer in layers})
+    with reserved_output(extra_bootstrap) as write_bootstrap, reserved_output(output_json) as write_json:
+        _report(merge_images(list(layers), outdir, config, blob_dir=blob_dir,
+                             extra_bootstrap=write_bootstrap if extra_bootstrap else None), write_json)
 
 
 @cli.command()
@@ -483,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # images are millions of objects without cycles (nydus_py/util/gcpause.py)
         with sigterm_interrupts(), cyclic_gc_paused():
-            status = cli.main(args=args, prog_name="nydus-py", standalone_mode=False)
+            status = invoke(cli, args, "nydus-py")
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.ClickException as exc:
@@ -499,6 +508,10 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(f"nydus-py: {exc}", err=True)
         return EXIT_FAILED
     except OSError as exc:
+        if exc.errno == errno.EPIPE and exc.filename is None:  # stdout's reader went away
+            silence_stdout()
+            click.echo("nydus-py: standard output: the reader went away (broken pipe)", err=True)
+            return EXIT_FAILED
         where = f"{os.fsdecode(exc.filename)}: " if exc.filename else ""
         click.echo(f"nydus-py: {where}{exc.strerror or exc}", err=True)
         return EXIT_FAILED

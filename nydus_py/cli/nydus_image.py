@@ -13,6 +13,7 @@ the inline tables, as nydus-image does (docs/design.md, "Outputs and results").
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -24,13 +25,14 @@ from typing import Any, TypeVar
 
 import click
 
+from nydus_py.format import rafs
 from nydus_py.image import is_blob_digest
 from nydus_py.build.config import (BuildConfig, Compressor, Digester, check_chunk_size, read_prefetch_patterns,
                                    parse_size)
-from nydus_py.cli.interrupt import sigterm_interrupts
+from nydus_py.cli.interrupt import invoke, sigterm_interrupts, silence_stdout
 from nydus_py.errors import NydusError, UsageError
 from nydus_py.sources import WhiteoutSpec
-from nydus_py.util.fsutil import atomic_output
+from nydus_py.util.fsutil import output_file, refuse_clashes, reserved_output
 from nydus_py.util.gcpause import cyclic_gc_paused
 
 
@@ -113,31 +115,34 @@ def create(source: Path, source_type: str, blob: Path | None, inline_meta: bool,
         raise click.UsageError("give --blob or --blob-dir")
     from nydus_py.build.chunkdict import dictionary_path, read_chunk_dict_file
     from nydus_py.build.pipeline import build_blob_file
-    from nydus_py.sources.layer import LayerKind, open_gzip_ref, open_layer
+    from nydus_py.sources.gzipref import ZranLayer
+    from nydus_py.sources.layer import LayerKind, Source, open_gzip_ref, open_layer
 
+    refuse_clashes({"--output-json": output_json, "--blob": blob}, {"SOURCE": source})
     dictionary = read_chunk_dict_file(Path(dictionary_path(chunk_dict))) if chunk_dict else None
     config = BuildConfig(compressor=Compressor(compressor), digester=Digester(digester),
                          chunk_size=check_chunk_size(parse_size(chunk_size)), whiteout_spec=WhiteoutSpec(whiteout_spec),
                          chunk_dict=dictionary)
     patterns = _prefetch_patterns(prefetch_policy)
-    if source_type == "targz-ref":  # nydus-image forces gzip chunks and sha256 digests for it
-        if dictionary is not None:
-            raise UsageError("--chunk-dict: a targz-ref layer is indexed in place, never deduplicated")
-        config = replace(config, digester=Digester.SHA256)
-        info = build_blob_file(open_gzip_ref(str(source)), config, blob=blob, blob_dir=blob_dir, prefetch=patterns)
-    else:
-        kind = LayerKind.TAR if source_type == "tar-rafs" else LayerKind.DIRECTORY
-        layer = open_layer(str(source), whiteout_spec=config.whiteout_spec, overlay_ns=config.overlay_xattr_ns,
-                           kind=kind)
-        info = build_blob_file(layer, config, blob=blob, blob_dir=blob_dir, prefetch=patterns)
-    if output_json is not None:
-        _write_json(output_json, {"version": _version(), "bootstrap": "", "blobs": [info.blob_id],
-                                  "fs_version": "6", "compressor": info.compressor.name.lower()})
+    with reserved_output(output_json) as write_json:
+        if source_type == "targz-ref":  # nydus-image forces gzip chunks and sha256 digests for it
+            if dictionary is not None:
+                raise UsageError("--chunk-dict: a targz-ref layer is indexed in place, never deduplicated")
+            config = replace(config, digester=Digester.SHA256)
+            source_layer: Source | ZranLayer = open_gzip_ref(str(source))
+        else:
+            kind = LayerKind.TAR if source_type == "tar-rafs" else LayerKind.DIRECTORY
+            source_layer = open_layer(str(source), whiteout_spec=config.whiteout_spec,
+                                      overlay_ns=config.overlay_xattr_ns, kind=kind)
+        if blob_dir is not None and source_layer.holds(blob_dir):
+            raise UsageError(f"{blob_dir}: --blob-dir is inside the source directory, which would hold its own blob")
+        info = build_blob_file(source_layer, config, blob=blob, blob_dir=blob_dir, prefetch=patterns)
+        write_json(_json({"version": _version(), "bootstrap": "", "blobs": [info.blob_id], "fs_version": "6",
+                          "compressor": info.compressor.name.lower()}))
 
 
-def _write_json(path: Path, doc: dict[str, Any]) -> None:
-    with atomic_output(path) as f:
-        f.write(json.dumps(doc, indent=2).encode())
+def _json(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, indent=2).encode()
 
 
 @cli.command(context_settings=_HELP)
@@ -177,13 +182,15 @@ def merge(sources: tuple[Path, ...], target: Path, output_json: Path | None, pre
     toc_sizes = _column("--blob-toc-sizes", blob_toc_sizes, count, _byte_count)
     facts = [BlobFacts(blob_id=i, size=s, toc_digest=bytes.fromhex(d) if d else None, toc_size=ts)
              for i, s, d, ts in zip(ids, sizes, toc_digests, toc_sizes, strict=True)]
-    merged = merge_bootstraps(list(sources), facts, _prefetch_patterns(prefetch_policy), dictionary)
-    with atomic_output(target) as f:
-        f.write(merged.bootstrap)
-    if output_json is not None:
-        _write_json(output_json, {"version": _version(), "bootstrap": str(target),
-                                  "blobs": [info.blob_id for info in merged.device_table], "fs_version": "6",
-                                  "compressor": merged.compressor.name.lower()})
+    refuse_clashes({"--bootstrap": target, "--output-json": output_json},
+                   {f"source {i}": source for i, source in enumerate(sources)})
+    with reserved_output(output_json) as write_json:
+        merged = merge_bootstraps(list(sources), facts, _prefetch_patterns(prefetch_policy), dictionary)
+        with output_file(target) as f:
+            f.write(merged.bootstrap)
+        write_json(_json({"version": _version(), "bootstrap": str(target),
+                          "blobs": [info.blob_id for info in merged.device_table], "fs_version": "6",
+                          "compressor": merged.compressor.name.lower()}))
 
 
 _T = TypeVar("_T")
@@ -208,9 +215,9 @@ def _digest_hex(flag: str, value: str) -> str:
 
 
 def _byte_count(flag: str, value: str) -> int:
-    """A size in bytes: decimal digits, below 2^64."""
-    if not (value.isascii() and value.isdigit()) or len(value) > 20 or int(value) >= 1 << 64:
-        raise UsageError(f"{flag}: {value[:80]!r} is not a size in bytes (a decimal number below 2^64)")
+    """A blob or TOC size in bytes: decimal digits, at most RAFS's 2^40."""
+    if not (value.isascii() and value.isdigit()) or len(value) > 20 or int(value) > rafs.MAX_BLOB_COMPRESSED_SIZE:
+        raise UsageError(f"{flag}: {value[:80]!r} is not a size in bytes (a decimal number up to 2^40)")
     return int(value)
 
 
@@ -236,6 +243,7 @@ def unpack(bootstrap_arg: Path | None, bootstrap: Path | None, blob: Path | None
     path = bootstrap or bootstrap_arg
     if path is None:
         raise click.UsageError("give the bootstrap (--bootstrap)")
+    refuse_clashes({"--output": output}, {"--bootstrap": path, "--blob": blob})
     write_tar_file(open_image(path, blob_dir, own_blob=blob), output)
 
 
@@ -255,12 +263,13 @@ def check(bootstrap_arg: Path | None, bootstrap: Path | None, output_json: Path 
     path = bootstrap or bootstrap_arg
     if path is None:
         raise click.UsageError("give the bootstrap (--bootstrap)")
-    report = check_bootstrap_file(path)
-    if report.defects:
-        raise NydusError(f"{path}: {report.defects[0]} ({len(report.defects)} defects)")
-    click.echo(f"RAFS filesystem metadata is valid, referenced data blobs: {len(report.blob_ids)}")
-    if output_json is not None:
-        _write_json(output_json, {"version": _version(), "bootstrap": str(path), "blobs": report.blob_ids})
+    refuse_clashes({"--output-json": output_json}, {"--bootstrap": path})
+    with reserved_output(output_json) as write_json:
+        report = check_bootstrap_file(path)
+        if report.defects:
+            raise NydusError(f"{path}: {report.defects[0]} ({len(report.defects)} defects)")
+        click.echo(f"RAFS filesystem metadata is valid, referenced data blobs: {len(report.blob_ids)}")
+        write_json(_json({"version": _version(), "bootstrap": str(path), "blobs": report.blob_ids}))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -269,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # images are millions of objects without cycles (nydus_py/util/gcpause.py)
         with sigterm_interrupts(), cyclic_gc_paused():
-            cli.main(args=args, prog_name="nydus-py-image", standalone_mode=False)
+            invoke(cli, args, "nydus-py-image")
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.UsageError as exc:
@@ -282,6 +291,10 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(f"Error: {exc}", err=True)
         return EXIT_ERROR
     except OSError as exc:
+        if exc.errno == errno.EPIPE and exc.filename is None:  # stdout's reader went away
+            silence_stdout()
+            click.echo("Error: standard output: the reader went away (broken pipe)", err=True)
+            return EXIT_ERROR
         where = f"{os.fsdecode(exc.filename)}: " if exc.filename else ""
         click.echo(f"Error: {where}{exc.strerror or exc}", err=True)
         return EXIT_ERROR

@@ -19,6 +19,9 @@ from nydus_py.format.blobmeta import BlobFeatures, TocFlags
 EXT_SUPER_OFFSET = erofs.EROFS_SUPER_OFFSET + erofs.SuperBlock.sizeof()  # 0x480
 DEVT_SLOTOFF = 11  # device table at 11 * 128 = 0x580, right after the ext superblock; nydusd requires 11
 BLOB_ID_LEN = 64
+# what RafsV6Blob::validate allows (nydus rafs/src/metadata/layout/v6.rs BLOB_MAX_SIZE_COMPRESSED/_UNCOMPRESSED)
+MAX_BLOB_COMPRESSED_SIZE = 1 << 40  # a blob file's size
+MAX_BLOB_UNCOMPRESSED_SIZE = 1 << 44  # its device image's size
 MAX_BLOBS = 254  # the device id is 8 bits and 0 is the bootstrap itself
 MIN_CHUNK_SIZE = 0x1000
 MAX_CHUNK_SIZE = 0x100_0000

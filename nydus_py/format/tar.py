@@ -130,8 +130,9 @@ GnuHeaderTail = Struct(  # bytes 345-511 of a GNU header (where ustar has `prefi
 )
 assert GnuHeaderTail.sizeof() == TAR_BLOCK_SIZE - PREFIX_OFFSET
 
+GNU_SPARSE_EXTENSION_ENTRIES = 21
 GnuSparseExtension = Struct(  # a 512-byte block of further extents (GNU tar's struct sparse_header)
-    "sp" / Array(21, GnuSparseEntry),
+    "sp" / Array(GNU_SPARSE_EXTENSION_ENTRIES, GnuSparseEntry),
     "isextended" / Bytes(1),
     "unused_pad" / Bytes(7),
 )

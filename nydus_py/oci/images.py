@@ -34,6 +34,7 @@ import pyzstd
 
 from nydus_py.errors import FormatError, NydusError, UsageError
 from nydus_py.format import oci
+from nydus_py.util.fsutil import open_regular_file
 from nydus_py.oci.documents import (
     MAX_DOCUMENT,
     MAX_ENTRIES,
@@ -299,17 +300,8 @@ class ArchiveStore(BlobStore):
     compressed archive by decompressing the archive again up to it."""
 
     def __init__(self, path: Path, name: str) -> None:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise UsageError(f"{name}: no such archive") from None
-        except OSError as exc:
-            raise UsageError(f"{name}: cannot open the archive ({exc.strerror})") from None
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise UsageError(f"{name}: not a regular file")
-        os.set_blocking(fd, True)
-        self.fd = fd  # held open for as long as this object serves members
+        with open_regular_file(path, f"an archive ({name})") as f:
+            fd = self.fd = os.dup(f.fileno())  # held open for as long as this object serves members
         self.opener = _ARCHIVE_OPENERS.get(_archive_kind(os.pread(fd, 6, 0)))
         self.members: dict[str, tuple[bool, int, int]] = {}  # name -> (regular, data offset, size)
         try:

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING
 from nydus_py.bootstrap.reader import read_bootstrap
 from nydus_py.errors import FormatError, UsageError
 from nydus_py.format import oci
-from nydus_py.read.locate import MAX_BOOTSTRAP_SIZE, OpenedImage, locate_blobs, open_image
+from nydus_py.bootstrap.reader import MAX_BOOTSTRAP_SIZE
+from nydus_py.read.locate import OpenedImage, locate_blobs, open_image
 from nydus_py.sources.tarstream import TarReader
 from nydus_py.util.fsutil import Readable
 from nydus_py.oci.documents import digest_hex, referenced_layers

@@ -23,7 +23,7 @@ from nydus_py.blob.chunker import ChunkStats
 from nydus_py.build.config import BuildConfig
 from nydus_py.errors import UsageError
 from nydus_py.format import oci
-from nydus_py.util.fsutil import Readable, atomic_output
+from nydus_py.util.fsutil import Readable
 from nydus_py.image import BlobInfo
 from nydus_py.oci.documents import Descriptor, Json, decode_object
 from nydus_py.oci.package import LayerBlob, write_nydus_image
@@ -193,13 +193,6 @@ def layer_blobs(outputs: list[BlobOutput], annotations: dict[str, str] | None = 
     return out
 
 
-def write_extra_bootstrap(path: Path | None, data: bytes) -> None:
-    """`--bootstrap PATH`: a copy outside OUTDIR, written atomically after OUTDIR is complete."""
-    if path is not None:
-        with atomic_output(path) as f:
-            f.write(data)
-
-
 def base_config(options: ImageOptions) -> Json:
     """The image config the build describes: --config FILE, else a minimal one; --platform overrides."""
     if options.config_file is not None:
@@ -220,7 +213,8 @@ def _host_arch() -> str:
     return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}.get(machine, machine)
 
 
-def build_image(layers: list[str], target: ImageRef, config: BuildConfig, *, extra_bootstrap: Path | None = None,
+def build_image(layers: list[str], target: ImageRef, config: BuildConfig, *,
+                extra_bootstrap: Callable[[bytes], None] | None = None,
                 image: ImageOptions | None = None, registry: RegistryOptions | None = None) -> BuildResult:
     """Build LAYERs (lowest first) into TARGET (a directory/`oci:` layout, or `docker://`): one blob per layer,
     the merged bootstrap, an OCI image."""
@@ -238,7 +232,8 @@ def build_image(layers: list[str], target: ImageRef, config: BuildConfig, *, ext
         built = build_layers(sources, out.writer.work, config, layered=len(layers) > 1)
         data_done = time.perf_counter()
         result = publish_image(built, out, config, base, image)
-    write_extra_bootstrap(extra_bootstrap, built.bootstrap)
+    if extra_bootstrap is not None:  # `--bootstrap PATH`, after OUTDIR is complete
+        extra_bootstrap(built.bootstrap)
     finished = time.perf_counter()
     result.timings = {"data": data_done - started, "bootstrap": finished - data_done, "total": finished - started}
     return result
@@ -260,7 +255,7 @@ def publish_image(built: BuiltImage, out: Target, config: BuildConfig, base: Jso
 
 
 def merge_images(inputs: list[Path], outdir: Path, config: BuildConfig, *, blob_dir: Path | None = None,
-                 extra_bootstrap: Path | None = None) -> BuildResult:
+                 extra_bootstrap: Callable[[bytes], None] | None = None) -> BuildResult:
     """Merge layer blobs (or bootstraps with real blob ids, blobs in `blob_dir`), lowest first, into OUTDIR:
     the blobs in blobs/sha256/ and the merged `bootstrap`."""
     started = time.perf_counter()
@@ -277,11 +272,12 @@ def merge_images(inputs: list[Path], outdir: Path, config: BuildConfig, *, blob_
             published[key] = BlobOutput(info=info, path=out.publish_blob(staged, info.blob_id, info.compressed_size),
                                         referenced=key in merged.keys)
         bootstrap = out.publish_bytes(merged.bootstrap, "bootstrap")
-    write_extra_bootstrap(extra_bootstrap, merged.bootstrap)
+    if extra_bootstrap is not None:
+        extra_bootstrap(merged.bootstrap)
     return BuildResult(bootstrap=bootstrap, blobs=[published[k] for k in merged.keys],
                        layers=[published[k] for k in merged.own_blobs], entries=sum(1 for _ in merged.merged.walk()),
                        stats=ChunkStats(), timings={"total": time.perf_counter() - started})
 
 
 __all__ = ["BlobOutput", "BuildResult", "CarriedBlobs", "ImageOptions", "build_image", "carry_dict_blobs",
-           "device_table", "layer_blobs", "merge_images", "publish_image", "publish_layers", "write_extra_bootstrap"]
+           "device_table", "layer_blobs", "merge_images", "publish_image", "publish_layers"]

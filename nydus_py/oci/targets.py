@@ -14,7 +14,6 @@ import contextlib
 import hashlib
 
 import os
-import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from nydus_py.oci.platforms import platform_of
 from nydus_py.oci.ref import ImageRef, Transport
 from nydus_py.oci.ref import Reference
 from nydus_py.oci.images import LayoutStore, RegistryOptions, VerifiedStream
-from nydus_py.util.fsutil import staging_dir
+from nydus_py.util.fsutil import remove_staging, staging_dir
 from nydus_py.util.outdir import OutputDir
 
 if TYPE_CHECKING:  # the HTTP stack is imported only by commands that reach a registry
@@ -161,7 +160,7 @@ def open_target(ref: ImageRef, registry: RegistryOptions | None = None,
             yield Target(ref=ref, writer=LayoutWriter(out), tag=remote.tag or "latest", remote=remote,
                          client=(registry or RegistryOptions()).client(remote.registry))
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_staging(tmp)
 
 
 def refuse_inside(output: Path, sources: tuple[Path, ...]) -> None:

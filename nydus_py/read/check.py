@@ -22,8 +22,8 @@ from nydus_py.format import blobmeta, erofs, tar
 from nydus_py.format.blobmeta import BLOB_ID_PLACEHOLDER, BlobFeatures
 from nydus_py.format.posix_acl import acl_xattrs_problem
 from nydus_py.image import BlobInfo, Bootstrap, is_blob_digest
-from nydus_py.bootstrap.reader import is_bootstrap
-from nydus_py.read.locate import MAX_BOOTSTRAP_SIZE, OpenedImage, open_image
+from nydus_py.bootstrap.reader import is_bootstrap, read_bootstrap_file
+from nydus_py.read.locate import OpenedImage, open_image
 from nydus_py.model import FileKind
 from nydus_py.read.validate import Defect, validate_tables
 
@@ -106,13 +106,10 @@ def _bootstrap_candidate(path: Path) -> bytes | None:
     """The raw bytes of IMAGE when it is a bootstrap file (for the table checks of a broken one)."""
     target = path / "bootstrap" if path.is_dir() else path
     try:
-        with open(target, "rb") as f:
-            head = f.read(erofs.EROFS_SUPER_OFFSET + 4)
-            if not is_bootstrap(head) or os.fstat(f.fileno()).st_size > MAX_BOOTSTRAP_SIZE:
-                return None
-            return head + f.read()
-    except OSError:
+        data = read_bootstrap_file(target)
+    except NydusError:
         return None
+    return data if is_bootstrap(data) else None
 
 
 def check_image(opened: OpenedImage) -> CheckReport:
@@ -146,11 +143,7 @@ def check_image(opened: OpenedImage) -> CheckReport:
 
 def check_bootstrap_file(path: Path) -> CheckReport:
     """`check_bootstrap_bytes` of a bootstrap file (UsageError when it cannot be read)."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read: {exc.strerror}") from exc
-    return check_bootstrap_bytes(data)
+    return check_bootstrap_bytes(read_bootstrap_file(path))
 
 
 def check_bootstrap_bytes(data: bytes) -> CheckReport:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from nydus_py.blob.reader import BlobReader, find_blob_file
 from nydus_py.blob.zran import blob_reader
-from nydus_py.bootstrap.reader import is_bootstrap, read_bootstrap
+from nydus_py.bootstrap.reader import is_bootstrap, read_bootstrap, read_bootstrap_file
 from nydus_py.errors import FormatError, UsageError
 from nydus_py.format import erofs
 from nydus_py.format.blobmeta import BLOB_ID_PLACEHOLDER
@@ -18,7 +18,6 @@ from nydus_py.util.fsutil import file_sha256
 from nydus_py.image import BlobInfo, Bootstrap
 from nydus_py.read.validate import Defect
 
-MAX_BOOTSTRAP_SIZE = 1 << 32
 
 
 @dataclass(slots=True)
@@ -115,10 +114,7 @@ def _open_file(path: Path) -> OpenedImage:
     except OSError as exc:
         raise UsageError(f"{path}: cannot read: {exc.strerror}") from exc
     if is_bootstrap(head):
-        size = path.stat().st_size
-        if size > MAX_BOOTSTRAP_SIZE:
-            raise FormatError(f"{path}: {size} bytes is too big for a bootstrap")
-        data = path.read_bytes()
+        data = read_bootstrap_file(path)
         return OpenedImage(source=path, bootstrap=read_bootstrap(data), bootstrap_bytes=data)
     with BlobReader(path) as blob:
         inline = blob.inline_bootstrap()

@@ -12,7 +12,6 @@ import contextlib
 import errno
 import io
 import os
-import shutil
 import stat
 import tarfile
 from collections import OrderedDict
@@ -24,7 +23,7 @@ from typing import BinaryIO, TYPE_CHECKING
 from nydus_py.blob.reader import BlobReader
 from nydus_py.blob.digests import chunk_digest
 from nydus_py.errors import FormatError, UsageError
-from nydus_py.util.fsutil import atomic_output, output_file, raise_fd_limit, staging_dir
+from nydus_py.util.fsutil import atomic_output, output_file, raise_fd_limit, remove_staging, staging_dir
 from nydus_py.read.locate import OpenedImage
 from nydus_py.model import ChunkRef, Entry, FileKind, Inode
 
@@ -180,7 +179,7 @@ def unpack_to_directory(opened: OpenedImage, target: Path) -> int:
 
 
 def _remove_made(staging: Path, made_parents: list[Path]) -> None:
-    shutil.rmtree(staging, ignore_errors=True)  # ours alone; rmtree never follows a symlink out of it
+    remove_staging(staging)  # ours alone; rmtree never follows a symlink out of it
     for parent in reversed(made_parents):
         with contextlib.suppress(OSError):
             parent.rmdir()
@@ -193,6 +192,7 @@ def _unpack_into(opened: OpenedImage, staging: Path, target: Path) -> int:
     # (directory inode, its fd, its path, iterator over its entries); attributes set when it is finished
     stack: list[tuple[Inode, int, bytes, Iterator[Entry]]] = [(opened.bootstrap.tree.root, root_fd, b"",
                                                          iter(opened.bootstrap.tree.root.entries))]
+    current = b""  # the entry being written, for a message
     try:
         while stack:
             inode, fd, path, entries = stack[-1]
@@ -205,15 +205,15 @@ def _unpack_into(opened: OpenedImage, staging: Path, target: Path) -> int:
                 continue
             if not _valid_name(entry.name):
                 raise FormatError(f"{opened.source}: entry {entry.name!r} in {path or b'/'!r} is not a valid name")
-            child_path = path + b"/" + entry.name if path else entry.name
+            child_path = current = path + b"/" + entry.name if path else entry.name
             if entry.inode.is_dir:
                 os.mkdir(entry.name, 0o700, dir_fd=fd)
                 child_fd = os.open(entry.name, _OPEN_DIR, dir_fd=fd)
                 stack.append((entry.inode, child_fd, child_path, iter(entry.inode.entries)))
             else:
                 unpacker.make(fd, entry.name, child_path, entry.inode)
-    except OSError as exc:
-        raise UsageError(f"{target}: cannot write {exc.filename or ''}: {exc.strerror}") from exc
+    except OSError as exc:  # name the entry being written (a write error carries no file name)
+        raise UsageError(f"{target}: cannot write /{current.decode(errors='replace')}: {exc.strerror}") from exc
     finally:
         for _, fd, _, _ in stack:
             if fd != root_fd:

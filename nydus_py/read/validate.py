@@ -16,8 +16,6 @@ from construct import ConstructError
 from nydus_py.format import blobmeta, erofs, rafs
 from nydus_py.format.blobmeta import BlobFeatures
 
-BLOB_MAX_SIZE_UNCOMPRESSED = 1 << 44
-BLOB_MAX_SIZE_COMPRESSED = 1 << 40
 _COMPRESSION_BITS = functools.reduce(operator.or_, rafs.COMPRESSION_FLAGS.values())
 _HASH_BITS = functools.reduce(operator.or_, rafs.DIGEST_FLAGS.values())
 
@@ -187,9 +185,9 @@ def _blob_rules(data: bytes, at: int, index: int, ext: rafs.SuperBlockExtRecord)
                                    ("cipher_algo", b.cipher_algo, rafs.CipherAlgo)):
         if value not in set(enum_type):
             rules.append(f"{name}={value}: unknown algorithm")
-    if b.uncompressed_size > BLOB_MAX_SIZE_UNCOMPRESSED:
+    if b.uncompressed_size > rafs.MAX_BLOB_UNCOMPRESSED_SIZE:
         rules.append(f"uncompressed_size={b.uncompressed_size:#x}: at most 2^44")
-    if b.compressed_size > BLOB_MAX_SIZE_COMPRESSED:
+    if b.compressed_size > rafs.MAX_BLOB_COMPRESSED_SIZE:
         rules.append(f"compressed_size={b.compressed_size:#x}: at most 2^40")
     try:
         features = BlobFeatures(b.features)

@@ -8,6 +8,12 @@ from __future__ import annotations
 
 import enum
 
+# What one layer may hold, counted as it is read (memory grows with both; a layer is refused past them, in
+# one line, rather than the machine running out): entries (nydus-py needs about 1.4 KiB per entry while it
+# builds), and xattr bytes (names and values; they are copied into the bootstrap for every inode).
+MAX_LAYER_ENTRIES = 1_500_000
+MAX_LAYER_XATTR_BYTES = 64 << 20
+
 
 class WhiteoutSpec(enum.Enum):
     """How a layer source marks removals: `auto` is overlayfs for directories and OCI for tars."""
@@ -25,4 +31,4 @@ class XattrNamespace(enum.Enum):
     USER = "user"
 
 
-__all__ = ["WhiteoutSpec", "XattrNamespace"]
+__all__ = ["MAX_LAYER_ENTRIES", "MAX_LAYER_XATTR_BYTES", "WhiteoutSpec", "XattrNamespace"]

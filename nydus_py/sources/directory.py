@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nydus_py.sources import WhiteoutSpec, XattrNamespace
+from nydus_py.sources import MAX_LAYER_ENTRIES, WhiteoutSpec, XattrNamespace
 from nydus_py.errors import FormatError, UnsupportedError, UsageError
 from nydus_py.format.posix_acl import acl_xattrs_problem
 from nydus_py.util.fsutil import raise_fd_limit
@@ -117,6 +117,7 @@ class DirectorySource:
         self.tree = Tree(root=self._inode(st, b"/", None, b""))
         self._root_bytes = os.fsencode(self.root_path)  # file paths for messages: root + path inside it
         self._hardlinks: dict[tuple[int, int], Inode] = {}
+        self._entries = 0  # entries read (MAX_LAYER_ENTRIES)
         self._opaque: set[int] = set()  # id() of directories that get an opaque marker
         self._xattr_whiteouts: set[int] = set()  # id() of files that are whiteouts
 
@@ -176,6 +177,9 @@ class DirectorySource:
                                for e in it)
         except OSError as exc:
             raise self._error(frame.path or b"/", exc) from exc
+        self._entries += len(names)
+        if self._entries > MAX_LAYER_ENTRIES:
+            raise FormatError(f"{self.root_path}: more than {MAX_LAYER_ENTRIES} entries in one layer")
         entries = frame.inode.entries
         if id(frame.inode) in self._opaque:
             self._opaque.discard(id(frame.inode))

@@ -34,7 +34,7 @@ from nydus_py.format.posix_acl import acl_xattrs_problem
 from nydus_py.format.tar import TypeFlag
 from nydus_py.model import OPAQUE_MARKER, WHITEOUT_PREFIX, Entry, FileKind, Inode, Tree, is_marker, \
     is_void_whiteout, new_directory, new_marker, overlay_xattrs
-from nydus_py.sources import WhiteoutSpec, XattrNamespace
+from nydus_py.sources import MAX_LAYER_ENTRIES, MAX_LAYER_XATTR_BYTES, WhiteoutSpec, XattrNamespace
 from nydus_py.sources.gunzip import threaded_gunzip
 from nydus_py.sources.tarstream import STREAM_ERRORS, TarMember, TarReader
 from nydus_py.util.fsutil import Readable, file_identity, is_file
@@ -145,6 +145,8 @@ class TarSource:
         self._children: dict[int, dict[bytes, Entry]] = {id(self.tree.root): {}}
         self._files: dict[bytes, Inode] = {}  # path -> inode of non-directories, for hardlinks
         self._opaque = False  # the entry being read carries an overlayfs opaque xattr
+        self._entries = 0  # members read (MAX_LAYER_ENTRIES)
+        self._xattr_bytes = 0  # xattr names and values kept (MAX_LAYER_XATTR_BYTES)
 
     def holds(self, path: Path) -> bool:
         """Whether writing `path` would write the layer being read (the same file, or a hardlink to it)."""
@@ -223,6 +225,9 @@ class TarSource:
         self._files.pop(path, None)
 
     def _add(self, member: TarMember, reader: TarReader) -> TarFile | None:
+        self._entries += 1
+        if self._entries > MAX_LAYER_ENTRIES:
+            raise self._fail(f"more than {MAX_LAYER_ENTRIES} entries in one layer")
         path = self._path(member)
         inode = self._inode(member)
         opaque, self._opaque = self._opaque, False
@@ -357,6 +362,9 @@ class TarSource:
         problem = acl_xattrs_problem(out)
         if problem is not None:
             raise self._fail(problem, member.name)
+        self._xattr_bytes += sum(len(k) + len(v) for k, v in out.items())
+        if self._xattr_bytes > MAX_LAYER_XATTR_BYTES:
+            raise self._fail(f"xattrs of more than {MAX_LAYER_XATTR_BYTES >> 20} MiB in one layer", member.name)
         return dict(sorted(out.items()))
 
 

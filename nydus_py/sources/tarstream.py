@@ -25,10 +25,10 @@ Format" and "Sparse Formats"; nydus_py/format/tar.py for the records.
 from __future__ import annotations
 
 import gzip
+import re
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
 
 import pyzstd
 from construct import Container
@@ -40,6 +40,12 @@ from nydus_py.util.fsutil import Readable
 
 MAX_HEADER_RECORD = 1 << 20
 MAX_SPARSE_EXTENTS = 1 << 16
+MAX_GLOBAL_RECORDS = 1024
+MAX_SIZE = (1 << 63) - 1  # what a size, offset or length may be (a signed 64-bit off_t)
+_PAX_TIME = re.compile(rb"(-)?([0-9]{1,19})(?:\.([0-9]{0,30}))?")
+# global pax records a member takes (ownership, time, xattrs); the rest (comments, charsets) are not kept
+_GLOBAL_KEYWORDS = frozenset({b"uid", b"gid", b"mtime"})
+_XATTR_KEYS = (b"SCHILY.xattr.", b"LIBARCHIVE.xattr.")
 _COPY_BLOCK = 1 << 20
 # what a corrupt compressed stream raises from its read(), and what a closed or failing source raises
 STREAM_ERRORS = (EOFError, zlib.error, pyzstd.ZstdError, gzip.BadGzipFile, OSError)
@@ -144,6 +150,7 @@ class TarReader:
         """The next member with its special headers applied, or None at the end of the archive."""
         overrides: list[tuple[TypeFlag, bytes | dict[bytes, bytes]]] = []  # special headers, in stream order
         start = self.position
+        pending = 0  # bytes of special headers so far: together they are capped like one
         while True:
             block = self._read(TAR_BLOCK_SIZE)
             while 0 < len(block) < TAR_BLOCK_SIZE and (more := self._read(TAR_BLOCK_SIZE - len(block))):
@@ -165,10 +172,13 @@ class TarReader:
             kind = self._typeflag(header)
             if kind not in _SPECIAL:
                 return self._member(block, header, kind, overrides, start)
-            size = self._number(header.size, "size")
+            size = self._size(header.size, "size")
             if size > MAX_HEADER_RECORD:
                 raise self._fail(f"{_SPECIAL_NAMES[kind]} of {size} bytes is over the {MAX_HEADER_RECORD >> 20} MiB "
                                  "limit")
+            pending += size + TAR_BLOCK_SIZE
+            if pending > MAX_HEADER_RECORD:
+                raise self._fail(f"special headers of more than {MAX_HEADER_RECORD >> 20} MiB before one member")
             data = self._read_exact(size, f"a {_SPECIAL_NAMES[kind]}")
             self._skip(-size % TAR_BLOCK_SIZE, "padding")
             if kind in (TypeFlag.GNU_LONGNAME, TypeFlag.GNU_LONGLINK):
@@ -181,7 +191,10 @@ class TarReader:
                 self._global_size += size
                 if self._global_size > MAX_HEADER_RECORD:
                     raise self._fail(f"global pax records over the {MAX_HEADER_RECORD >> 20} MiB limit")
-                self._global.update(records)
+                # only what a member takes from them: each member carries them, so nothing else is kept
+                self._global.update((k, v) for k, v in records if k in _GLOBAL_KEYWORDS or k.startswith(_XATTR_KEYS))
+                if len(self._global) > MAX_GLOBAL_RECORDS:
+                    raise self._fail(f"more than {MAX_GLOBAL_RECORDS} global pax records")
             else:
                 overrides.append((kind, _sparse_keyed(records)))
 
@@ -212,18 +225,26 @@ class TarReader:
             raise self._fail(f"corrupt tar stream: header field {what} {field_bytes!r} is not a number")
         return value
 
+    def _size(self, field_bytes: bytes, what: str) -> int:
+        """A size, offset or length: a number from 0 to MAX_SIZE (a negative base-256 value is one too)."""
+        value = self._number(field_bytes, what)
+        if not 0 <= value <= MAX_SIZE:
+            raise self._fail(f"corrupt tar stream: header field {what} is {value}, not a size")
+        return value
+
     def _member(self, block: bytes, header: tar.TarHeaderRecord, kind: TypeFlag,
                 overrides: list[tuple[TypeFlag, bytes | dict[bytes, bytes]]], start: int) -> TarMember:
         name = header.name.split(b"\0", 1)[0]
         if kind is TypeFlag.AREG and name.endswith(b"/"):  # pre-POSIX tars mark directories so
             kind = TypeFlag.DIR
-        prefix = header.prefix.split(b"\0", 1)[0]
+        # a GNU header has atime, ctime and its sparse map where ustar has `prefix` (GNU tar and Go ignore it)
+        prefix = header.prefix.split(b"\0", 1)[0] if header.magic != tar.GNU_MAGIC else b""
         if prefix and kind not in _GNU_NAME_TYPES:
             name = prefix + b"/" + name
         num = self._number
         member = TarMember(name=name, typeflag=kind.value, linkname=header.linkname.split(b"\0", 1)[0],
                            mode=num(header.mode, "mode"), uid=num(header.uid, "uid"), gid=num(header.gid, "gid"),
-                           size=num(header.size, "size"), mtime=num(header.mtime, "mtime"), mtime_nsec=0,
+                           size=self._size(header.size, "size"), mtime=num(header.mtime, "mtime"), mtime_nsec=0,
                            devmajor=0, devminor=0, offset=start)
         if kind in (TypeFlag.CHR, TypeFlag.BLK):  # other writers leave anything in these fields
             member.devmajor, member.devminor = num(header.devmajor, "devmajor"), num(header.devminor, "devminor")
@@ -263,8 +284,9 @@ class TarReader:
             elif keyword == b"linkpath":
                 member.linkname = value
             elif keyword in (b"uid", b"gid", b"size", b"GNU.sparse.size", b"GNU.sparse.realsize"):
-                if not value.isdigit() or len(value) > 20:
-                    raise self._fail(f"pax record {keyword.decode(errors='replace')}={value[:40]!r} is not a number")
+                if not value.isdigit() or len(value) > 20 or int(value) > MAX_SIZE:
+                    raise self._fail(f"pax record {keyword.decode(errors='replace')}={value[:40]!r} is not a number "
+                                     "that fits in 63 bits")
                 if keyword == b"uid":
                     member.uid = int(value)
                 elif keyword == b"gid":
@@ -283,38 +305,41 @@ class TarReader:
         return stored
 
     def _pax_time(self, value: bytes) -> tuple[int, int]:
-        """(seconds, nanoseconds), exact: a decimal that a float would round."""
-        try:
-            number = Decimal(value.decode("ascii"))
-        except (InvalidOperation, UnicodeDecodeError):
-            number = None
-        if number is None or not number.is_finite() or len(value) > 64:
+        """(seconds, nanoseconds), exact: pax writes a decimal with an optional fraction, which a float would
+        round (and nothing else: no exponent, which could ask for a number of any size)."""
+        match = _PAX_TIME.fullmatch(value)
+        if match is None:
             raise self._fail(f"PAX mtime {value[:40]!r} is not a number")
-        seconds = int(number.to_integral_value(rounding="ROUND_FLOOR"))
-        return seconds, int((number - seconds) * 1_000_000_000)
+        sign, whole, fraction = match.groups()
+        seconds, nanoseconds = int(whole), int((fraction or b"").ljust(9, b"0")[:9])
+        if sign:  # -1.25 is 2 s before 0, plus 0.75 s
+            seconds, nanoseconds = (-seconds - 1, 1_000_000_000 - nanoseconds) if nanoseconds else (-seconds, 0)
+        return seconds, nanoseconds
 
     def _pairs(self, numbers: list[bytes], what: str) -> list[tuple[int, int]]:
         if len(numbers) > 2 * MAX_SPARSE_EXTENTS:
             raise self._fail(f"{what}: more than {MAX_SPARSE_EXTENTS} extents")
-        if len(numbers) % 2 or not all(n.isdigit() and len(n) <= 20 for n in numbers):
-            raise self._fail(f"{what}: not pairs of numbers")
+        if len(numbers) % 2 or not all(n.isdigit() and len(n) <= 20 and int(n) <= MAX_SIZE for n in numbers):
+            raise self._fail(f"{what}: not pairs of numbers that fit in 63 bits")
         values = [int(n) for n in numbers]
         return list(zip(values[::2], values[1::2], strict=True))
 
     def _old_gnu_sparse(self, member: TarMember, tail: Container) -> None:
-        extents = [(self._number(sp.offset, "sparse offset"), self._number(sp.numbytes, "sparse size"))
+        extents = [(self._size(sp.offset, "sparse offset"), self._size(sp.numbytes, "sparse size"))
                    for sp in tail.sp if sp.offset.strip(b"\0") or sp.numbytes.strip(b"\0")]
         extended = tail.isextended != b"\0"
+        blocks = 0
         while extended:
+            blocks += 1  # empty entries count too: a chain of them is as long as a full one
+            if blocks > MAX_SPARSE_EXTENTS // tar.GNU_SPARSE_EXTENSION_ENTRIES + 1:
+                raise self._fail(f"GNU sparse map: more than {MAX_SPARSE_EXTENTS} extents")
             block = parse(tar.GnuSparseExtension, self._read_exact(TAR_BLOCK_SIZE, "a GNU sparse extension block"),
                           what="GNU sparse extension block", offset=0)
-            extents += [(self._number(sp.offset, "sparse offset"), self._number(sp.numbytes, "sparse size"))
+            extents += [(self._size(sp.offset, "sparse offset"), self._size(sp.numbytes, "sparse size"))
                         for sp in block.sp if sp.offset.strip(b"\0") and sp.numbytes.strip(b"\0")]
-            if len(extents) > MAX_SPARSE_EXTENTS:
-                raise self._fail(f"GNU sparse map: more than {MAX_SPARSE_EXTENTS} extents")
             extended = block.isextended != b"\0"
         member.sparse = extents
-        member.size = self._number(tail.realsize, "GNU sparse real size")
+        member.size = self._size(tail.realsize, "GNU sparse real size")
 
     def _sparse_map_1_0(self) -> list[tuple[int, int]]:
         """The GNU pax 1.0 map in front of the data: a count and offset/size pairs, one decimal a line, padded
@@ -329,13 +354,18 @@ class TarReader:
         count = int(count_text)
         if count > MAX_SPARSE_EXTENTS:
             raise self._fail(f"PAX 1.0 sparse map: more than {MAX_SPARSE_EXTENTS} extents")
-        text = block
-        while text.count(b"\n") < 1 + 2 * count:
+        parts, lines_seen, size = [block], block.count(b"\n"), len(block)
+        limit = (1 + 2 * count) * 21 + TAR_BLOCK_SIZE  # every number at most 20 digits and its newline
+        while lines_seen < 1 + 2 * count:
             more = self.read(TAR_BLOCK_SIZE)
             if len(more) < TAR_BLOCK_SIZE:
                 raise self._fail("PAX 1.0 sparse map: truncated")
-            text += more
-        numbers = text.split(b"\n")[1 : 1 + 2 * count]
+            size += len(more)
+            if size > limit:
+                raise self._fail("PAX 1.0 sparse map: longer than its extents can be")
+            parts.append(more)
+            lines_seen += more.count(b"\n")
+        numbers = b"".join(parts).split(b"\n")[1 : 1 + 2 * count]
         return self._pairs(numbers, "PAX 1.0 sparse map")
 
     def _check_sparse(self, member: TarMember) -> None:
@@ -368,7 +398,7 @@ def _sparse_0_0(pax: dict[bytes, bytes]) -> list[tuple[int, int]]:
     offsets = pax.get(b"GNU.sparse.offset", b"").split(b",")
     sizes = pax.get(b"GNU.sparse.numbytes", b"").split(b",")
     if len(offsets) != len(sizes) or len(offsets) > MAX_SPARSE_EXTENTS or not all(
-            n.isdigit() and len(n) <= 20 for n in offsets + sizes):
+            n.isdigit() and len(n) <= 20 and int(n) <= MAX_SIZE for n in offsets + sizes):
         raise FormatError("GNU pax 0.0 sparse map: not pairs of numbers, or too many")
     return [(int(o), int(n)) for o, n in zip(offsets, sizes, strict=True)]
 

@@ -23,7 +23,6 @@ import errno
 import fcntl
 import hashlib
 import os
-import shutil
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -32,7 +31,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from nydus_py.errors import FormatError, UsageError
-from nydus_py.util.fsutil import remove_stale_staging, staging_dir
+from nydus_py.util.fsutil import remove_stale_staging, remove_staging, staged_error, staging_dir
 
 STAGING_PREFIX = ".nydus-py-"  # + pid + random: a command's staging directory in or beside OUTDIR
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -64,9 +63,12 @@ class OutputDir:
         out = cls._start(Path(path).absolute())
         try:
             yield out
-        except BaseException:
+        except BaseException as exc:
             out._rollback()
-            raise
+            renamed = staged_error(exc, out.staging, out.path)
+            if renamed is exc:
+                raise
+            raise renamed from None
         out._commit()
 
     @classmethod
@@ -249,7 +251,7 @@ class OutputDir:
                     os.close(dfd)
             os.fsync(self.fd)
         finally:
-            shutil.rmtree(self.staging, ignore_errors=True)
+            remove_staging(self.staging)
             os.close(self.fd)
 
     def _rollback(self) -> None:
@@ -268,7 +270,7 @@ class OutputDir:
                 with contextlib.suppress(OSError):
                     os.rmdir(rel, dir_fd=self.fd)
         finally:
-            shutil.rmtree(self.staging, ignore_errors=True)
+            remove_staging(self.staging)
             self._release(self.fd, self.path, self.created)
 
 
