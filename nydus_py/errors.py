@@ -9,6 +9,11 @@ class FormatError(NydusError):
     """Input image, blob or tar is corrupt or violates the format."""
 
 
+class BrokenImageError(FormatError):
+    """Input is recognizably an image (a Nydus manifest, a bootstrap) whose contents do not decode: a defect
+    for `check`, not a stranger's file."""
+
+
 class UnsupportedError(NydusError):
     """Input is valid but uses something nydus-py does not implement."""
 

@@ -203,3 +203,37 @@ def test_an_acl_the_kernel_refuses_is_a_defect(tmp_path: Path, capsys: pytest.Ca
     boot_path.write_bytes(data.replace(good, bad))
     status, out, _ = run(capsys, "check", str(tmp_path / "out"))
     assert status == 1 and "defect: inode /f" in out and "out of order" in out
+
+
+def test_a_layout_whose_bootstrap_does_not_decode_is_a_defect(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """An OCI layout holding a Nydus manifest is an image: a bootstrap in it that does not decode (built here
+    by a builder made to lie: its chunk names blob 200) is a defect, exit 1, with the reason; unpack names
+    the manifest and the reason in one line."""
+    from nydus_py.build import pipeline
+    from nydus_py.format import rafs
+    from tests.hostile import make_layout
+
+    make_layout(tmp_path / "src", {"a": b"some data\n" * 1000})
+    honest = pipeline.bootstrap_bytes
+
+    def lying(*args: object, **kwargs: object) -> tuple[bytes, list[int]]:
+        data, keys = honest(*args, **kwargs)  # type: ignore[arg-type]
+        boot = bytearray(data)
+        at = parse_ext(boot).s_chunk_table_offset + 32  # the first entry's blob_index
+        boot[at : at + 4] = (200).to_bytes(4, "little")
+        return bytes(boot), keys
+
+    def parse_ext(boot: bytearray) -> object:
+        from nydus_py.format import parse
+        return parse(rafs.SuperBlockExt, bytes(boot), what="ext", offset=rafs.EXT_SUPER_OFFSET)
+
+    monkeypatch.setattr(pipeline, "bootstrap_bytes", lying)
+    monkeypatch.setattr(pipeline, "_one_layer_bootstrap", lambda *args: None)  # render anew, through the liar
+    assert main(["convert", "-q", f"oci:{tmp_path / 'src'}:v1", f"oci:{tmp_path / 'bad'}:v1"]) == 0
+    monkeypatch.undo()
+    status, out, err = run(capsys, "check", f"oci:{tmp_path / 'bad'}:v1")
+    assert status == 1 and "has no chunk table entry" in out and "not an image" not in err, out + err
+    status, out, err = run(capsys, "unpack", f"oci:{tmp_path / 'bad'}:v1", "-o", str(tmp_path / "files"))
+    assert status == 2 and "manifest sha256:" in err and "has no chunk table entry" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "files").exists()

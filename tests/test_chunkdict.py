@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -218,3 +219,56 @@ def with_blob_table_copies(bootstrap: Path, count: int) -> bytes:
     data[rafs.EXT_SUPER_OFFSET : rafs.EXT_SUPER_OFFSET + rafs.SuperBlockExt.sizeof()] = rafs.SuperBlockExt.build(ext)
     assert erofs.EROFS_SUPER_OFFSET  # the EROFS superblock stays as it was
     return bytes(data)
+
+
+def with_chunk_entry(bootstrap: Path, **fields: int) -> bytes:
+    """The bootstrap with its first chunk table entry's `fields` overwritten."""
+    data = bytearray(bootstrap.read_bytes())
+    ext = parse(rafs.SuperBlockExt, bytes(data), what="ext", offset=rafs.EXT_SUPER_OFFSET)
+    at = ext.s_chunk_table_offset
+    entry = parse(rafs.ChunkInfo, bytes(data), what="chunk", offset=at)
+    for name, value in fields.items():
+        setattr(entry, name, value)
+    data[at : at + rafs.ChunkInfo.sizeof()] = rafs.ChunkInfo.build(entry)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("fields, says", [({"blob_index": 200}, "names blob 200"),
+                                          ({"uncompressed_offset": 2**64 - 4096}, "is not a chunk of blob"),
+                                          ({"compressed_offset": 2**63}, "lies past the data")])
+def test_a_dictionary_chunk_outside_its_blob_is_refused(versions: list[Path], dictionary: Path, tmp_path: Path,
+                                                        fields: dict[str, int], says: str) -> None:
+    """A dictionary's chunk is copied into the bootstraps that use it: one that names no blob of the
+    dictionary, or lies outside its blob, is refused when the dictionary is loaded."""
+    bad = tmp_path / "bad.boot"
+    bad.write_bytes(with_chunk_entry(dictionary / "bootstrap", **fields))
+    done = nydus_py("build", str(versions[2]), "-o", str(tmp_path / "out"), "--chunk-dict", str(bad),
+                    "--chunk-dict-blob-dir", str(dictionary / "blobs" / "sha256"))
+    refused(done, str(bad), says)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_dictionary_blob_whose_chunks_were_altered_is_refused(versions: list[Path], tmp_path: Path) -> None:
+    """A layer blob given as the dictionary is named by its own sha256, so altering its chunk data keeps it
+    "valid": every chunk the new image takes from it is read and digest-checked before anything is written."""
+    assert main(["build", str(versions[0]), "-o", str(tmp_path / "v0"), "-q"]) == 0
+    blob = max((tmp_path / "v0" / "blobs" / "sha256").iterdir(), key=lambda p: p.stat().st_size)
+    data = bytearray(blob.read_bytes())
+    middle = len(data) // 2  # in a base file's chunk (the first are app/v0-*'s, which version 2 lacks)
+    data[middle : middle + 100] = bytes(100)
+    altered = tmp_path / "altered.blob"
+    altered.write_bytes(bytes(data))
+    done = nydus_py("build", str(versions[2]), "-o", str(tmp_path / "out"), "--chunk-dict", str(altered))
+    refused(done, str(altered), "digest does not match")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_fifo_as_dictionary_is_refused_at_once(versions: list[Path], tmp_path: Path) -> None:
+    fifo = tmp_path / "dict.fifo"
+    os.mkfifo(fifo)
+    refused(nydus_py("build", str(versions[2]), "-o", str(tmp_path / "out"), "--chunk-dict", str(fifo)),
+            str(fifo), "not a regular file")
+    drop_in = subprocess.run(["nydus-py-image", "create", "-t", "dir-rafs", "--blob-inline-meta", "--blob", str(tmp_path / "blob"),
+                              "--chunk-dict", f"bootstrap={fifo}", str(versions[2])],
+                             capture_output=True, text=True, timeout=60)
+    assert drop_in.returncode == 1 and "not a regular file" in drop_in.stderr

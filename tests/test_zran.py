@@ -30,7 +30,7 @@ from nydus_py.errors import FormatError
 from nydus_py.format import oci
 from tests.compare import differences
 from tests.conftest import need_mount, need_tool
-from tests.hostile import blob_path, layout_of_layer, manifest_of, nydus_py, refused
+from tests.hostile import blob_path, layout_of_layer, manifest_of, nydus_py, refused, set_manifest
 from tests.layers import make_umoci_image
 from tests.nydus_stack import need_nydus, nydus_image, nydusd_mount
 
@@ -279,6 +279,19 @@ def test_a_missing_original_is_named(converted: Path, source: Path, tmp_path: Pa
     assert done.returncode == 1 and f"the original layer {original['digest']}" in done.stdout
     refused(nydus_py("copy", f"oci:{copy}:{TAG}", f"oci:{tmp_path / 'copied'}:{TAG}"), original["digest"])
     assert not (tmp_path / "copied").exists()
+    refused(nydus_py("unpack", f"oci:{copy}:{TAG}", "-o", str(tmp_path / "files")), str(copy),
+            original["digest"].removeprefix("sha256:"), "(the original layer) is not available")
+
+
+def test_a_nydus_ref_that_is_no_digest_is_named_with_its_image(converted: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "image"
+    shutil.copytree(converted, copy)
+    _, manifest = manifest_of(copy)
+    manifest["layers"][0]["annotations"][oci.NYDUS_REF_ANNOTATION] = "../../etc/passwd"
+    set_manifest(copy, json.dumps(manifest).encode())
+    done = nydus_py("copy", f"oci:{copy}:{TAG}", f"oci:{tmp_path / 'copied'}:{TAG}")
+    refused(done, f"oci:{copy}:{TAG}", "'../../etc/passwd' is not a sha256 digest")
+    assert not (tmp_path / "copied").exists()
 
 
 def test_copy_takes_the_originals(converted: Path, source: Path, tmp_path: Path) -> None:
@@ -346,3 +359,106 @@ def test_oci_ref_needs_sha256(tmp_path: Path) -> None:
     done = nydus_py("convert", "--oci-ref", "--digester", "blake3", f"oci:{tmp_path / 'src'}:{TAG}",
                     f"oci:{tmp_path / 'out'}:{TAG}")
     refused(done, "--oci-ref", "sha256")
+
+
+def random_tar(size: int) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("noise")
+        info.size = size
+        tar.addfile(info, io.BytesIO(random.Random(7).randbytes(size)))
+    return out.getvalue()
+
+
+def test_contexts_covering_the_layer_over_and_over_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each context is capped, and so is their sum: contexts that cover the same stretch hundreds of times (a
+    meta blob built here by a lying builder) would make a read inflate the layer hundreds of times."""
+    tar = small_tar()
+    gzip_layout(tmp_path / "src", gzip.compress(tar, mtime=0), tar)
+    honest = ZranIndexer.finished
+    monkeypatch.setattr(ZranIndexer, "finished", lambda self: honest(self) + [honest(self)[0]] * 300)
+    assert main(["convert", "--oci-ref", "-q", f"oci:{tmp_path / 'src'}:{TAG}", f"oci:{tmp_path / 'out'}:{TAG}"]) == 0
+    monkeypatch.undo()
+    done = nydus_py("unpack", f"oci:{tmp_path / 'out'}:{TAG}", "-o", str(tmp_path / "files"))
+    refused(done, "zran contexts inflate", "overlap")
+    assert not (tmp_path / "files").exists()
+
+
+def test_a_layer_of_tiny_deflate_blocks_gets_a_data_blob(tmp_path: Path) -> None:
+    """A deflate block boundary costs a window copy: a stream of near-empty blocks (valid gzip) is not indexed
+    but converted as a data blob, with a warning; the drop-in, which cannot fall back, refuses it."""
+    tar = small_tar()
+    deflate = zlib.compressobj(6, zlib.DEFLATED, 31)
+    layer = b"".join(deflate.compress(tar[i : i + 4]) + deflate.flush(zlib.Z_SYNC_FLUSH)
+                     for i in range(0, len(tar), 4)) + deflate.flush()
+    assert gzip.decompress(layer) == tar
+    desc = gzip_layout(tmp_path / "src", layer, tar)
+    done = nydus_py("convert", "--oci-ref", "-q", f"oci:{tmp_path / 'src'}:{TAG}", f"oci:{tmp_path / 'out'}:{TAG}")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count(f"layer {desc['digest']}") == 1 and "deflate blocks" in done.stderr
+    _, manifest = manifest_of(tmp_path / "out")
+    assert oci.NYDUS_REF_ANNOTATION not in manifest["layers"][0]["annotations"]
+    drop_in = subprocess.run(["nydus-py-image", "create", "-t", "targz-ref", "--blob-inline-meta", "--blob",
+                              str(tmp_path / "meta"), str(blob_path(tmp_path / "src", desc))],
+                             capture_output=True, text=True)
+    assert drop_in.returncode != 0 and "deflate blocks" in drop_in.stderr
+    assert not (tmp_path / "meta").exists()
+
+
+def test_a_layer_needing_too_many_contexts_gets_a_data_blob(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """Contexts keep their 32 KiB windows until the meta blob is written: past MAX_CONTEXTS (lowered here from
+    8192, a tar of 16 GiB or more) the layer is converted as a data blob instead."""
+    tar = random_tar(5 << 20)  # a context at least every 2 MiB of tar: three of them
+    gzip_layout(tmp_path / "src", gzip.compress(tar, compresslevel=1, mtime=0), tar)
+    monkeypatch.setattr("nydus_py.blob.zran.MAX_CONTEXTS", 2)
+    assert main(["convert", "--oci-ref", "-q", f"oci:{tmp_path / 'src'}:{TAG}", f"oci:{tmp_path / 'out'}:{TAG}"]) == 0
+    assert "needs over 2 zran contexts" in capsys.readouterr().err
+    _, manifest = manifest_of(tmp_path / "out")
+    assert oci.NYDUS_REF_ANNOTATION not in manifest["layers"][0]["annotations"]
+    assert main(["check", f"oci:{tmp_path / 'out'}:{TAG}", "--require-data"]) == 0
+
+
+def test_a_chunk_info_header_claiming_more_is_refused_before_inflating(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """s_ci_uncompressed_size is a stranger's: a header that claims more than its entries and contexts need
+    (a lying builder pads the chunk info here with 1 MiB of zeros) is refused before anything is inflated."""
+    from nydus_py.blob import compress
+    from nydus_py.blob.writer import BlobWriter
+
+    tar = small_tar()
+    gzip_layout(tmp_path / "src", gzip.compress(tar, mtime=0), tar)
+    honest = BlobWriter._write_chunk_info
+
+    def padded(self: BlobWriter, ci_raw: bytes, *args: object, **kwargs: object) -> object:
+        return honest(self, ci_raw + bytes(1 << 20), *args, **kwargs)  # type: ignore[arg-type]
+
+    def trusting(self: BlobReader, header: object) -> bytes:  # the build reads its blob back: let it believe
+        raw = self.read_at(header.ci_offset, header.ci_compressed_size, "chunk info")  # type: ignore[attr-defined]
+        return compress.decompress(raw, header.ci_compressor, header.ci_uncompressed_size)  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(BlobWriter, "_write_chunk_info", padded)
+    monkeypatch.setattr(BlobReader, "chunk_info_data", trusting)
+    assert main(["convert", "--oci-ref", "-q", f"oci:{tmp_path / 'src'}:{TAG}", f"oci:{tmp_path / 'out'}:{TAG}"]) == 0
+    monkeypatch.undo()
+    done = nydus_py("unpack", f"oci:{tmp_path / 'out'}:{TAG}", "-o", str(tmp_path / "files"))
+    refused(done, "s_ci_uncompressed_size=", "more than its")
+    done = nydus_py("check", f"oci:{tmp_path / 'out'}:{TAG}")
+    assert done.returncode == 1 and "more than its" in done.stdout, done.stdout + done.stderr
+
+
+def test_merging_a_meta_blob_keeps_it_under_its_own_digest(converted: Path, source: Path, tmp_path: Path) -> None:
+    """`merge` of a zran meta blob: the output's blob file is the meta blob under its own digest; the
+    bootstrap names the original layer, which unpack then finds in --blob-dir."""
+    _, manifest = manifest_of(converted)
+    layer = manifest["layers"][0]
+    shutil.copy(blob_path(converted, layer), tmp_path / "meta.blob")
+    assert main(["merge", str(tmp_path / "meta.blob"), "-o", str(tmp_path / "merged")]) == 0
+    for blob in (tmp_path / "merged" / "blobs" / "sha256").iterdir():
+        assert hashlib.sha256(blob.read_bytes()).hexdigest() == blob.name
+    original = layer["annotations"][oci.NYDUS_REF_ANNOTATION]
+    originals = tmp_path / "originals"
+    originals.mkdir()
+    shutil.copy(blob_path(converted, {"digest": original}), originals)
+    assert main(["unpack", str(tmp_path / "merged"), "--blob-dir", str(originals), "-o", str(tmp_path / "files")]) == 0
+    assert main(["check", str(tmp_path / "merged"), "--blob-dir", str(originals), "--require-data"]) == 0

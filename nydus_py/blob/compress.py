@@ -6,6 +6,7 @@ References: nydus utils/src/compress/mod.rs; docs/format.md §12.
 from __future__ import annotations
 
 import threading
+import zlib
 
 import lz4.block
 import pyzstd
@@ -42,8 +43,14 @@ def compress(data: bytes | memoryview, algo: CompressAlgo) -> tuple[bytes, bool]
     return out, True
 
 
+MAX_DECOMPRESSED = 1 << 30  # no one buffer a stranger's sizes ask for is larger (a chunk: 16 MiB; metadata: 1 GiB)
+
+
 def decompress(data: bytes | memoryview, algo: CompressAlgo, size: int) -> bytes:
-    """Decompress one chunk that must expand to exactly `size` bytes (FormatError otherwise)."""
+    """Decompress data that must expand to exactly `size` bytes (at most MAX_DECOMPRESSED): FormatError
+    otherwise, whatever the codec says."""
+    if not 0 <= size <= MAX_DECOMPRESSED:
+        raise FormatError(f"{algo.name.lower()} data claims {size} bytes, over the {MAX_DECOMPRESSED >> 20} MiB limit")
     try:
         if algo is CompressAlgo.ZSTD:
             out = _zstd_decompress_bounded(data, size)
@@ -52,13 +59,11 @@ def decompress(data: bytes | memoryview, algo: CompressAlgo, size: int) -> bytes
         elif algo is CompressAlgo.NONE:
             out = bytes(data)
         elif algo is CompressAlgo.GZIP:
-            import zlib
-
             decomp = zlib.decompressobj(16 + zlib.MAX_WBITS)
             out = decomp.decompress(data, size + 1)
         else:
             raise UnsupportedError(f"compressor {algo!r} is not supported")
-    except (pyzstd.ZstdError, lz4.block.LZ4BlockError, ValueError) as exc:
+    except (pyzstd.ZstdError, lz4.block.LZ4BlockError, ValueError, OverflowError, zlib.error) as exc:
         raise FormatError(f"{algo.name.lower()} data does not decompress: {exc}") from exc
     if len(out) != size:
         raise FormatError(f"{algo.name.lower()} data decompresses to {len(out)} bytes, expected {size}")

@@ -273,9 +273,12 @@ class BlobReader:
             import pyzstd
 
             try:
-                return pyzstd.decompress(raw)
+                out = pyzstd.ZstdDecompressor().decompress(raw, max_length=MAX_META_SIZE + 1)
             except pyzstd.ZstdError as exc:
                 raise FormatError(f"{self.path.name}: image.boot does not decompress: {exc}") from exc
+            if len(out) > MAX_META_SIZE:
+                raise FormatError(f"{self.path.name}: image.boot is over {MAX_META_SIZE >> 20} MiB")
+            return out
         return raw
 
     def ci_header(self, info: BlobInfo | None = None) -> CiHeader:
@@ -298,9 +301,22 @@ class BlobReader:
     def chunk_infos(self, header: CiHeader | None = None) -> list[BlobChunk]:
         """The chunk info array, decompressed and decoded (v1 or v2)."""
         header = header or self.ci_header()
+        return decode_chunk_infos(self.chunk_info_data(header), header, self.path.name)
+
+    def chunk_info_data(self, header: CiHeader) -> bytes:
+        """The uncompressed chunk info (entries, then a zran blob's contexts and windows): no more than its
+        entries and context table can need (a header claiming more is refused before anything is inflated)."""
+        entry = blobmeta.CHUNK_INFO_V2_SIZE if header.chunk_info_v2 else blobmeta.CHUNK_INFO_V1_SIZE
+        most = entry * header.ci_entries + header.zran_size
+        if header.ci_uncompressed_size > min(most, MAX_META_SIZE):
+            raise FormatError(f"{self.path.name}: chunk info header: s_ci_uncompressed_size="
+                              f"{header.ci_uncompressed_size}, more than its {header.ci_entries} entries and "
+                              f"{header.zran_size} bytes of zran contexts need")
         raw = self.read_at(header.ci_offset, header.ci_compressed_size, "chunk info array")
-        data = compress.decompress(raw, header.ci_compressor, header.ci_uncompressed_size)
-        return decode_chunk_infos(data, header, self.path.name)
+        try:
+            return compress.decompress(raw, header.ci_compressor, header.ci_uncompressed_size)
+        except FormatError as exc:
+            raise FormatError(f"{self.path.name}: chunk info at {header.ci_offset:#x}: {exc}") from None
 
     def chunk_digests(self) -> list[bytes] | None:
         """The chunk digest array (`blob.digest`, blob-toc builds), or None."""

@@ -23,7 +23,6 @@ import os
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 
-from nydus_py.blob.compress import decompress
 from nydus_py.blob.digests import chunk_digest
 from nydus_py.blob.reader import BlobChunk, BlobReader, ChunkExtent, RandomAccess
 from nydus_py.errors import FormatError, UnsupportedError
@@ -36,6 +35,12 @@ from nydus_py.util.fsutil import Readable
 MIN_COMPRESSED = 512 << 10
 MAX_COMPRESSED = 1 << 20
 MAX_UNCOMPRESSED = 2 << 20
+# what one layer may cost us: contexts keep a 32 KiB window each until the meta blob is written (8192 of them
+# are 256 MiB, a tar of 16 GiB or more), and a deflate block boundary costs a window copy (zlib's own blocks
+# hold thousands of bytes; a stream of empty ones is an attack on our time)
+MAX_CONTEXTS = 8192
+MIN_BLOCK_INPUT = 1024
+FREE_BOUNDARIES = 10_000
 READ_BLOCK = 64 << 10  # ZRAN_READER_BUF_SIZE: the gzip bytes read at a time
 WINDOW = blobmeta.ZRAN_DICT_WINDOW
 
@@ -144,6 +149,7 @@ class GzipIndexReader:
         self._out = ctypes.create_string_buffer(READ_BLOCK)  # reused by every read
         self.boundary = Position(0, 0, 0, 0)
         self.boundary_window = b""
+        self.boundaries = 0  # deflate block boundaries passed
         self._ended = False
 
     def _fail(self, what: str) -> FormatError:
@@ -207,6 +213,10 @@ class GzipIndexReader:
         return True
 
     def _note_boundary(self) -> None:
+        self.boundaries += 1
+        if self.boundaries > FREE_BOUNDARIES and self.boundaries > self.read_in // MIN_BLOCK_INPUT:
+            raise UnsupportedError(f"{self.name}: over {self.boundaries - 1} deflate blocks in "
+                                   f"{self.read_in} bytes (fewer than {MIN_BLOCK_INPUT} bytes each)")
         length = ctypes.c_uint(0)
         if _libz.inflateGetDictionary(self._z.ref, self._window, ctypes.byref(length)) != _Z_OK:
             raise self._fail("zlib cannot hand out the window")
@@ -277,6 +287,9 @@ class ZranIndexer:
                          in_pos=self._chunk_in, in_len=here.in_pos - self._chunk_in)
 
     def _new_context(self) -> int:
+        if len(self.contexts) == MAX_CONTEXTS:
+            raise UnsupportedError(f"{self.reader.name}: needs over {MAX_CONTEXTS} zran contexts "
+                                   f"({MAX_CONTEXTS * WINDOW >> 20} MiB of windows)")
         boundary = self.reader.boundary
         self.contexts.append(ZranContext(boundary.in_pos, boundary.out_pos, 0, 0, boundary.previous_byte,
                                          boundary.pending_bits, self.reader.boundary_window))
@@ -323,6 +336,16 @@ def decode_contexts(table: bytes, count: int, what: str) -> list[ZranContext]:
         out.append(ZranContext(r.in_offset, r.out_offset, r.in_len, r.out_len, r.ctx_byte, r.ctx_bits,
                                table[start : start + r.dict_size]))
     return out
+
+
+def _check_total_work(contexts: list[ZranContext], what: str) -> None:
+    """Contexts may overlap by a block or so (each starts at the boundary before its first chunk); contexts
+    that cover the same stretch many times over would make reading the blob inflate the layer that many times."""
+    covered = max((c.out_offset + c.out_len for c in contexts), default=0)
+    inflated = sum(c.out_len for c in contexts)
+    if inflated > 2 * covered + MAX_CONTEXT_OUTPUT:
+        raise FormatError(f"{what}: its zran contexts inflate {inflated} bytes to cover {covered} "
+                          "(they overlap over and over)")
 
 
 def inflate_context(gzip_bytes: bytes, context: ZranContext, what: str) -> bytes:
@@ -403,12 +426,13 @@ class ZranBlobReader(BlobReader):
         """The contexts of the chunk info's context table."""
         if self._contexts is None:
             header = self.ci_header(self.info)
-            raw = self.read_at(header.ci_offset, header.ci_compressed_size, "chunk info array")
-            table = decompress(raw, header.ci_compressor, header.ci_uncompressed_size)
+            table = self.chunk_info_data(header)
             if header.zran_offset + header.zran_size > len(table):
                 raise FormatError(f"{self.path.name}: the zran context table lies past the chunk info")
-            self._contexts = decode_contexts(table[header.zran_offset : header.zran_offset + header.zran_size],
-                                             header.zran_count, self.path.name)
+            contexts = decode_contexts(table[header.zran_offset : header.zran_offset + header.zran_size],
+                                       header.zran_count, self.path.name)
+            _check_total_work(contexts, self.path.name)
+            self._contexts = contexts
         return self._contexts
 
     def entries(self) -> list[BlobChunk]:

@@ -20,11 +20,11 @@ from nydus_py.blob.reader import BlobReader, RandomAccess, find_blob_file
 from nydus_py.bootstrap.reader import is_bootstrap, read_bootstrap, read_bootstrap_file, read_tables
 from nydus_py.build.plan import final_blob_info
 from nydus_py.errors import FormatError, UsageError
-from nydus_py.format import rafs
+from nydus_py.format import erofs, rafs
 from nydus_py.format.blobmeta import BLOB_ID_PLACEHOLDER
 from nydus_py.format.rafs import DigestAlgo
 from nydus_py.image import BlobInfo, is_blob_digest
-from nydus_py.model import ChunkRef, walk_bfs
+from nydus_py.model import ChunkRef, Tree, walk_bfs
 from nydus_py.util.fsutil import Readable, file_sha256, read_head
 
 DICT_KEY_BASE = 1 << 16  # blob keys of a dictionary's blobs in a build: never a layer's index
@@ -111,8 +111,56 @@ def load_chunk_dict(data: bytes, name: str, *, own: tuple[str, Path | RandomAcce
     # the chunk table is sorted by digest, then blob: a chunk in several blobs is taken from the first, as
     # nydus-image takes it
     for ref in tables.chunk_table:
+        _check_chunk(ref, blobs, tables.chunk_size, name)
         chunks.setdefault((ref.digest, ref.uncompressed_size), ref)
     return ChunkDict(name=name, chunk_size=tables.chunk_size, digester=tables.digester, blobs=blobs, chunks=chunks)
+
+
+def _check_chunk(ref: ChunkRef, blobs: list[DictBlob], chunk_size: int, name: str) -> None:
+    """A dictionary chunk is copied into the bootstraps that use it: it must lie in a blob of the dictionary,
+    inside that blob's data and device image, at a block the device table can address."""
+    position = ref.blob_index - DICT_KEY_BASE
+    where = f"{name}: chunk {ref.digest.hex()[:16]}"
+    if not 0 <= position < len(blobs):
+        raise FormatError(f"{where}: names blob {ref.blob_index}, which is not in the dictionary's blob table")
+    info = blobs[position].info
+    if not 0 < ref.uncompressed_size <= chunk_size or ref.uncompressed_offset % erofs.EROFS_BLKSIZ \
+            or ref.uncompressed_offset + ref.uncompressed_size > info.uncompressed_size \
+            or ref.uncompressed_offset // erofs.EROFS_BLKSIZ >= 1 << 32:
+        raise FormatError(f"{where}: uncompressed range {ref.uncompressed_offset:#x}+{ref.uncompressed_size:#x} is not "
+                          f"a chunk of blob {info.blob_id}")
+    if ref.compressed_offset + ref.compressed_size > info.compressed_size or ref.ci_index >= info.chunk_count:
+        raise FormatError(f"{where}: lies past the data or the chunk info of blob {info.blob_id}")
+
+
+def verify_references(chunk_dict: ChunkDict, tree: Tree) -> None:
+    """Before an image that uses a dictionary is published: each dictionary blob it references (when its bytes
+    are at hand) has the chunk info its table entry claims, and every chunk taken from it reads back and
+    matches its digest (a dictionary comes from a stranger). FormatError naming the blob otherwise."""
+    used: dict[int, dict[int, ChunkRef]] = {}
+    for inode in walk_bfs(tree):
+        for ref in inode.chunks:
+            if chunk_dict.blob(ref.blob_index) is not None:
+                used.setdefault(ref.blob_index, {}).setdefault(ref.ci_index, ref)
+    for key, refs in used.items():
+        blob = chunk_dict.blob(key)
+        assert blob is not None
+        if blob.source is None:
+            continue  # not at hand: the image cannot carry it either, and says so
+        info = blob.info
+        with BlobReader(blob.source) as reader:
+            header = reader.ci_header(info)
+            claimed = (info.ci_compressor, info.ci_offset, info.ci_compressed_size, info.ci_uncompressed_size,
+                       info.chunk_count)
+            if (header.ci_compressor, header.ci_offset, header.ci_compressed_size, header.ci_uncompressed_size,
+                    header.ci_entries) != claimed:
+                raise FormatError(f"{chunk_dict.name}: blob {info.blob_id}: its chunk info is not what the "
+                                  "dictionary's blob table says")
+            try:
+                for ref in refs.values():
+                    reader.read_chunk(ref, info.compressor, chunk_dict.digester, ref.digest)
+            except FormatError as exc:
+                raise FormatError(f"{chunk_dict.name}: blob {info.blob_id}: {exc}") from None
 
 
 def _dict_blob(info: BlobInfo, name: str, own: tuple[str, Path | RandomAccess] | None,
@@ -159,4 +207,5 @@ def read_chunk_dict_file(path: Path, blob_dir: Path | None = None) -> ChunkDict:
     return load_chunk_dict(data, name, own=(file_sha256(path), path), find=find)
 
 
-__all__ = ["DICT_KEY_BASE", "ChunkDict", "DictBlob", "dictionary_path", "load_chunk_dict", "read_chunk_dict_file"]
+__all__ = ["DICT_KEY_BASE", "ChunkDict", "DictBlob", "dictionary_path", "load_chunk_dict", "read_chunk_dict_file",
+           "verify_references"]

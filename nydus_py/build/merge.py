@@ -98,7 +98,8 @@ def read_layer(path: Path, blob_dir: Path | None, blobs: dict[str, tuple[int, Bl
             head = f.read(1028)
     except OSError as exc:
         raise UsageError(f"{path}: cannot read layer: {exc.strerror}") from exc
-    own: str | None = None
+    own: str | None = None  # the layer blob's file id
+    own_id: str | None = None  # the id its blob is listed under (a zran blob's: the original layer's)
     located: dict[str, Path] = {}
 
     def register(table: list[BlobInfo]) -> dict[int, int]:
@@ -106,14 +107,17 @@ def read_layer(path: Path, blob_dir: Path | None, blobs: dict[str, tuple[int, Bl
         blob, the placeholder id (or, from older builders, a table of one) names the blob itself."""
         mapping = {}
         for info in table:
-            blob_id = info.blob_id
-            if own is not None and (blob_id == BLOB_ID_PLACEHOLDER or len(table) == 1):
-                blob_id = own
+            nonlocal own_id
+            blob_id = file_id = info.blob_id
+            if own is not None and info.is_separate and len(table) == 1:  # a zran meta blob: the file is own
+                file_id, own_id = own, blob_id
+            elif own is not None and (blob_id == BLOB_ID_PLACEHOLDER or len(table) == 1):
+                blob_id = file_id = own
             elif blob_id == BLOB_ID_PLACEHOLDER:
                 raise UsageError(f"{path}: bootstrap names its blob by a placeholder; merge the layer blob instead")
             if blob_id not in blobs:
-                blob_path = located.get(blob_id) or _find_blob(path, blob_id, blob_dir)
-                blobs[blob_id] = (len(blobs), final_blob_info(info, blob_path, blob_id), blob_path)
+                blob_path = located.get(file_id) or _find_blob(path, file_id, blob_dir)
+                blobs[blob_id] = (len(blobs), final_blob_info(info, blob_path, file_id), blob_path)
             mapping[info.blob_index] = blobs[blob_id][0]
         return mapping
 
@@ -124,12 +128,12 @@ def read_layer(path: Path, blob_dir: Path | None, blobs: dict[str, tuple[int, Bl
             data = reader.inline_bootstrap()
         if data is None or not is_bootstrap(data):
             raise FormatError(f"{path}: neither a bootstrap nor a layer blob with an inline bootstrap")
-        own = file_sha256(path)
+        own = own_id = file_sha256(path)
         located[own] = path
         boot = read_bootstrap(data, register)
-        if own not in blobs:  # a layer without data still has its blob, a layer of the image
-            blobs[own] = (len(blobs), dataless_blob_info(path, own, boot), path)
-    return MergeInput(tree=boot.tree, own_blob=own, compressor=boot.compressor, digester=boot.digester,
+        if own_id not in blobs:  # a layer without data still has its blob, a layer of the image
+            blobs[own_id] = (len(blobs), dataless_blob_info(path, own, boot), path)
+    return MergeInput(tree=boot.tree, own_blob=own_id, compressor=boot.compressor, digester=boot.digester,
                       chunk_size=boot.chunk_size)
 
 

@@ -32,6 +32,7 @@ from nydus_py.format.rafs import CompressAlgo
 from nydus_py.util.fsutil import output_file, remove_staging, staged_error, staging_dir
 from nydus_py.util.gcpause import without_cyclic_gc
 from nydus_py.image import BlobInfo
+from nydus_py.build.chunkdict import verify_references
 from nydus_py.build.zran import build_zran_layer
 from nydus_py.build.plan import bootstrap_bytes, dataless_blob_info, final_blob_info, plan_bootstrap, relabel
 from nydus_py.model import ChunkRef, Tree, is_marker, new_directory, walk_bfs
@@ -246,6 +247,8 @@ def build_layers(sources: Iterable[tuple[str, Source | ReusedLayer | ZranLayer]]
         merged = overlay.merge_layers([layer.tree for layer in built], whiteouts=whiteouts)
     else:  # an image with `"layers": []`: an empty root and no blobs, as nydus-image builds an empty directory
         merged = Tree(root=new_directory())
+    if config.chunk_dict is not None:  # what the image takes from a stranger's dictionary, checked first
+        verify_references(config.chunk_dict, merged)
     plain, keys = bootstrap_bytes(merged, _blob_infos(built, config),
                                   chunk_size=config.chunk_size, compressor=_superblock_compressor(built, config),
                                   digester=config.digester.algo, prefetch=config.prefetch_patterns)

@@ -244,14 +244,18 @@ def _build(layers: tuple[str, ...], outdir: Path, config: BuildConfig,
 @click.option("--oci-ref", is_flag=True,
               help="zran: reference each gzip layer in place (blobs hold only metadata; nydusd reads the original "
                    "layers, which must stay in the target repository). Implies --digester sha256.")
+@click.option("--with-referrer", is_flag=True,
+              help="Make each Nydus manifest refer to its source manifest (OCI 1.1 `subject`; a registry without "
+                   "the referrers API gets the sha256-<hex> tag index).")
 @_chunk_dict_options
 @_registry_options
 @click.pass_context
 def convert(ctx: click.Context, source: str, target: str | None, compressor: str, digester: str, chunk_size: int,
             jobs: int, whiteout_spec: str, overlay_xattr_ns: str, cross_layer_dedup: bool, output_json: Path | None,
             prefetch_patterns: str | None, no_prefetch: bool, platforms: tuple[str, ...], docker_media_types: bool,
-            merge_platform: bool, oci_ref: bool, chunk_dict: str | None, chunk_dict_blob_dir: Path | None,
-            creds: str | None, plain_http: bool, insecure: bool, quiet: bool) -> None:
+            merge_platform: bool, oci_ref: bool, with_referrer: bool, chunk_dict: str | None,
+            chunk_dict_blob_dir: Path | None, creds: str | None, plain_http: bool, insecure: bool,
+            quiet: bool) -> None:
     """Convert an image into a Nydus image.
 
     SOURCE is oci:DIR[:TAG], oci-archive:FILE[:TAG] (docker buildx --output type=oci), docker-archive:FILE
@@ -274,7 +278,7 @@ def convert(ctx: click.Context, source: str, target: str | None, compressor: str
     config = _build_config(compressor, digester, chunk_size, jobs, whiteout_spec, overlay_xattr_ns,
                            cross_layer_dedup, _prefetch(prefetch_patterns, no_prefetch), progress, dictionary)
     opts = ConvertOptions(platforms=platforms, docker_types=docker_media_types, merge_platform=merge_platform,
-                          oci_ref=oci_ref)
+                          oci_ref=oci_ref, with_referrer=with_referrer)
     registry = RegistryOptions(creds=creds, plain_http=plain_http, insecure=insecure)
     refuse_clashes({"--output-json": output_json}, {"SOURCE": source_ref.path})
     try:
@@ -423,8 +427,8 @@ def check(image: Path, blob_dir: Path | None, as_json: bool, require_data: bool)
         click.echo(f"defect: {defect}")
     for note in report.notes:
         click.echo(f"note: {note}")
-    for blob_id in report.missing_blobs:
-        click.echo(f"note: blob {blob_id} not found: its data was not checked")
+    for what in report.missing:
+        click.echo(f"note: {what} not found: its data was not checked")
     for place in places:
         click.echo(f"note: blob data read from {place}")
     if not report.sound:

@@ -13,8 +13,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -22,13 +23,15 @@ from typing import Any, BinaryIO
 from nydus_py.build.config import BuildConfig, Digester
 from nydus_py.errors import InternalError, NydusError, UnsupportedError, UsageError
 from nydus_py.format import oci
-from nydus_py.oci.documents import Descriptor
+from nydus_py.blob.chunker import ChunkStats
+from nydus_py.oci.documents import Descriptor, digest_hex
+from nydus_py.util.fsutil import remove_staging, staging_dir
 from nydus_py.oci.nydus import is_nydus_image
 from nydus_py.oci.package import gzip_bytes, history_per_layer, write_nydus_image
 from nydus_py.oci.platforms import platform_of, platform_text
 from nydus_py.oci.publish import BuildResult, carry_dict_blobs, device_table, layer_blobs, publish_layers
 from nydus_py.oci.ref import ImageRef, Transport
-from nydus_py.oci.images import (RegistryOptions, SourceImage, open_source, registry_images,
+from nydus_py.oci.images import (RegistryOptions, SourceImage, VerifiedStream, open_source, registry_images,
                                  verified_layers)
 from nydus_py.oci.targets import ForeignBlob, LayoutWriter, PushStats, Target, open_target
 from nydus_py.build.pipeline import ReusedLayer, build_layers
@@ -44,6 +47,10 @@ class ConvertOptions:
     docker_types: bool = False
     merge_platform: bool = False
     oci_ref: bool = False  # zran: gzip layers referenced in place, not copied (docs/oci.md §1.7)
+    with_referrer: bool = False  # each Nydus manifest's `subject` is its source manifest (docs/oci.md §1.9)
+    # source layer digest -> (blob digest, size) of its Nydus blob already in the target repository (the
+    # service's layer tasks put them there)
+    prebuilt: Mapping[str, tuple[str, int]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -112,18 +119,12 @@ def _layer_sources(image: SourceImage, open_layer: Callable[[Descriptor], Any], 
         if oci_ref and layer.media_type in oci.ZRAN_LAYER_TYPES:
             raw: Readable = open_layer(layer)
             yield layer.digest, ZranLayer(raw=tee(layer, raw) if tee else raw, name=f"layer {layer.digest}",
-                                          expected=layer.digest, fallback=tar_source, note=_prefixed(warn, layer))
+                                          expected=layer.digest, fallback=tar_source, note=warn)
             continue
         if oci_ref:
             warn(f"layer {layer.digest} is not gzip ({layer.media_type or 'no media type'}): its Nydus blob holds its "
                  "data")
         yield layer.digest, tar_source()
-
-
-def _prefixed(warn: Callable[[str], None], layer: Descriptor) -> Callable[[str], None]:
-    def note(message: str) -> None:
-        warn(f"layer {layer.digest}: {message}")
-    return note
 
 
 class _Tee:
@@ -176,13 +177,22 @@ def _convert_one(image: SourceImage, target: Target, config: BuildConfig, opts: 
     carried = carry_dict_blobs(built, config.chunk_dict, target)
     notes = {} if not _reuses_layers(config) else {
         oci.BUILD_OPTIONS_ANNOTATION: build_fingerprint(config, opts.oci_ref)}
+    subject = _subject(image) if opts.with_referrer else None
     manifest, _ = write_nydus_image(writer, layer_blobs(outputs, notes, carried, built.keys), built.bootstrap,
-                                    image.config, docker_types=opts.docker_types, config_media_type=config_media_type)
+                                    image.config, docker_types=opts.docker_types, config_media_type=config_media_type,
+                                    subject=subject)
     bootstrap_path = writer.out.publish_bytes(built.bootstrap, bootstrap_name)
     result = BuildResult(bootstrap=bootstrap_path, blobs=device_table(outputs, carried, built.keys), layers=outputs,
                          entries=built.entries, stats=built.stats, manifest=manifest,
                          layout=writer.root, timings={"total": time.perf_counter() - started})
     return manifest, result, carried.foreign
+
+
+def _subject(image: SourceImage) -> Descriptor:
+    """The source manifest as a Nydus manifest's `subject`: media type, digest and size, and no platform (as
+    nydus-snapshotter writes it: some registries, ECR among them, refuse one)."""
+    desc = image.manifest_descriptor
+    return Descriptor(desc.media_type or oci.OCI_MANIFEST, desc.digest, desc.size)
 
 
 def _reuses_layers(config: BuildConfig) -> bool:
@@ -221,30 +231,71 @@ def _copy_source_image(image: SourceImage, writer: LayoutWriter) -> Descriptor:
 
 def _reusable_layers(target: Target, image: SourceImage, config: BuildConfig,
                      opts: ConvertOptions) -> dict[str, ReusedLayer]:
-    """Blob layers of the image already at the target tag, by source layer, built with the same options."""
+    """Blob layers of the image already at the target tag (or built for it, `opts.prebuilt`), by source layer,
+    built with the same options."""
     if target.client is None or target.remote is None or not _reuses_layers(config) or opts.oci_ref:
         return {}  # a zran layer is cheap to index again: its data is never rewritten
     from nydus_py.oci.registry import RemoteBlob  # only here: a registry target
 
     client, repo = target.client, target.remote.repository
-    if not client.manifest_exists(repo, target.tag or "latest"):
-        return {}
+    prebuilt = {layer.digest: ReusedLayer(blob=RemoteBlob(client, repo, *opts.prebuilt[layer.digest]),
+                                          blob_id=digest_hex(opts.prebuilt[layer.digest][0]),
+                                          source_digest=layer.digest)
+                for layer in image.layers if layer.digest in opts.prebuilt}
+    if len(prebuilt) == len(image.layers) or not client.manifest_exists(repo, target.tag or "latest"):
+        return prebuilt
     try:
         existing = [i for i in registry_images(client, replace(target.remote, digest=None))
                     if platform_of(i.platform) == platform_of(image.platform)]
     except NydusError:
-        return {}
-    out: dict[str, ReusedLayer] = {}
+        return prebuilt
+    out: dict[str, ReusedLayer] = dict(prebuilt)
     wanted = build_fingerprint(config, opts.oci_ref)
     for layer in existing[0].layers[:-1] if existing else []:
         source_digest = layer.annotations.get(oci.SOURCE_LAYER_ANNOTATION)
-        if not source_digest or layer.annotations.get(oci.BUILD_OPTIONS_ANNOTATION) != wanted:
+        if not source_digest or source_digest in out or layer.annotations.get(oci.BUILD_OPTIONS_ANNOTATION) != wanted:
             continue
         size = client.blob_size(repo, layer.digest)
         if size == layer.size:
             out[source_digest] = ReusedLayer(blob=RemoteBlob(client, repo, layer.digest, size), blob_id=layer.hex,
                                              source_digest=source_digest)
     return out
+
+
+def convert_layer(source: ImageRef, layer: Descriptor, target: ImageRef, config: BuildConfig,
+                  registry: RegistryOptions | None = None) -> tuple[str, int]:
+    """One layer of a registry image -> its Nydus blob (what `convert` builds for it), pushed into the target's
+    repository; returns (blob digest, size). The layer is checked against its digest before the blob is pushed.
+    The conversion service's fan-out: its merge then reuses the blobs (`ConvertOptions.prebuilt`)."""
+    from nydus_py.build.pipeline import build_layer
+
+    registry = registry or RegistryOptions()
+    remote, out = source.registry_ref(), target.registry_ref()
+    client = registry.client(remote.registry)
+    target_client = client if out.registry == remote.registry else registry.client(out.registry)
+    name = f"layer {layer.digest}"
+    work = staging_dir(tempfile.gettempdir(), "nydus-py-layer-")
+    try:
+        stream = VerifiedStream(client.open_blob(remote.repository, layer.digest, layer.size), layer.digest,
+                                layer.size, str(source), "layer")
+        try:
+            built = build_layer(0, name, TarSource(stream, name, whiteout_spec=config.whiteout_spec,
+                                                   overlay_ns=config.overlay_xattr_ns),
+                                work, config, [], ChunkStats())
+            stream.verify()
+        finally:
+            stream.release()
+        assert built.path is not None
+        blob = Descriptor(oci.NYDUS_BLOB, f"sha256:{built.info.file_id}", built.info.file_size)
+        path = built.path
+
+        def opener() -> VerifiedStream:
+            return VerifiedStream(path.open("rb"), blob.digest, blob.size, str(path), "blob")
+
+        target_client.push_blob(out.repository, blob.digest, blob.size, opener)
+        return blob.digest, blob.size
+    finally:
+        remove_staging(work)
 
 
 def _originals_warning(source: ImageRef, target: Target) -> str:
@@ -343,4 +394,4 @@ def _convert(source: ImageRef, images: list[SourceImage], target: Target, config
     return result
 
 
-__all__ = ["ConvertOptions", "ConvertResult", "convert"]
+__all__ = ["ConvertOptions", "ConvertResult", "convert", "convert_layer"]

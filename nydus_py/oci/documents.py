@@ -70,6 +70,7 @@ class ManifestDoc(msgspec.Struct, frozen=True, rename="camel"):
     media_type: str | None = None
     annotations: dict[str, str] | None = None
     artifact_type: str | None = None
+    subject: DescriptorDoc | None = None  # OCI 1.1: the manifest this one refers to
 
 
 class RootFsDoc(msgspec.Struct, frozen=True):
@@ -134,6 +135,12 @@ def decode_object(data: bytes, where: str) -> Json:
     return decode(data, dict[str, Any], where)
 
 
+def referrers_tag(digest: str) -> str:
+    """The tag that lists a manifest's referrers where a registry has no referrers API: `sha256-<hex>`
+    (distribution-spec v1.1 "Referrers Tag Schema")."""
+    return "sha256-" + digest_hex(digest)
+
+
 def is_index(media_type: str | None, data: bytes) -> bool:
     """Whether a manifest-or-index document is an index: by media type, else by having `manifests`."""
     if media_type in oci.INDEX_TYPES:
@@ -191,10 +198,12 @@ def referenced_layers(layers: Sequence[Descriptor]) -> dict[str, int]:
     return out
 
 
-def digest_hex(digest: str) -> str:
-    """The hex part of a sha256 digest (the only algorithm we read or write)."""
+def digest_hex(digest: str, where: str = "") -> str:
+    """The hex part of a sha256 digest (the only algorithm we read or write); FormatError, naming `where`
+    the digest came from, when it is not one."""
     if not _DIGEST.fullmatch(digest):
-        raise FormatError(f"{digest!r} is not a sha256 digest")
+        raise FormatError(f"{where}: {digest!r} is not a sha256 digest" if where else
+                          f"{digest!r} is not a sha256 digest")
     return digest[len("sha256:") :]
 
 
@@ -209,4 +218,4 @@ def dumps(doc: Json) -> bytes:
 
 __all__ = ["MAX_DOCUMENT", "MAX_ENTRIES", "MAX_INDEX_DEPTH", "ConfigDoc", "Descriptor", "DescriptorDoc",
            "DockerArchive", "DockerArchiveEntry", "IndexDoc", "ManifestDoc", "PlatformDoc", "decode", "decode_object",
-           "digest_hex", "dumps", "is_index", "referenced_layers", "sha256_digest"]
+           "digest_hex", "dumps", "is_index", "referenced_layers", "referrers_tag", "sha256_digest"]

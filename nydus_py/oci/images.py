@@ -72,12 +72,15 @@ class RegistryOptions:
     creds: str | None = None  # USER:PASS
     plain_http: bool = False
     insecure: bool = False
+    creds_file: Path | None = None  # a docker config.json to take credentials from, per host
 
     def client(self, registry: str) -> RegistryClient:
-        from nydus_py.oci.registry import RegistryClient
+        from nydus_py.oci.registry import RegistryClient, docker_credentials
 
-        return RegistryClient(registry, plain_http=self.plain_http, insecure=self.insecure,
-                              creds=parse_creds(self.creds))
+        creds = parse_creds(self.creds)
+        if creds is None and self.creds_file is not None:
+            creds = docker_credentials(registry, self.creds_file)
+        return RegistryClient(registry, plain_http=self.plain_http, insecure=self.insecure, creds=creds)
 
 
 class VerifiedStream(io.RawIOBase):
@@ -174,7 +177,7 @@ class BlobStore:
     def size(self, digest: str, what: str = "blob") -> int:
         """The size of the blob `digest`, which no descriptor gives (a zran layer's original, named only by
         its digest); FormatError when the store lacks it."""
-        digest_hex(digest)
+        digest_hex(digest, f"{self.name}: {what}")
         size = self._size_of(digest)
         if size is None:
             raise FormatError(f"{self.name}: {what} {digest} is missing")

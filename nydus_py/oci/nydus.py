@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nydus_py.bootstrap.reader import read_bootstrap
-from nydus_py.errors import FormatError, UsageError
+from nydus_py.errors import BrokenImageError, FormatError, UsageError
 from nydus_py.format import oci
 from nydus_py.bootstrap.reader import MAX_BOOTSTRAP_SIZE
 from nydus_py.read.locate import OpenedImage, locate_blobs, open_image
@@ -223,7 +223,12 @@ def open_first_image(image: str | os.PathLike[str], blob_dir: str | os.PathLike[
 def _from_layout(nydus: NydusImage) -> OpenedImage:
     dictionary = frozenset(layer.hex for layer in nydus.source.layers[:-1]
                            if layer.annotations.get(oci.CHUNK_DICT_ANNOTATION) == "true")
-    opened = OpenedImage(source=nydus.layout / oci.INDEX_FILE, bootstrap=read_bootstrap(nydus.bootstrap),
+    try:
+        bootstrap = read_bootstrap(nydus.bootstrap)
+    except FormatError as exc:
+        raise BrokenImageError(f"{nydus.layout} manifest {nydus.source.manifest_descriptor.digest} ({nydus.name}): "
+                               f"bootstrap: {exc}") from None
+    opened = OpenedImage(source=nydus.layout / oci.INDEX_FILE, bootstrap=bootstrap,
                          bootstrap_bytes=nydus.bootstrap, packaged=True,
                          container_defects=lambda blob_ids: manifest_defects(nydus, blob_ids),
                          dictionary_blobs=dictionary)

@@ -20,7 +20,6 @@ from pathlib import Path
 
 from nydus_py.errors import InternalError
 from nydus_py.blob.reader import BlobReader, RandomAccess
-from nydus_py.blob.compress import decompress
 from nydus_py.format import blobmeta, oci, tar
 from nydus_py.image import BlobInfo
 from nydus_py.oci.documents import Descriptor, Json
@@ -66,9 +65,8 @@ def blob_meta_cache(source: Path | RandomAccess, info: BlobInfo | None = None) -
     through the TOC, or through `info`, the blob's table entry, for a blob without one)."""
     with BlobReader(source) as blob:
         header = blob.ci_header(info)
-        raw = blob.read_at(header.ci_offset, header.ci_compressed_size, "chunk info array")
+        data = blob.chunk_info_data(header)
         header_bytes = blob.read_at(header.offset, blobmeta.BLOB_CCT_HEADER_SIZE, "chunk info header")
-    data = decompress(raw, header.ci_compressor, header.ci_uncompressed_size)
     return data + bytes(blobmeta.cache_file_ci_size(len(data)) - len(data)) + header_bytes
 
 
@@ -113,7 +111,8 @@ def history_per_layer(history: list[Json] | None, layers: int) -> list[Json]:
 
 def write_nydus_image(writer: LayoutWriter, blobs: list[LayerBlob], bootstrap: bytes, base_config: Json, *,
                       docker_types: bool = False, layer_history: list[Json] | None = None,
-                      config_media_type: str | None = None) -> tuple[Descriptor, Json]:
+                      config_media_type: str | None = None, subject: Descriptor | None = None
+                      ) -> tuple[Descriptor, Json]:
     """Write the bootstrap layer, config and manifest of one image; returns (manifest descriptor, config)."""
     metas = [(b.blob_id, blob_meta_cache(b.source, b.info)) for b in blobs if b.has_data]
     tar = bootstrap_tar(bootstrap, metas)
@@ -133,4 +132,6 @@ def write_nydus_image(writer: LayoutWriter, blobs: list[LayerBlob], bootstrap: b
         "config": config_desc.to_json(),
         "layers": [layer.to_json() for layer in [*layers, boot_desc]],
     }
+    if subject is not None:  # OCI 1.1: the image this one is the Nydus twin of
+        manifest["subject"] = subject.to_json()
     return writer.put_json(manifest, manifest_type), config

@@ -269,7 +269,7 @@ def merge_images(inputs: list[Path], outdir: Path, config: BuildConfig, *, blob_
                 os.link(path, staged)
             except OSError:
                 shutil.copyfile(path, staged)
-            published[key] = BlobOutput(info=info, path=out.publish_blob(staged, info.blob_id, info.compressed_size),
+            published[key] = BlobOutput(info=info, path=out.publish_blob(staged, info.file_id, info.file_size),
                                         referenced=key in merged.keys)
         bootstrap = out.publish_bytes(merged.bootstrap, "bootstrap")
     if extra_bootstrap is not None:

@@ -11,6 +11,7 @@ References: containers/image transports (oci, oci-archive, docker-archive, docke
 from __future__ import annotations
 
 import enum
+import re
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,30 @@ def parse_reference(text: str) -> Reference:
     if not repository or (digest is not None and not digest.startswith("sha256:")):
         raise UsageError(f"{text}: not a valid image reference")
     return Reference(registry=registry, repository=repository, tag=tag, digest=digest)
+
+
+# the distribution grammar (distribution/reference regexp.go): what a stranger's reference must match before it
+# becomes a URL or a key
+_HOST = re.compile(r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?))*"
+                   r"(?::[0-9]{1,5})?")
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*"
+_REPOSITORY = re.compile(f"{_COMPONENT}(?:/{_COMPONENT})*")
+_TAG = re.compile(r"[\w][\w.-]{0,127}")
+_SHA256 = re.compile(r"sha256:[a-f0-9]{64}")
+
+
+def strict_reference(text: str) -> Reference:
+    """`parse_reference`, then every part checked against the distribution grammar (host, repository of at
+    most 255 characters, tag, sha256 digest): UsageError naming the part otherwise."""
+    ref = parse_reference(text)
+    problems = [what for what, ok in (
+        ("registry host", _HOST.fullmatch(ref.registry) is not None and len(ref.registry) <= 255),
+        ("repository", _REPOSITORY.fullmatch(ref.repository) is not None and len(ref.repository) <= 255),
+        ("tag", ref.tag is None or _TAG.fullmatch(ref.tag) is not None),
+        ("digest", ref.digest is None or _SHA256.fullmatch(ref.digest) is not None)) if not ok]
+    if problems:
+        raise UsageError(f"{text[:300]}: not a valid image reference ({', '.join(problems)})")
+    return ref
 
 
 def parse_creds(text: str | None) -> tuple[str, str] | None:
@@ -180,4 +205,4 @@ def output_ref(text: str) -> ImageRef:
 
 
 __all__ = ["FORMS", "ImageRef", "Reference", "Transport", "default_target", "is_image_ref", "output_ref", "parse_creds",
-           "parse_image_ref", "parse_reference", "parse_target_ref"]
+           "parse_image_ref", "parse_reference", "parse_target_ref", "strict_reference"]

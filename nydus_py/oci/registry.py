@@ -164,12 +164,16 @@ class RegistryError(NydusError):
 # --- credentials ----------------------------------------------------------------------------------------
 
 
-def docker_credentials(registry: str) -> tuple[str, str] | None:
-    """(user, secret) for `registry` from ~/.docker/config.json (or $DOCKER_CONFIG), if any."""
-    config_dir = Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker")
+def docker_credentials(registry: str, config_file: Path | None = None) -> tuple[str, str] | None:
+    """(user, secret) for `registry` from a docker config file: `config_file`, else ~/.docker/config.json (or
+    $DOCKER_CONFIG's), if any."""
+    if config_file is None:
+        config_file = Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker") / "config.json"
     try:
-        config = json.loads((config_dir / "config.json").read_text())
+        config = json.loads(config_file.read_text())
     except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict):
         return None
     keys = [registry, f"https://{registry}", f"http://{registry}"]
     if registry == "registry-1.docker.io":
@@ -635,9 +639,13 @@ class RegistryClient:
                                 "upload without a Location")
         return urljoin(response.url, location)
 
-    def put_manifest(self, repo: str, ref: str, data: bytes, media_type: str) -> None:
-        self.request("PUT", f"/v2/{repo}/manifests/{ref}", repo, push=True, ok=(201,), data=data,
-                     headers={"Content-Type": media_type}).close()
+    def put_manifest(self, repo: str, ref: str, data: bytes, media_type: str) -> str | None:
+        """Push a manifest or index; returns the `OCI-Subject` header of a registry with the referrers API (None
+        without one: then the pusher keeps the referrers tag, distribution-spec v1.1)."""
+        response = self.request("PUT", f"/v2/{repo}/manifests/{ref}", repo, push=True, ok=(201,), data=data,
+                                headers={"Content-Type": media_type})
+        response.close()
+        return response.headers.get("OCI-Subject")
 
 
 def _url_path(url: str) -> str:

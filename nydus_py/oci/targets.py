@@ -25,7 +25,7 @@ import msgspec
 from nydus_py.errors import FormatError, UsageError
 from nydus_py.format import oci
 from nydus_py.oci.documents import (MAX_DOCUMENT, Descriptor, IndexDoc, Json, ManifestDoc, decode, dumps, is_index,
-                                   referenced_layers)
+                                   referenced_layers, referrers_tag)
 from nydus_py.oci.platforms import platform_of
 from nydus_py.oci.ref import ImageRef, Transport
 from nydus_py.oci.ref import Reference
@@ -193,6 +193,27 @@ class ForeignBlob:
     open: Callable[[], VerifiedStream]
 
 
+def add_referrer(client: RegistryClient, repo: str, subject: str, desc: Descriptor, data: bytes) -> None:
+    """List the manifest `desc` under the referrers tag of `subject` (distribution-spec v1.1 "Pushing Manifests
+    with Subject", for a registry without the referrers API): the tag's index, or a new one, with a descriptor
+    carrying the manifest's artifactType (else its config's media type) and annotations; nothing twice."""
+    doc = decode(data, ManifestDoc, f"{repo}: {desc.digest}")
+    tag = referrers_tag(subject)
+    manifests: list[Json] = []
+    if client.manifest_exists(repo, tag):
+        existing, _, _ = client.get_manifest(repo, tag)
+        try:
+            manifests = [msgspec.to_builtins(m) for m in decode(existing, IndexDoc, f"{repo}:{tag}").manifests]
+        except FormatError:  # not an index: as if there were no referrers (the spec's rule)
+            manifests = []
+    if any(m.get("digest") == desc.digest for m in manifests):
+        return
+    entry = Descriptor(desc.media_type, desc.digest, desc.size, annotations=doc.annotations or {},
+                       artifact_type=doc.artifact_type or doc.config.media_type).to_json()
+    index = {"schemaVersion": 2, "mediaType": oci.OCI_INDEX, "manifests": [*manifests, entry]}
+    client.put_manifest(repo, tag, dumps(index), oci.OCI_INDEX)
+
+
 def push_layout(root: Path, top: Descriptor, ref: Reference, client: RegistryClient,
                 mount_from: str | None = None, foreign: dict[str, ForeignBlob] | None = None) -> PushStats:
     """Upload the image `top` of the layout at `root` to `ref` (tag or digest); every blob read from the
@@ -235,7 +256,11 @@ def push_layout(root: Path, top: Descriptor, ref: Reference, client: RegistryCli
                 else:
                     stats.uploaded += 1
                     stats.uploaded_bytes += blob_desc.size
-        client.put_manifest(ref.repository, desc.digest, data, desc.media_type)
+        subject_api = client.put_manifest(ref.repository, desc.digest, data, desc.media_type)
+        if not is_index(desc.media_type, data):
+            subject = decode(data, ManifestDoc, f"{root}: {desc.digest}").subject
+            if subject is not None and subject_api is None:
+                add_referrer(client, ref.repository, subject.digest, desc, data)
         return data
 
     data = push(top, 0)
@@ -244,4 +269,5 @@ def push_layout(root: Path, top: Descriptor, ref: Reference, client: RegistryCli
     return stats
 
 
-__all__ = ["ForeignBlob", "LayoutWriter", "PushStats", "Target", "open_target", "push_layout", "refuse_inside"]
+__all__ = ["ForeignBlob", "LayoutWriter", "PushStats", "Target", "add_referrer", "open_target", "push_layout",
+           "refuse_inside"]

@@ -17,7 +17,7 @@ from pathlib import Path
 from nydus_py.blob.reader import BlobChunk, BlobReader, TocItem, blob_id_digests
 from nydus_py.blob.zran import ZranBlobReader
 from nydus_py.bootstrap.reader import BootstrapParser, RawInode, file_type_of, read_bootstrap
-from nydus_py.errors import FormatError, NydusError, UnsupportedError, UsageError
+from nydus_py.errors import BrokenImageError, FormatError, NydusError, UnsupportedError, UsageError
 from nydus_py.format import blobmeta, erofs, tar
 from nydus_py.format.blobmeta import BLOB_ID_PLACEHOLDER, BlobFeatures
 from nydus_py.format.posix_acl import acl_xattrs_problem
@@ -38,7 +38,8 @@ class CheckReport:
     chunks_verified: int = 0
     blobs_checked: int = 0
     blob_ids: list[str] = field(default_factory=list)  # the bootstrap's blob table, when it could be decoded
-    missing_blobs: list[str] = field(default_factory=list)  # blobs not found: their data was not checked
+    missing_blobs: list[str] = field(default_factory=list)  # ids of blobs not found: their data was not checked
+    missing: list[str] = field(default_factory=list)  # what of each was not found ("blob ID's meta blob ...")
     blob_files: list[Path] = field(default_factory=list)  # where the checked blobs were read from
 
     @property
@@ -65,7 +66,7 @@ def check_path(image: str | os.PathLike[str], blob_dir: str | os.PathLike[str] |
     try:
         images = opener(image, blob_dir)
     except (FormatError, UnsupportedError) as exc:
-        if not _recognizable(Path(image)):
+        if not isinstance(exc, BrokenImageError) and not _recognizable(Path(image)):
             raise UsageError(f"{image}: not an image (no RAFS bootstrap, no Nydus blob, no OCI layout)") from None
         report = CheckReport()
         data = _bootstrap_candidate(Path(image))
@@ -83,10 +84,11 @@ def check_path(image: str | os.PathLike[str], blob_dir: str | os.PathLike[str] |
         report.chunks_verified += one.chunks_verified
         report.blobs_checked += one.blobs_checked
         report.missing_blobs += one.missing_blobs
+        report.missing += one.missing
         report.blob_files += one.blob_files
     if require_data:
-        report.defects += [Defect(f"blob {blob_id}", 0, "not found (--require-data): its data cannot be checked")
-                           for blob_id in report.missing_blobs]
+        report.defects += [Defect(what, 0, "not found (--require-data): its data cannot be checked")
+                           for what in report.missing]
     return report
 
 
@@ -131,7 +133,8 @@ def check_image(opened: OpenedImage) -> CheckReport:
             continue
         reader = opened.blob_reader(info)
         if reader is None:
-            report.missing_blobs.append(opened.missing(info) or info.blob_id)
+            report.missing_blobs.append(info.blob_id)
+            report.missing.append(opened.missing(info) or f"blob {info.blob_id}")
             continue
         report.blob_files.append(reader.local or reader.path)
         with reader:

@@ -39,6 +39,7 @@ class ChunkReader:
     """Chunk data of an image, from its blobs: decompressed, digest-checked, a few recent chunks cached."""
 
     def __init__(self, opened: OpenedImage) -> None:
+        self.opened = opened
         self.boot = opened.bootstrap
         self.readers: dict[int, BlobReader] = {}
         for info in self.boot.blobs:
@@ -69,7 +70,9 @@ class ChunkReader:
         info = self.boot.blobs[chunk.blob_index]
         reader = self.readers.get(chunk.blob_index)
         if reader is None:
-            raise UsageError(f"blob {info.blob_id} is not available (give --blob-dir)")
+            missing = self.opened.missing(info) or f"blob {info.blob_id}"
+            advice = "the image does not hold it" if self.opened.packaged else "give --blob-dir"
+            raise UsageError(f"{self.opened.source}: {missing} is not available ({advice})")
         data = reader.read_chunk(chunk, info.compressor, info.digester, chunk.digest)
         self._cache[key] = data
         if len(self._cache) > _CACHE_CHUNKS:
