@@ -268,7 +268,7 @@ def test_a_fifo_as_dictionary_is_refused_at_once(versions: list[Path], tmp_path:
     os.mkfifo(fifo)
     refused(nydus_py("build", str(versions[2]), "-o", str(tmp_path / "out"), "--chunk-dict", str(fifo)),
             str(fifo), "not a regular file")
-    drop_in = subprocess.run(["nydus-py-image", "create", "-t", "dir-rafs", "--blob-inline-meta", "--blob", str(tmp_path / "blob"),
-                              "--chunk-dict", f"bootstrap={fifo}", str(versions[2])],
+    drop_in = subprocess.run(["nydus-py-image", "create", "-t", "dir-rafs", "--blob-inline-meta", "--blob",
+                              str(tmp_path / "blob"), "--chunk-dict", f"bootstrap={fifo}", str(versions[2])],
                              capture_output=True, text=True, timeout=60)
     assert drop_in.returncode == 1 and "not a regular file" in drop_in.stderr

@@ -217,3 +217,23 @@ def test_progress_bar_only_on_a_terminal(tmp_path: Path) -> None:
     piped = subprocess.run([sys.executable, "-m", "nydus_py.cli", "build", str(src), "-o", str(tmp_path / "p")],
                            capture_output=True, timeout=60)
     assert piped.stderr == b""  # not a terminal: no progress
+
+
+@pytest.mark.parametrize("args, says", [
+    (["serve", "--listen", "nowhere"], "--listen 'nowhere': HOST:PORT"),
+    (["serve", "--tag-suffix", "a/b", "--listen", "127.0.0.1:1"], "tag suffix 'a/b'"),
+    (["serve", "--chunk-size", "3", "--listen", "127.0.0.1:1"], "chunk size"),
+    (["serve", "--oci-ref", "--listen", "127.0.0.1:1"], "--oci-ref needs --digester sha256"),
+    (["worker", "--broker", "amqp://127.0.0.1/"], "redis://HOST:PORT/DB"),
+    (["worker", "--config", "CONFIG"], "CONFIG: "),
+], ids=["listen", "suffix", "chunk-size", "oci-ref", "broker", "config"])
+def test_service_commands_refuse_bad_options_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                         args: list[str], says: str) -> None:
+    """serve and worker check their options (and --config's keys) before they start anything."""
+    config = tmp_path / "service.toml"
+    config.write_text('broker = "redis://127.0.0.1:1/0"\nno_such_key = 1\n')
+    args = [str(config) if a == "CONFIG" else a for a in args]
+    status, out, err = run(capsys, *args, "--state-dir", str(tmp_path / "state"))
+    says = says.replace("CONFIG", str(config))
+    assert status == 2 and says in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "state").exists()

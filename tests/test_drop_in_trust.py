@@ -5,6 +5,7 @@ address-space limit and a time limit, as BuildKit and the snapshotter converter 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -147,18 +148,37 @@ def test_fifos_are_written_in_place_in_order(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_an_interrupted_create_into_a_blob_dir_leaves_no_staging(tmp_path: Path, signum: int) -> None:
-    big = tmp_path / "big.tar"
-    layer_tar(big, {f"f{i}": os.urandom(1 << 20) for i in range(160)})
+    """The source is a FIFO fed half its tar, so the build is surely under way (not done) when the signal
+    comes, however fast the machine."""
+    tar = layer_tar(tmp_path / "big.tar", {f"f{i}": os.urandom(1 << 20) for i in range(8)}).read_bytes()
+    fifo = tmp_path / "layer.fifo"
+    os.mkfifo(fifo)
+    half_written, release = threading.Event(), threading.Event()
+
+    def feed() -> None:
+        with open(fifo, "wb") as out, contextlib.suppress(BrokenPipeError):
+            out.write(tar[: len(tar) // 2])
+            out.flush()
+            half_written.set()
+            release.wait(60)
+            out.write(tar[len(tar) // 2 :])
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
     (tmp_path / "blobs").mkdir()
     process = subprocess.Popen([sys.executable, "-c", CODE, "create", "--type", "tar-rafs", "--blob-dir",
-                                str(tmp_path / "blobs"), "--blob-inline-meta", "--compressor", "zstd", str(big)],
+                                str(tmp_path / "blobs"), "--blob-inline-meta", "--compressor", "zstd", str(fifo)],
                                stderr=subprocess.PIPE, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.monotonic() + 20
-    while not any((tmp_path / "blobs").iterdir()) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    time.sleep(0.3)
-    process.send_signal(signum)
-    _, err = process.communicate(timeout=60)
+    try:
+        deadline = time.monotonic() + 30
+        while not (half_written.is_set() and any((tmp_path / "blobs").iterdir())) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)
+        process.send_signal(signum)
+        _, err = process.communicate(timeout=60)
+    finally:
+        release.set()
+        feeder.join(60)
     assert process.returncode == 1 and err == b"Error: interrupted\n", err  # one line, no blank one before it
     assert list((tmp_path / "blobs").iterdir()) == []
 

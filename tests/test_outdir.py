@@ -130,3 +130,24 @@ def test_a_killed_convert_leaves_staging_that_the_next_run_removes(tmp_path: Pat
     make_layout(small)
     assert nydus_py("convert", f"oci:{small}:v1", f"oci:{out}:small").returncode == 0
     assert staged() == []
+
+
+
+def test_a_sweep_leaves_what_another_run_is_making(tmp_path: Path) -> None:
+    """Each run sweeps what killed runs left (their locks are free) before making its own staging. A run
+    makes its directory under another name, locks it, then renames it: so a sweep never takes one being made
+    for a killed run's (that name is swept only once an hour old), and under its own name it is locked."""
+    from nydus_py.util.fsutil import MAKING_PREFIX, remove_staging, remove_stale_staging, staging_dir
+
+    killed = tmp_path / "nydus-py-push-1-abc"  # a killed run's: its lock is free
+    being_made = tmp_path / f"{MAKING_PREFIX}def"  # another run's, between mkdtemp and flock
+    abandoned = tmp_path / f"{MAKING_PREFIX}ghi"  # a run killed right then, long ago
+    for path in (killed, being_made, abandoned):
+        path.mkdir()
+    os.utime(abandoned, (time.time() - 7200, time.time() - 7200))
+    ours = staging_dir(tmp_path, "nydus-py-push-")
+    assert ours.name.startswith(f"nydus-py-push-{os.getpid()}-") and ours.is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([being_made.name, ours.name])
+    assert remove_stale_staging(tmp_path, "nydus-py-push-") == []  # ours is locked under its own name
+    remove_staging(ours)
+    assert [p.name for p in tmp_path.iterdir()] == [being_made.name]

@@ -35,13 +35,19 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def registry(root: Path, htpasswd: Path | None = None, auth: str = "") -> Iterator[str]:
+def registry(root: Path, htpasswd: Path | None = None, auth: str = "", notify: str | None = None,
+             notify_auth: str = "") -> Iterator[str]:
     """A distribution registry on 127.0.0.1 with its storage in `root`; yields HOST:PORT. `auth` is the config's
-    `auth:` section (YAML), if not htpasswd."""
+    `auth:` section (YAML), if not htpasswd. `notify`: a URL its notifications go to (manifest events only: blob
+    events are ignored by media type), with `notify_auth` as their Authorization header."""
     binary = need_tool("docker-registry")
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     auth = f"auth:\n  htpasswd:\n    realm: test\n    path: {htpasswd}\n" if htpasswd else auth
+    if notify is not None:  # distribution 2.8 configuration.go Notifications; blob events carry octet-stream
+        auth += (f"notifications:\n  endpoints:\n    - name: nydus-py\n      url: {notify}\n"
+                 f"      headers:\n        Authorization: [{notify_auth}]\n      timeout: 5s\n      threshold: 5\n"
+                 "      backoff: 1s\n      ignoredmediatypes: [application/octet-stream]\n")
     config = root / "config.yml"
     config.write_text(f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {root}/data\n"
                       f"  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}")
@@ -202,8 +208,10 @@ class FaultProxy(http.server.ThreadingHTTPServer):
     def __init__(self, upstream: str, faults: dict[str, str], bearer: bool = False) -> None:
         super().__init__(("127.0.0.1", 0), _ProxyHandler)
         self.upstream = upstream
-        self.faults = dict(faults)
+        self.faults = dict(faults)  # path part -> "reset", or the HTTP status to answer once
         self.hits: list[str] = []
+        self.delays: dict[str, float] = {}  # path part -> seconds every GET of it waits before it is forwarded
+        self.requests: list[str] = []  # "METHOD path" of every request
         self.bearer = bearer
         self.tokens_issued = 0
 
@@ -231,6 +239,10 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
                          'scope="repository:src:pull"')
             self._reply(401, {"WWW-Authenticate": challenge, "Content-Type": "application/json"}, b'{"errors":[]}')
             return
+        self.server.requests.append(f"{self.command} {self.path}")
+        for pattern, seconds in list(self.server.delays.items()):
+            if pattern in self.path and self.command == "GET":
+                time.sleep(seconds)
         for pattern, fault in list(self.server.faults.items()):
             if pattern in self.path and self.command == "GET":
                 del self.server.faults[pattern]
@@ -240,7 +252,7 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
                     self.connection.close()
                     self.close_connection = True
                     return
-                self._reply(500, {"Content-Type": "text/plain"}, b"injected")
+                self._reply(int(fault) if fault.isdigit() else 500, {"Content-Type": "text/plain"}, b"injected")
                 return
         headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "authorization")}
         response = requests.request(self.command, f"http://{self.server.upstream}{self.path}", headers=headers,
@@ -317,3 +329,20 @@ def test_chunked_uploads_and_cross_repository_mounts(open_registry: str, tmp_pat
     assert main(["check", f"oci:{tmp_path / 'pulled'}:{TAG}"]) == 0
     layers = [p for p in (tmp_path / "pulled" / "blobs" / "sha256").iterdir() if p.stat().st_size > 64 << 10]
     assert layers  # at least one blob really crossed the chunk size
+
+
+def test_with_referrer_links_the_nydus_image_to_its_source(open_registry: str) -> None:
+    """--with-referrer: the Nydus manifest's `subject` is the source manifest's descriptor (no platform), and
+    this registry (distribution 2.8: no referrers API, no OCI-Subject) gets the sha256-<hex> tag index."""
+    host = open_registry
+    status, raw = convert("--with-referrer", f"docker://{host}/src:{TAG}", f"docker://{host}/linked:{TAG}")
+    assert status == 0
+    accept = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json"
+    source = requests.get(f"http://{host}/v2/src/manifests/{TAG}", headers={"Accept": accept}, timeout=10)
+    nydus = requests.get(f"http://{host}/v2/linked/manifests/{TAG}", headers={"Accept": accept}, timeout=10).json()
+    digest = source.headers["Docker-Content-Digest"]
+    assert nydus["subject"] == {"mediaType": source.headers["Content-Type"], "digest": digest,
+                                "size": len(source.content)}
+    fallback = requests.get(f"http://{host}/v2/linked/manifests/sha256-{digest.removeprefix('sha256:')}",
+                            headers={"Accept": accept}, timeout=10).json()
+    assert [m["digest"] for m in fallback["manifests"]] == [json.loads(raw)["manifest"]["digest"]]

@@ -10,7 +10,8 @@ throughput. Corpora are generated here (no network): a distro-like rootfs, a tre
 node_modules (NODE_MODULES_SHAPE), many small files, one big file, a stack of layers; or give a directory, a real
 node_modules or a layer tar.gz.
 
-Usage: python3 tools/bench.py [--corpus rootfs,nodemodules,small,bigfile,layers,targz,zran,chunkdict] [--scale F] [--runs N]
+Usage: python3 tools/bench.py [--corpus rootfs,nodemodules,small,bigfile,layers,targz,zran,chunkdict[,service]]
+                              [--scale F] [--runs N] [--service-images N]
                               [--source DIR] [--node-modules DIR] [--tar-gz FILE] [--workdir DIR] [--jobs N]
                               [--small-files N] [--big-file-mib N]
 """
@@ -403,6 +404,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--big-file-mib", type=int, help="size of the big file (default: 2 GiB x scale)")
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--jobs", default="", help="e.g. --jobs=1 for nydus-py")
+    parser.add_argument("--service-images", type=int, default=20,
+                        help="images in the service corpus's burst (--corpus service, not a default)")
     args = parser.parse_args(argv)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="nydus-py-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -464,6 +467,11 @@ def main(argv: list[str]) -> int:
                   f"({meta.stat().st_size / tgz.stat().st_size:.1%})", file=sys.stderr)
         if "chunkdict" in corpora:
             rows += bench_chunk_dict(rootfs, work, args.runs, args.scale)
+        if "service" in corpora:  # a burst of pushes for `serve` + workers (tools/bench_service.py)
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            import bench_service
+
+            rows += bench_service.run(work / "service", args.service_images, max(64 << 10, int((8 << 20) * args.scale)))
         if "layers" in corpora:
             layers = make_layers(work / "layers", 20, max(100, int(20_000 * args.scale)))
             commands = {"nydus-py": f"{PY} -m nydus_py.cli build {' '.join(map(str, layers))} -o {{out}}/img {jobs}"}

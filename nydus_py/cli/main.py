@@ -20,6 +20,7 @@ from nydus_py.build.config import (BuildConfig, Compressor, Digester, check_chun
                                    parse_size)
 from nydus_py.cli.interrupt import invoke, sigterm_interrupts, silence_stdout
 from nydus_py.cli.progress import ProgressBar, progress_bar
+from nydus_py.cli.service import serve, worker
 from nydus_py.errors import NydusError, UsageError
 from nydus_py.sources import WhiteoutSpec, XattrNamespace
 from nydus_py.util.fsutil import refuse_clashes, reserved_output
@@ -401,30 +402,46 @@ def inspect(image: Path, path: str, blob_dir: Path | None, as_json: bool) -> Non
 
 
 @cli.command()
-@click.argument("image", type=click.Path(path_type=Path))
+@click.argument("image")
 @click.option("--blob-dir", type=click.Path(path_type=Path), help="Where the blobs of a bare bootstrap are.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @click.option("--require-data", is_flag=True, help="A blob that is not found is a defect (default: a note, and "
               "the verdict says the data was not checked).")
-def check(image: Path, blob_dir: Path | None, as_json: bool, require_data: bool) -> int:
-    """Check IMAGE: every rule nydusd and the kernel apply, and every chunk of every blob found.
+@click.option("--source", metavar="SOURCE",
+              help="Also compare IMAGE's files (metadata and data) with the OCI image it was converted from: "
+                   "oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE or docker://REGISTRY/REPO[:TAG].")
+@_registry_options
+def check(image: str, blob_dir: Path | None, as_json: bool, require_data: bool, source: str | None,
+          creds: str | None, plain_http: bool, insecure: bool) -> int:
+    """Check IMAGE: every rule nydusd and the kernel apply, and every chunk of every blob found; with --source,
+    also whether its files are those of SOURCE. IMAGE may be docker://REGISTRY/REPO[:TAG] too.
 
-    Exit 0 when sound, 1 with one line per defect, 2 when the check cannot run.
+    Exit 0 when sound (and equal to SOURCE), 1 with one line per defect or difference, 2 when the check cannot run.
     """
-    from nydus_py.oci.nydus import open_images
-    from nydus_py.read.check import check_path
+    from nydus_py.oci.images import RegistryOptions
+    from nydus_py.oci.ref import parse_image_ref
+    from nydus_py.oci.verify import check_with_source
 
-    report = check_path(image, blob_dir, opener=open_images, require_data=require_data)
+    source_ref = parse_image_ref(source) if source is not None else None
+    checked = check_with_source(image, source_ref, RegistryOptions(creds=creds, plain_http=plain_http,
+                                                                   insecure=insecure),
+                                blob_dir=blob_dir, require_data=require_data)
+    report, verified = checked.report, checked.verify
+    good = report.sound and (verified is None or verified.equal)
     places = sorted({str(p.parent) for p in report.blob_files})
     if as_json:
-        click.echo(json.dumps({"sound": report.sound, "data_checked": not report.missing_blobs,
-                               "defects": [str(d) for d in report.defects], "notes": report.notes,
-                               "missing_blobs": report.missing_blobs, "blob_dirs": places,
-                               "inodes": report.inodes, "blobs_checked": report.blobs_checked,
-                               "chunks_verified": report.chunks_verified}, indent=2))
-        return EXIT_OK if report.sound else EXIT_VERDICT
+        doc = {"sound": report.sound, "data_checked": not report.missing_blobs,
+               "defects": [str(d) for d in report.defects], "notes": report.notes,
+               "missing_blobs": report.missing_blobs, "blob_dirs": places, "inodes": report.inodes,
+               "blobs_checked": report.blobs_checked, "chunks_verified": report.chunks_verified}
+        if verified is not None:
+            doc.update(verified.to_json())
+        click.echo(json.dumps(doc, indent=2))
+        return EXIT_OK if good else EXIT_VERDICT
     for defect in report.defects:
         click.echo(f"defect: {defect}")
+    for line in verified.lines() if verified is not None else []:
+        click.echo(line)
     for note in report.notes:
         click.echo(f"note: {note}")
     for what in report.missing:
@@ -440,7 +457,9 @@ def check(image: Path, blob_dir: Path | None, as_json: bool, require_data: bool)
         verdict = "sound"
     click.echo(f"{image}: {verdict} ({report.inodes} inodes, {report.blobs_checked} blobs, "
                f"{report.chunks_verified} chunks verified)")
-    return EXIT_OK if report.sound else EXIT_VERDICT
+    if verified is not None:
+        click.echo(f"{image}: {verified.verdict()}")
+    return EXIT_OK if good else EXIT_VERDICT
 
 
 @cli.command()
@@ -485,6 +504,10 @@ def umount(mountpoint: Path) -> None:
 
     kernel_umount(mountpoint)
     click.echo(f"{mountpoint}: unmounted")
+
+
+cli.add_command(serve)
+cli.add_command(worker)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,7 @@ from nydus_py.bootstrap.reader import MAX_BOOTSTRAP_SIZE
 from nydus_py.read.locate import OpenedImage, locate_blobs, open_image
 from nydus_py.sources.tarstream import TarReader
 from nydus_py.util.fsutil import Readable
-from nydus_py.oci.documents import digest_hex, referenced_layers
+from nydus_py.oci.documents import Json, digest_hex, referenced_layers
 from nydus_py.oci.platforms import platform_text
 from nydus_py.oci.ref import ImageRef, Transport, parse_image_ref
 from nydus_py.oci.images import SourceImage, open_regular, open_source
@@ -209,10 +209,22 @@ def is_layout_argument(image: str) -> ImageRef | None:
 def open_images(image: str | os.PathLike[str], blob_dir: str | os.PathLike[str] | None = None) -> list[OpenedImage]:
     """Every image IMAGE holds, for the read commands: one per Nydus manifest of an OCI layout, else the one
     bootstrap, blob or output directory (locate.py)."""
+    return [opened for _, opened in open_platform_images(image, blob_dir)]
+
+
+def open_platform_images(image: str | os.PathLike[str], blob_dir: str | os.PathLike[str] | None = None
+                         ) -> list[tuple[Json | None, OpenedImage]]:
+    """`open_images`, each with the platform of its manifest (None for a bootstrap, blob or output directory,
+    which carry none)."""
     ref = is_layout_argument(os.fspath(image))
     if ref is None:
-        return [open_image(image, blob_dir)]
-    return [_from_layout(nydus) for nydus in open_nydus_images(ref)]
+        return [(None, open_image(image, blob_dir))]
+    return open_layout_images(ref)
+
+
+def open_layout_images(ref: ImageRef) -> list[tuple[Json | None, OpenedImage]]:
+    """Every Nydus image of the layout `oci:DIR[:TAG]`, opened, with the platform of its manifest."""
+    return [(nydus.source.platform, _from_layout(nydus)) for nydus in open_nydus_images(ref)]
 
 
 def open_first_image(image: str | os.PathLike[str], blob_dir: str | os.PathLike[str] | None = None) -> OpenedImage:

@@ -14,6 +14,7 @@ import re
 import shutil
 import stat
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -28,6 +29,10 @@ class Readable(Protocol):
 
 
 TEMP_PREFIX = ".nydus-py-tmp-"  # our temporary files: `<TEMP_PREFIX><pid>-<name>.<random>`, locked while written
+# a staging directory or temporary file is made under this name, locked, then renamed to its own: under its own
+# name it is always locked while its run lives, so a sweep of another run never takes it for a killed run's
+MAKING_PREFIX = ".nydus-py-making-"
+MAKING_TIMEOUT = 3600.0  # seconds after which an unlocked MAKING_PREFIX leftover (a run killed right then) is removed
 _OWN_DESCRIPTORS = re.compile(r"/dev/(stdout|stderr|fd/[0-9]+)|/proc/self/fd/[0-9]+")
 
 
@@ -182,9 +187,11 @@ def staging_dir(directory: str | os.PathLike[str], prefix: str) -> Path:
     lives or until it is removed, after removing those of that prefix whose lock is free (left by a run that
     was killed, in any PID namespace): a live run's, ours included, are never touched."""
     remove_stale_staging(directory, prefix)
-    path = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=directory))
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    making = Path(tempfile.mkdtemp(prefix=MAKING_PREFIX, dir=directory))
+    fd = os.open(making, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     fcntl.flock(fd, fcntl.LOCK_EX)
+    path = making.with_name(f"{prefix}{os.getpid()}-{making.name[len(MAKING_PREFIX):]}")
+    os.rename(making, path)
     _HELD[path] = fd
     return path
 
@@ -206,8 +213,10 @@ def remove_stale_staging(directory: str | os.PathLike[str], prefix: str) -> list
     removed = []
     with contextlib.suppress(OSError):
         for entry in os.scandir(directory):
-            if not entry.name.startswith(prefix) or not entry.is_dir(follow_symlinks=False):
+            if not entry.name.startswith((prefix, MAKING_PREFIX)) or not entry.is_dir(follow_symlinks=False):
                 continue
+            if entry.name.startswith(MAKING_PREFIX) and not _older(entry, MAKING_TIMEOUT):
+                continue  # being made, and not locked yet
             if _unlocked(entry.path, os.O_DIRECTORY):
                 shutil.rmtree(entry.path, ignore_errors=True)
                 removed.append(Path(entry.path))
@@ -219,9 +228,27 @@ def remove_stale_temporaries(directory: str | os.PathLike[str]) -> None:
     writes): what a killed run left."""
     with contextlib.suppress(OSError):
         for entry in os.scandir(directory):
-            if entry.name.startswith(TEMP_PREFIX) and entry.is_file(follow_symlinks=False) and _unlocked(entry.path):
+            ours = entry.name.startswith(TEMP_PREFIX) or (entry.name.startswith(MAKING_PREFIX)
+                                                           and _older(entry, MAKING_TIMEOUT))
+            if ours and entry.is_file(follow_symlinks=False) and _unlocked(entry.path):
                 with contextlib.suppress(OSError):
                     os.unlink(entry.path)
+
+
+def lock_or_refuse(fd: int, busy: str) -> None:
+    """An exclusive flock on `fd` (held until it is closed); when another process holds it, `fd` is closed and
+    UsageError(busy) raised."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise UsageError(busy) from None
+
+
+def _older(entry: os.DirEntry[str], seconds: float) -> bool:
+    with contextlib.suppress(OSError):
+        return time.time() - entry.stat(follow_symlinks=False).st_mtime > seconds
+    return False
 
 
 def _unlocked(path: str, extra_flags: int = 0) -> bool:
@@ -243,9 +270,11 @@ def _unlocked(path: str, extra_flags: int = 0) -> bool:
 def temporary_file(directory: Path, name: str) -> tuple[BinaryIO, Path]:
     """An open temporary file in `directory` (`<TEMP_PREFIX><pid>-<name>.XXXXXXXX`), locked while it is open so
     that a later run removes it only once this one is gone; the caller renames or removes it."""
-    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-{name[:64]}.", dir=directory)
+    fd, making = tempfile.mkstemp(prefix=MAKING_PREFIX, dir=directory)
     fcntl.flock(fd, fcntl.LOCK_EX)
-    return os.fdopen(fd, "w+b"), Path(tmp)
+    tmp = Path(making).with_name(f"{TEMP_PREFIX}{os.getpid()}-{name[:64]}.{Path(making).name[len(MAKING_PREFIX):]}")
+    os.rename(making, tmp)
+    return os.fdopen(fd, "w+b"), tmp
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import os
 import stat
@@ -31,7 +30,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from nydus_py.errors import FormatError, UsageError
-from nydus_py.util.fsutil import remove_stale_staging, remove_staging, staged_error, staging_dir
+from nydus_py.util.fsutil import (lock_or_refuse, remove_stale_staging, remove_staging, staged_error,
+                                  staging_dir)
 
 STAGING_PREFIX = ".nydus-py-"  # + pid + random: a command's staging directory in or beside OUTDIR
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -86,11 +86,7 @@ class OutputDir:
                 raise UsageError(f"{path}: not a directory (the output must be a directory, not a symlink or a "
                                  "file)") from None
             raise UsageError(f"{path}: cannot write the output directory: {exc.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise UsageError(f"{path} is busy: another nydus-py command is writing it") from None
+        lock_or_refuse(fd, f"{path} is busy: another nydus-py command is writing it")
         try:
             staging = cls._staging_dir(path, fd, inside=created)
         except OSError as exc:
